@@ -172,8 +172,15 @@ def left_pad(rows, pad):
     return ids, mask
 
 
+# Ids the tokenizer can produce; embedding rows from here on are untrained and the port masks them
+# (greedy never picks them, log-softmax excludes them).
+TOKENIZER_VOCAB = 151665
+
+
 def make_case(model, ids, text_vocab, image_rows, seed, logits_keep, temperature=0.7, resp_len=8):
     """image_rows: per batch row, a list of PIL images."""
+    vocab = model.config.text_config.vocab_size
+    untrained = list(range(TOKENIZER_VOCAB, vocab))
     rng = np.random.default_rng(seed)
     flat = [im for row in image_rows for im in row]
     proc = PROC(images=flat, return_tensors="pt")
@@ -200,7 +207,8 @@ def make_case(model, ids, text_vocab, image_rows, seed, logits_keep, temperature
             logits = logits[:, -logits_keep:, :]
         gen = model.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values,
                              image_grid_thw=grid, mm_token_type_ids=mm, do_sample=False, max_new_tokens=32,
-                             min_new_tokens=32, eos_token_id=None, pad_token_id=pad)
+                             min_new_tokens=32, eos_token_id=None, pad_token_id=pad,
+                             suppress_tokens=untrained or None)
         greedy = gen[:, input_ids.shape[1]:]
 
         # teacher-forced response log-probs: prompt + response in one forward, left-padded
@@ -211,6 +219,7 @@ def make_case(model, ids, text_vocab, image_rows, seed, logits_keep, temperature
         f_pos, _ = inner.get_rope_index(f_ids, mm_token_type_ids=f_mm, image_grid_thw=grid, attention_mask=f_mask)
         f_logits = model(input_ids=f_ids, attention_mask=f_mask, position_ids=f_pos, pixel_values=pixel_values,
                          image_grid_thw=grid, mm_token_type_ids=f_mm).logits.float()
+        f_logits[..., TOKENIZER_VOCAB:] = float("-inf")
         width = f_ids.shape[1]
         lp = torch.log_softmax(f_logits[:, width - resp_len - 1:width - 1, :] / temperature, dim=-1)
         resp = torch.tensor(responses)
@@ -233,9 +242,14 @@ def key_list(cfg_dict):
 
 
 def main():
-    if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(OUT)
+    # Everything here is generated except the hand-written published configs (config_*_published.json).
+    os.makedirs(OUT, exist_ok=True)
+    for entry in os.listdir(OUT):
+        path = os.path.join(OUT, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif not entry.endswith("_published.json"):
+            os.remove(path)
 
     # Published-shape key lists (7B untied, 3B tied).
     real = dict(v_hidden=1280, v_inter=3420, v_depth=32, v_heads=16, fullatt=[7, 15, 23, 31], ids=REAL_IDS,

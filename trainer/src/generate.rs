@@ -101,11 +101,19 @@ pub fn left_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
     let width = rows.iter().map(Vec::len).max().unwrap_or(0);
     let ids = rows
         .iter()
-        .map(|r| std::iter::repeat_n(pad, width - r.len()).chain(r.iter().copied()).collect())
+        .map(|r| {
+            std::iter::repeat_n(pad, width - r.len())
+                .chain(r.iter().copied())
+                .collect()
+        })
         .collect();
     let mask = rows
         .iter()
-        .map(|r| std::iter::repeat_n(0, width - r.len()).chain(std::iter::repeat_n(1, r.len())).collect())
+        .map(|r| {
+            std::iter::repeat_n(0, width - r.len())
+                .chain(std::iter::repeat_n(1, r.len()))
+                .collect()
+        })
         .collect();
     (ids, mask)
 }
@@ -152,14 +160,22 @@ fn choose(
     let rows = logits.size()[0];
     let temperature = if cfg.greedy { 1.0 } else { cfg.temperature };
     if temperature <= 0.0 {
-        return Err(ModelError::Input(format!("temperature must be > 0, got {temperature}")));
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
     }
-    let logp = logits.f_div_scalar(temperature)?.f_log_softmax(-1, Kind::Float)?;
+    let logp = logits
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
     let ids: Vec<i64> = if cfg.greedy {
         Vec::<i64>::try_from(logp.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?
     } else {
         let vocab = logp.size()[1];
-        let k = if cfg.top_k > 0 { (cfg.top_k as i64).min(vocab) } else { vocab };
+        let k = if cfg.top_k > 0 {
+            (cfg.top_k as i64).min(vocab)
+        } else {
+            vocab
+        };
         let (vals, idx) = logp.f_topk(k, -1, true, true)?;
         let vals = Vec::<f32>::try_from(vals.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
         let idx = Vec::<i64>::try_from(idx.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
@@ -176,7 +192,9 @@ fn choose(
             })
             .collect()
     };
-    let chosen = Tensor::from_slice(&ids).f_to_device(logp.device())?.f_unsqueeze(-1)?;
+    let chosen = Tensor::from_slice(&ids)
+        .f_to_device(logp.device())?
+        .f_unsqueeze(-1)?;
     let lp = Vec::<f32>::try_from(
         logp.f_gather(-1, &chosen, false)?
             .f_flatten(0, -1)?
@@ -217,11 +235,16 @@ pub fn generate_with_cache(
 ) -> Result<Vec<Sample>, ModelError> {
     let _guard = tch::no_grad_guard();
     if batch.input_ids.is_empty() || batch.input_ids.iter().any(Vec::is_empty) || n_samples == 0 {
-        return Err(ModelError::Input("generate needs non-empty prompts and n_samples >= 1".into()));
+        return Err(ModelError::Input(
+            "generate needs non-empty prompts and n_samples >= 1".into(),
+        ));
     }
     let device = model.device();
     let (ids, mask) = left_pad(&batch.input_ids, cfg.pad_token_id);
-    let grids = batch.images.as_ref().map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let grids = batch
+        .images
+        .as_ref()
+        .map_or(&[][..], |i| i.image_grid_thw.as_slice());
     let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
     let n = n_samples as i64;
     let prompts = ids.len() as i64;
@@ -247,7 +270,9 @@ pub fn generate_with_cache(
     )?;
     cache.fill_repeated(&prefill, n)?;
     drop(prefill);
-    let mut logits = logits.f_squeeze_dim(1)?.f_repeat_interleave_self_int(n, 0, None)?;
+    let mut logits = logits
+        .f_squeeze_dim(1)?
+        .f_repeat_interleave_self_int(n, 0, None)?;
     let mut attn = mask_t.f_repeat_interleave_self_int(n, 0, None)?;
     let mut next_pos: Vec<i64> = rope
         .next_position
@@ -328,7 +353,9 @@ pub fn response_logprobs(
         )));
     }
     if temperature <= 0.0 {
-        return Err(ModelError::Input(format!("temperature must be > 0, got {temperature}")));
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
     }
     let device = model.device();
     let full: Vec<Vec<i64>> = batch
@@ -338,7 +365,10 @@ pub fn response_logprobs(
         .map(|(p, r)| p.iter().chain(r).copied().collect())
         .collect();
     let (ids, mask) = left_pad(&full, pad_token_id);
-    let grids = batch.images.as_ref().map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let grids = batch
+        .images
+        .as_ref()
+        .map_or(&[][..], |i| i.image_grid_thw.as_slice());
     let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
     let width = ids[0].len() as i64;
     let r_max = batch.responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
@@ -359,7 +389,9 @@ pub fn response_logprobs(
         }
     }
     let b = ids.len() as i64;
-    let index = Tensor::from_slice(&index).f_view([b, r_max])?.f_to_device(device)?;
+    let index = Tensor::from_slice(&index)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
     let logits = model.forward(
         &to_tensor(&ids)?,
         &rope.to_tensor(device)?,
@@ -368,12 +400,19 @@ pub fn response_logprobs(
         None,
         LogitsAt::Positions(&index),
     )?;
-    let logp = logits.f_div_scalar(temperature)?.f_log_softmax(-1, Kind::Float)?;
+    let logp = logits
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
     let targets = Tensor::from_slice(&targets)
         .f_view([b, r_max, 1])?
         .f_to_device(device)?;
-    let mask = Tensor::from_slice(&valid).f_view([b, r_max])?.f_to_device(device)?;
-    let lp = logp.f_gather(-1, &targets, false)?.f_squeeze_dim(-1)?.f_mul(&mask)?;
+    let mask = Tensor::from_slice(&valid)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
+    let lp = logp
+        .f_gather(-1, &targets, false)?
+        .f_squeeze_dim(-1)?
+        .f_mul(&mask)?;
     Ok(ResponseLogprobs { logprobs: lp, mask })
 }
 
@@ -391,7 +430,11 @@ mod tests {
     #[test]
     fn top_p_keeps_smallest_nucleus() {
         // probabilities 0.5, 0.3, 0.2: top_p 0.5 keeps only the first id
-        let cands: Vec<(f32, i64)> = [0.5f32, 0.3, 0.2].iter().zip([7, 8, 9]).map(|(p, i)| (p.ln(), i)).collect();
+        let cands: Vec<(f32, i64)> = [0.5f32, 0.3, 0.2]
+            .iter()
+            .zip([7, 8, 9])
+            .map(|(p, i)| (p.ln(), i))
+            .collect();
         let mut rng = SamplerRng::new(3);
         for _ in 0..50 {
             assert_eq!(pick(&cands, 0.5, &mut rng), 7);
@@ -402,13 +445,20 @@ mod tests {
             counts[(pick(&cands, 1.0, &mut rng) - 7) as usize] += 1;
         }
         let f: Vec<f64> = counts.iter().map(|&c| c as f64 / 20000.0).collect();
-        assert!((f[0] - 0.5).abs() < 0.02 && (f[1] - 0.3).abs() < 0.02, "{f:?}");
+        assert!(
+            (f[0] - 0.5).abs() < 0.02 && (f[1] - 0.3).abs() < 0.02,
+            "{f:?}"
+        );
     }
 
     #[test]
     fn rng_is_reproducible() {
-        let a: Vec<u64> = (0..4).scan(SamplerRng::new(9), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..4).scan(SamplerRng::new(9), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..4)
+            .scan(SamplerRng::new(9), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .scan(SamplerRng::new(9), |r, _| Some(r.next_u64()))
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a[0], SamplerRng::new(10).next_u64());
     }

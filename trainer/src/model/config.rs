@@ -123,8 +123,8 @@ impl Qwen2_5VLConfig {
 
     /// Parses a `config.json` text in either schema.
     pub fn from_json_str(text: &str) -> Result<Self, ModelError> {
-        let root: Value =
-            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("invalid JSON: {e}")))?;
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| ModelError::Config(format!("invalid JSON: {e}")))?;
         let obj = root
             .as_object()
             .ok_or_else(|| ModelError::Config("config.json is not an object".into()))?;
@@ -151,7 +151,9 @@ impl Qwen2_5VLConfig {
                     .map_err(|e| ModelError::Config(format!("bad `mrope_section`: {e}")))
             })?;
         let mrope_section: [i64; 3] = mrope.as_slice().try_into().map_err(|_| {
-            ModelError::Config(format!("`mrope_section` must have 3 entries, got {mrope:?}"))
+            ModelError::Config(format!(
+                "`mrope_section` must have 3 entries, got {mrope:?}"
+            ))
         })?;
         let rope_theta = rope
             .and_then(|r| r.get("rope_theta"))
@@ -226,11 +228,16 @@ impl Qwen2_5VLConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(DEFAULT_VISION_ROPE_THETA),
         };
-        let top_int = |name: &str, default: i64| obj.get(name).and_then(Value::as_i64).unwrap_or(default);
+        let top_int =
+            |name: &str, default: i64| obj.get(name).and_then(Value::as_i64).unwrap_or(default);
         let tie_word_embeddings = obj
             .get("tie_word_embeddings")
             .and_then(Value::as_bool)
-            .or_else(|| nested.and_then(|t| t.get("tie_word_embeddings")).and_then(Value::as_bool))
+            .or_else(|| {
+                nested
+                    .and_then(|t| t.get("tie_word_embeddings"))
+                    .and_then(Value::as_bool)
+            })
             .unwrap_or(false);
         let cfg = Qwen2_5VLConfig {
             text,
@@ -305,8 +312,15 @@ impl Qwen2_5VLConfig {
                 v.window_size
             ));
         }
-        if let Some(bad) = v.fullatt_block_indexes.iter().find(|&&i| i < 0 || i >= v.depth) {
-            return err(format!("fullatt_block_indexes entry {bad} outside 0..{}", v.depth));
+        if let Some(bad) = v
+            .fullatt_block_indexes
+            .iter()
+            .find(|&&i| i < 0 || i >= v.depth)
+        {
+            return err(format!(
+                "fullatt_block_indexes entry {bad} outside 0..{}",
+                v.depth
+            ));
         }
         Ok(())
     }
@@ -373,14 +387,18 @@ mod tests {
     #[test]
     fn missing_vision_field_is_an_error() {
         let text = FLAT_7B.replace("\"window_size\": 112,", "");
-        let err = Qwen2_5VLConfig::from_json_str(&text).unwrap_err().to_string();
+        let err = Qwen2_5VLConfig::from_json_str(&text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vision_config.window_size"), "{err}");
     }
 
     #[test]
     fn inconsistent_mrope_is_an_error() {
         let text = FLAT_7B.replace("[16, 24, 24]", "[16, 24, 20]");
-        let err = Qwen2_5VLConfig::from_json_str(&text).unwrap_err().to_string();
+        let err = Qwen2_5VLConfig::from_json_str(&text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mrope_section"), "{err}");
     }
 }

@@ -41,7 +41,9 @@ pub enum ModelError {
     NoCheckpoint(PathBuf),
     #[error("{path}: {message}")]
     Safetensors { path: PathBuf, message: String },
-    #[error("checkpoint keys do not match the config: missing {missing:?}, unexpected {unexpected:?}")]
+    #[error(
+        "checkpoint keys do not match the config: missing {missing:?}, unexpected {unexpected:?}"
+    )]
     KeyMismatch {
         missing: Vec<String>,
         unexpected: Vec<String>,
@@ -109,13 +111,20 @@ impl Qwen2_5VLForConditionalGeneration {
     }
 
     /// Builds the model from named tensors (published layout).
-    pub fn from_weights(config: Qwen2_5VLConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+    pub fn from_weights(
+        config: Qwen2_5VLConfig,
+        w: &Weights,
+        device: Device,
+    ) -> Result<Self, ModelError> {
         let model = Qwen2_5VLTextModel::new(&config.text, w)?;
         let visual = Qwen2_5VisionTransformer::new(&config.vision, w, device)?;
         let lm_head = if config.tie_word_embeddings {
             model.embed_tokens.shallow_clone()
         } else {
-            w.get("lm_head.weight", &[config.text.vocab_size, config.text.hidden_size])?
+            w.get(
+                "lm_head.weight",
+                &[config.text.vocab_size, config.text.hidden_size],
+            )?
         };
         let kind = model.embed_tokens.kind();
         let rope = MRope::new(&config, device)?;
@@ -167,11 +176,17 @@ impl Qwen2_5VLForConditionalGeneration {
 
     /// Token embeddings of `input_ids [B, L]` with the vision tower's features written over the
     /// image tokens (in order).
-    pub fn embed(&self, input_ids: &Tensor, images: Option<&VisionInputs>) -> Result<Tensor, ModelError> {
+    pub fn embed(
+        &self,
+        input_ids: &Tensor,
+        images: Option<&VisionInputs>,
+    ) -> Result<Tensor, ModelError> {
         let ids = input_ids.f_to_device(self.device)?;
-        let embeds = self.model.embed_tokens.f_index_select(0, &ids.f_flatten(0, -1)?)?.f_view(
-            [ids.size()[0], ids.size()[1], self.config.text.hidden_size],
-        )?;
+        let embeds = self
+            .model
+            .embed_tokens
+            .f_index_select(0, &ids.f_flatten(0, -1)?)?
+            .f_view([ids.size()[0], ids.size()[1], self.config.text.hidden_size])?;
         // Without images (decode steps, text-only prompts) image ids keep their own embedding,
         // as in transformers; a sampled `<|image_pad|>` must not abort a rollout.
         let Some(images) = images else {
@@ -179,7 +194,9 @@ impl Qwen2_5VLForConditionalGeneration {
         };
         let is_image = ids.f_eq(self.config.image_token_id)?;
         let n_tokens = i64::try_from(is_image.f_sum(Kind::Int64)?)?;
-        let features = self.visual.forward(&images.pixel_values, &images.image_grid_thw)?;
+        let features = self
+            .visual
+            .forward(&images.pixel_values, &images.image_grid_thw)?;
         let n_features = features.size()[0];
         if n_tokens != n_features {
             return Err(ModelError::ImageTokenMismatch {
@@ -231,7 +248,10 @@ impl Qwen2_5VLForConditionalGeneration {
             LogitsAt::Positions(index) => {
                 let k = index.size()[1];
                 let d = hidden.size()[2];
-                let idx = index.f_to_device(self.device)?.f_unsqueeze(-1)?.f_expand([b, k, d], false)?;
+                let idx = index
+                    .f_to_device(self.device)?
+                    .f_unsqueeze(-1)?
+                    .f_expand([b, k, d], false)?;
                 self.logits(&hidden.f_gather(1, &idx, false)?)
             }
             LogitsAt::Hidden => Ok(hidden),
@@ -240,7 +260,9 @@ impl Qwen2_5VLForConditionalGeneration {
 
     /// `lm_head` on final hidden states `[..., D]` -> f32 logits with untrained ids masked.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let logits = hidden.f_matmul(&self.lm_head.f_tr()?)?.f_to_kind(Kind::Float)?;
+        let logits = hidden
+            .f_matmul(&self.lm_head.f_tr()?)?
+            .f_to_kind(Kind::Float)?;
         let vocab = self.config.text.vocab_size;
         if vocab <= TOKENIZER_VOCAB {
             return Ok(logits);

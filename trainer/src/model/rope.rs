@@ -98,7 +98,13 @@ pub fn get_rope_index(
             for ti in 0..t {
                 for hi in 0..lh {
                     for wi in 0..lw {
-                        set(valid[k + n], cursor + ti, cursor + hi, cursor + wi, &mut max_pos);
+                        set(
+                            valid[k + n],
+                            cursor + ti,
+                            cursor + hi,
+                            cursor + wi,
+                            &mut max_pos,
+                        );
                         n += 1;
                     }
                 }
@@ -144,7 +150,11 @@ impl MRope {
 
     /// `(cos, sin)` of shape `[B, L, head_dim]` in `kind` for `position_ids [3, B, L]`; computed in
     /// f32, frequency band `j` taken from stream t, h or w according to `mrope_section`.
-    pub fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor), ModelError> {
+    pub fn cos_sin(
+        &self,
+        position_ids: &Tensor,
+        kind: Kind,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let freqs = position_ids
             .f_to_kind(Kind::Float)?
             .f_unsqueeze(-1)?
@@ -163,7 +173,8 @@ impl MRope {
 
 /// `1 / theta^(arange(0, dim, 2) / dim)` in f32.
 pub fn inverse_frequencies(theta: f64, dim: i64, device: Device) -> Result<Tensor, ModelError> {
-    let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Float, device))?.f_div_scalar(dim as f64)?;
+    let exps =
+        Tensor::f_arange_start_step(0, dim, 2, (Kind::Float, device))?.f_div_scalar(dim as f64)?;
     Ok(Tensor::f_pow_scalar(theta, &exps)?.f_reciprocal()?)
 }
 
@@ -185,7 +196,8 @@ mod tests {
     use super::*;
 
     fn cfg() -> Qwen2_5VLConfig {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen25vl/tiny3b");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/qwen25vl/tiny3b");
         Qwen2_5VLConfig::from_dir(&dir).unwrap()
     }
 
@@ -200,9 +212,18 @@ mod tests {
         let mask = vec![1; ids.len()];
         let r = get_rope_index(&c, &[ids], &[mask], &[[1, 4, 6]]).unwrap();
         let l = 15;
-        assert_eq!(&r.position_ids[..l], &[0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 5, 8, 9, 10, 11]);
-        assert_eq!(&r.position_ids[l..2 * l], &[0, 1, 2, 3, 4, 5, 5, 5, 6, 6, 6, 8, 9, 10, 11]);
-        assert_eq!(&r.position_ids[2 * l..], &[0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(
+            &r.position_ids[..l],
+            &[0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 5, 8, 9, 10, 11]
+        );
+        assert_eq!(
+            &r.position_ids[l..2 * l],
+            &[0, 1, 2, 3, 4, 5, 5, 5, 6, 6, 6, 8, 9, 10, 11]
+        );
+        assert_eq!(
+            &r.position_ids[2 * l..],
+            &[0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9, 10, 11]
+        );
         assert_eq!(r.rope_deltas, vec![-3]);
         assert_eq!(r.next_position, vec![12]);
     }
@@ -212,6 +233,15 @@ mod tests {
         let c = cfg();
         let ids = vec![c.vision_start_token_id, c.image_token_id, c.image_token_id];
         let err = get_rope_index(&c, &[ids], &[vec![1, 1, 1]], &[[1, 4, 4]]).unwrap_err();
-        assert!(matches!(err, ModelError::ImageTokenMismatch { tokens: 2, features: 4 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ModelError::ImageTokenMismatch {
+                    tokens: 2,
+                    features: 4
+                }
+            ),
+            "{err}"
+        );
     }
 }

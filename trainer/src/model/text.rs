@@ -20,7 +20,13 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{name}.weight [out, in]` (and `{name}.bias [out]`).
-    pub fn load(w: &Weights, name: &str, out: i64, inp: i64, bias: bool) -> Result<Self, ModelError> {
+    pub fn load(
+        w: &Weights,
+        name: &str,
+        out: i64,
+        inp: i64,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
         Ok(Linear {
             weight: w.get(&format!("{name}.weight"), &[out, inp])?,
             bias: if bias {
@@ -64,8 +70,12 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let kind = x.kind();
         let xf = x.f_to_kind(Kind::Float)?;
-        let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
-        let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+        let var = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
+        let normed = xf
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
+            .f_to_kind(kind)?;
         Ok(self.weight.f_mul(&normed)?)
     }
 
@@ -137,7 +147,10 @@ impl KvCache {
     /// Copies `src` (with `src.batch * n == self.batch`) into this cache, each source row repeated
     /// `n` times consecutively: n samples per prompt sharing one prefill.
     pub fn fill_repeated(&mut self, src: &KvCache, n: i64) -> Result<(), ModelError> {
-        if src.batch * n != self.batch || src.len > self.capacity || src.keys.len() != self.keys.len() {
+        if src.batch * n != self.batch
+            || src.len > self.capacity
+            || src.keys.len() != self.keys.len()
+        {
             return Err(ModelError::Input(format!(
                 "cannot expand a cache of {} rows x {} slots by {n} into {} rows x {} slots",
                 src.batch, src.len, self.batch, self.capacity
@@ -150,7 +163,9 @@ impl KvCache {
             .zip(&src.keys)
             .chain(self.values.iter_mut().zip(&src.values))
         {
-            let rep = s.f_narrow(2, 0, src.len)?.f_repeat_interleave_self_int(n, 0, None)?;
+            let rep = s
+                .f_narrow(2, 0, src.len)?
+                .f_repeat_interleave_self_int(n, 0, None)?;
             dst.f_narrow(2, 0, src.len)?.f_copy_(&rep)?;
         }
         self.len = src.len;
@@ -159,7 +174,12 @@ impl KvCache {
 
     /// Writes `k`, `v` `[B, kvh, q, hd]` of `layer` at slots `len..len+q` and returns the filled
     /// prefix `[B, kvh, len+q, hd]`.
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+    fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let q = k.size()[2];
         if self.len + q > self.capacity {
             return Err(ModelError::CacheFull {
@@ -246,7 +266,9 @@ impl Attention {
             None,
             self.num_heads != self.num_kv_heads,
         )?;
-        let out = out.f_transpose(1, 2)?.f_reshape([b, l, self.num_heads * self.head_dim])?;
+        let out = out
+            .f_transpose(1, 2)?
+            .f_reshape([b, l, self.num_heads * self.head_dim])?;
         self.o_proj.forward(&out)
     }
 }
@@ -260,7 +282,12 @@ impl Qwen2_5VLTextModel {
         for i in 0..t.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, t.rms_norm_eps)?,
+                input_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{p}.input_layernorm"),
+                    d,
+                    t.rms_norm_eps,
+                )?,
                 post_attention_layernorm: RmsNorm::load(
                     w,
                     &format!("{p}.post_attention_layernorm"),
@@ -277,9 +304,27 @@ impl Qwen2_5VLTextModel {
                     head_dim: t.head_dim(),
                 },
                 mlp: Mlp {
-                    gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), t.intermediate_size, d, false)?,
-                    up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), t.intermediate_size, d, false)?,
-                    down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), d, t.intermediate_size, false)?,
+                    gate_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.gate_proj"),
+                        t.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    up_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.up_proj"),
+                        t.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    down_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        t.intermediate_size,
+                        false,
+                    )?,
                 },
             });
         }
@@ -292,15 +337,28 @@ impl Qwen2_5VLTextModel {
 
     /// Every weight with its checkpoint name.
     pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push(("model.embed_tokens.weight".into(), self.embed_tokens.shallow_clone()));
+        out.push((
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.shallow_clone(),
+        ));
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            l.input_layernorm.named(&format!("{p}.input_layernorm"), out);
-            l.post_attention_layernorm.named(&format!("{p}.post_attention_layernorm"), out);
-            l.self_attn.q_proj.named(&format!("{p}.self_attn.q_proj"), out);
-            l.self_attn.k_proj.named(&format!("{p}.self_attn.k_proj"), out);
-            l.self_attn.v_proj.named(&format!("{p}.self_attn.v_proj"), out);
-            l.self_attn.o_proj.named(&format!("{p}.self_attn.o_proj"), out);
+            l.input_layernorm
+                .named(&format!("{p}.input_layernorm"), out);
+            l.post_attention_layernorm
+                .named(&format!("{p}.post_attention_layernorm"), out);
+            l.self_attn
+                .q_proj
+                .named(&format!("{p}.self_attn.q_proj"), out);
+            l.self_attn
+                .k_proj
+                .named(&format!("{p}.self_attn.k_proj"), out);
+            l.self_attn
+                .v_proj
+                .named(&format!("{p}.self_attn.v_proj"), out);
+            l.self_attn
+                .o_proj
+                .named(&format!("{p}.self_attn.o_proj"), out);
             l.mlp.gate_proj.named(&format!("{p}.mlp.gate_proj"), out);
             l.mlp.up_proj.named(&format!("{p}.mlp.up_proj"), out);
             l.mlp.down_proj.named(&format!("{p}.mlp.down_proj"), out);
@@ -334,7 +392,11 @@ impl Qwen2_5VLTextModel {
             let r = h.shallow_clone();
             let x = layer.post_attention_layernorm.forward(&h)?;
             let m = &layer.mlp;
-            let g = m.gate_proj.forward(&x)?.f_silu()?.f_mul(&m.up_proj.forward(&x)?)?;
+            let g = m
+                .gate_proj
+                .forward(&x)?
+                .f_silu()?
+                .f_mul(&m.up_proj.forward(&x)?)?;
             h = r.f_add(&m.down_proj.forward(&g)?)?;
         }
         if let Some(c) = cache {
@@ -348,13 +410,20 @@ impl Qwen2_5VLTextModel {
 /// mask `[B, S]` over all slots: key `s` is visible to query `q` when it is a real token and
 /// `s <= past + q`. Every query also sees itself, so padding rows never become fully masked
 /// (their outputs are ignored).
-pub fn causal_padding_mask(attention_mask: &Tensor, past: i64, new: i64) -> Result<Tensor, ModelError> {
+pub fn causal_padding_mask(
+    attention_mask: &Tensor,
+    past: i64,
+    new: i64,
+) -> Result<Tensor, ModelError> {
     let device = attention_mask.device();
     let s = attention_mask.size()[1];
     let keys = Tensor::f_arange(s, (Kind::Int64, device))?.f_view([1, 1, s])?;
-    let queries = Tensor::f_arange_start(past, past + new, (Kind::Int64, device))?.f_view([1, new, 1])?;
+    let queries =
+        Tensor::f_arange_start(past, past + new, (Kind::Int64, device))?.f_view([1, new, 1])?;
     let causal = keys.f_le_tensor(&queries)?;
     let valid = attention_mask.f_ne(0)?.f_unsqueeze(1)?;
-    let allowed = causal.f_logical_and(&valid)?.f_logical_or(&keys.f_eq_tensor(&queries)?)?;
+    let allowed = causal
+        .f_logical_and(&valid)?
+        .f_logical_or(&keys.f_eq_tensor(&queries)?)?;
     Ok(allowed.f_unsqueeze(1)?)
 }

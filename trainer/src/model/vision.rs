@@ -27,7 +27,8 @@ pub struct VisionMlp {
 impl VisionMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let gate = self.gate_proj.forward(x)?.f_silu()?;
-        self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+        self.down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
     }
 }
 
@@ -56,7 +57,11 @@ pub struct SegmentBatch {
 impl SegmentBatch {
     /// From cumulative boundaries `[0, e1, e2, ...]`.
     pub fn new(cu_seqlens: &[i64], device: Device) -> Result<Self, ModelError> {
-        let lens: Vec<i64> = cu_seqlens.windows(2).map(|w| w[1] - w[0]).filter(|&l| l > 0).collect();
+        let lens: Vec<i64> = cu_seqlens
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .filter(|&l| l > 0)
+            .collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
         let n_seg = lens.len() as i64;
         let mut gather = vec![0i64; (n_seg * max_len) as usize];
@@ -263,7 +268,13 @@ impl Qwen2_5VisionTransformer {
         };
         let patch_embed_weight = w.get(
             "visual.patch_embed.proj.weight",
-            &[hv, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size],
+            &[
+                hv,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ],
         )?;
         Ok(Qwen2_5VisionTransformer {
             patch_embed_weight,
@@ -276,7 +287,10 @@ impl Qwen2_5VisionTransformer {
 
     /// Every weight with its checkpoint name.
     pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push(("visual.patch_embed.proj.weight".into(), self.patch_embed_weight.shallow_clone()));
+        out.push((
+            "visual.patch_embed.proj.weight".into(),
+            self.patch_embed_weight.shallow_clone(),
+        ));
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("visual.blocks.{i}");
             b.norm1.named(&format!("{p}.norm1"), out);
@@ -310,7 +324,10 @@ impl Qwen2_5VisionTransformer {
         let hv = cfg.hidden_size;
         let unit = cfg.spatial_merge_size * cfg.spatial_merge_size;
         let w = self.patch_embed_weight.f_reshape([hv, cfg.patch_dim()])?;
-        let x = pixel_values.f_to_device(device)?.f_to_kind(kind)?.f_matmul(&w.f_tr()?)?;
+        let x = pixel_values
+            .f_to_device(device)?
+            .f_to_kind(kind)?
+            .f_matmul(&w.f_tr()?)?;
 
         let layout = window_layout(cfg, grids);
         let win_idx = Tensor::from_slice(&layout.window_index).f_to_device(device)?;
@@ -322,12 +339,18 @@ impl Qwen2_5VisionTransformer {
         };
         let mut x = permute(&x)?;
 
-        let coords: Vec<i64> = patch_coordinates(cfg, grids).into_iter().flatten().collect();
+        let coords: Vec<i64> = patch_coordinates(cfg, grids)
+            .into_iter()
+            .flatten()
+            .collect();
         let pos = Tensor::from_slice(&coords)
             .f_view([n, 2])?
             .f_to_device(device)?
             .f_to_kind(Kind::Float)?;
-        let freqs = pos.f_unsqueeze(-1)?.f_mul(&self.inv_freq)?.f_reshape([n, -1])?; // [N, hd/2]: h | w
+        let freqs = pos
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq)?
+            .f_reshape([n, -1])?; // [N, hd/2]: h | w
         let freqs = permute(&freqs)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?; // [N, 1, hd]
         let (cos, sin) = (emb.f_cos()?, emb.f_sin()?);
@@ -340,7 +363,9 @@ impl Qwen2_5VisionTransformer {
             } else {
                 &windows
             };
-            let a = blk.attn.forward(&blk.norm1.forward(&x)?, segs, &cos, &sin)?;
+            let a = blk
+                .attn
+                .forward(&blk.norm1.forward(&x)?, segs, &cos, &sin)?;
             x = x.f_add(&a)?;
             let m = blk.mlp.forward(&blk.norm2.forward(&x)?)?;
             x = x.f_add(&m)?;
@@ -395,7 +420,11 @@ mod tests {
     #[test]
     fn window_layout_ragged() {
         let l = window_layout(&cfg(), &[[1, 12, 20]]);
-        let sizes: Vec<i64> = l.cu_window_seqlens.windows(2).map(|w| (w[1] - w[0]) / 4).collect();
+        let sizes: Vec<i64> = l
+            .cu_window_seqlens
+            .windows(2)
+            .map(|w| (w[1] - w[0]) / 4)
+            .collect();
         assert_eq!(sizes, vec![16, 16, 8, 8, 8, 4]);
         assert_eq!(&l.window_index[16..20], &[4, 5, 6, 7]);
     }

@@ -58,9 +58,18 @@ pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Vec<(String, Vec<i64>)> {
             add(format!("{p}.self_attn.{name}.bias"), vec![rows]);
         }
         add(format!("{p}.self_attn.o_proj.weight"), vec![d, d]);
-        add(format!("{p}.mlp.gate_proj.weight"), vec![t.intermediate_size, d]);
-        add(format!("{p}.mlp.up_proj.weight"), vec![t.intermediate_size, d]);
-        add(format!("{p}.mlp.down_proj.weight"), vec![d, t.intermediate_size]);
+        add(
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![t.intermediate_size, d],
+        );
+        add(
+            format!("{p}.mlp.up_proj.weight"),
+            vec![t.intermediate_size, d],
+        );
+        add(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![d, t.intermediate_size],
+        );
     }
     add("model.norm.weight".into(), vec![d]);
     if !cfg.tie_word_embeddings {
@@ -69,7 +78,13 @@ pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Vec<(String, Vec<i64>)> {
     let hv = v.hidden_size;
     add(
         "visual.patch_embed.proj.weight".into(),
-        vec![hv, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
+        vec![
+            hv,
+            v.in_channels,
+            v.temporal_patch_size,
+            v.patch_size,
+            v.patch_size,
+        ],
     );
     for i in 0..v.depth {
         let p = format!("visual.blocks.{i}");
@@ -80,8 +95,16 @@ pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Vec<(String, Vec<i64>)> {
         add(format!("{p}.attn.proj.weight"), vec![hv, hv]);
         add(format!("{p}.attn.proj.bias"), vec![hv]);
         for (name, shape_w, shape_b) in [
-            ("gate_proj", vec![v.intermediate_size, hv], v.intermediate_size),
-            ("up_proj", vec![v.intermediate_size, hv], v.intermediate_size),
+            (
+                "gate_proj",
+                vec![v.intermediate_size, hv],
+                v.intermediate_size,
+            ),
+            (
+                "up_proj",
+                vec![v.intermediate_size, hv],
+                v.intermediate_size,
+            ),
             ("down_proj", vec![hv, v.intermediate_size], hv),
         ] {
             add(format!("{p}.mlp.{name}.weight"), shape_w);
@@ -92,7 +115,10 @@ pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Vec<(String, Vec<i64>)> {
     add("visual.merger.ln_q.weight".into(), vec![hv]);
     add("visual.merger.mlp.0.weight".into(), vec![merged, merged]);
     add("visual.merger.mlp.0.bias".into(), vec![merged]);
-    add("visual.merger.mlp.2.weight".into(), vec![v.out_hidden_size, merged]);
+    add(
+        "visual.merger.mlp.2.weight".into(),
+        vec![v.out_hidden_size, merged],
+    );
     add("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]);
     out
 }
@@ -181,9 +207,12 @@ impl Checkpoint {
             let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 ModelError::Config(format!("{}: invalid JSON: {e}", index.display()))
             })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::Config(format!("{}: no `weight_map` object", index.display()))
-            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    ModelError::Config(format!("{}: no `weight_map` object", index.display()))
+                })?;
             let set: BTreeSet<String> = map
                 .values()
                 .filter_map(|v| v.as_str().map(str::to_string))
@@ -299,13 +328,25 @@ mod tests {
     #[test]
     fn normalises_every_known_layout() {
         for (stored, want) in [
-            ("model.language_model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
-            ("model.visual.blocks.3.attn.qkv.bias", "visual.blocks.3.attn.qkv.bias"),
+            (
+                "model.language_model.layers.0.mlp.up_proj.weight",
+                "model.layers.0.mlp.up_proj.weight",
+            ),
+            (
+                "model.visual.blocks.3.attn.qkv.bias",
+                "visual.blocks.3.attn.qkv.bias",
+            ),
             ("language_model.model.norm.weight", "model.norm.weight"),
             ("language_model.lm_head.weight", "lm_head.weight"),
-            ("vision_tower.merger.ln_q.weight", "visual.merger.ln_q.weight"),
+            (
+                "vision_tower.merger.ln_q.weight",
+                "visual.merger.ln_q.weight",
+            ),
             ("model.embed_tokens.weight", "model.embed_tokens.weight"),
-            ("visual.patch_embed.proj.weight", "visual.patch_embed.proj.weight"),
+            (
+                "visual.patch_embed.proj.weight",
+                "visual.patch_embed.proj.weight",
+            ),
             ("lm_head.weight", "lm_head.weight"),
         ] {
             assert_eq!(normalize_key(stored), want);
