@@ -4,10 +4,7 @@ use sha2::{Digest, Sha256};
 use trainer::tokenizer::{self, embedded_tokenizer, embedded_tokenizer_json};
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -41,10 +38,7 @@ fn chat_template_special_tokens_are_single_ids() {
             .filter(|(_, t)| t.as_str() == token)
             .map(|(i, _)| i)
             .collect();
-        assert!(
-            !pos.is_empty(),
-            "{token} not found as one token in {tokens:?}"
-        );
+        assert!(!pos.is_empty(), "{token} not found as one token in {tokens:?}");
         for p in pos {
             assert_eq!(ids[p], id, "{token}");
         }
@@ -53,11 +47,7 @@ fn chat_template_special_tokens_are_single_ids() {
     let vs = ids.iter().position(|&i| i == 151652).unwrap();
     assert_eq!(&ids[vs..vs + 3], &[151652, 151655, 151653]);
     assert_eq!(ids[0], tokenizer::IM_START_ID);
-    assert_eq!(
-        *ids.last().unwrap(),
-        198,
-        "trailing newline is byte-level id 198"
-    );
+    assert_eq!(*ids.last().unwrap(), 198, "trailing newline is byte-level id 198");
     // "system" is one ordinary token right after <|im_start|>.
     assert_eq!(tokens[1], "system");
     assert_eq!(tok.token_to_id("<|endoftext|>"), Some(151643));
@@ -68,10 +58,7 @@ fn chat_template_special_tokens_are_single_ids() {
 #[test]
 fn qwen3_only_tokens_are_absent() {
     let tok = embedded_tokenizer().unwrap();
-    assert_eq!(
-        tok.get_vocab_size(true),
-        tokenizer::TOKENIZER_VOCAB as usize
-    );
+    assert_eq!(tok.get_vocab_size(true), tokenizer::TOKENIZER_VOCAB as usize);
     // In Qwen2.5-VL `<think>` is ordinary text, several byte-level tokens.
     let enc = tok.encode("<think>", false).unwrap();
     assert!(enc.get_ids().len() > 1, "{:?}", enc.get_tokens());

@@ -9,10 +9,7 @@ fn main() {
         // Record the libtorch version built against, for `spatialthinker doctor`.
         let version_file = std::path::Path::new(&lib).join("../build-version");
         let version = std::fs::read_to_string(&version_file).unwrap_or_default();
-        println!(
-            "cargo:rustc-env=SPATIALTHINKER_LIBTORCH_BUILD_VERSION={}",
-            version.trim()
-        );
+        println!("cargo:rustc-env=SPATIALTHINKER_LIBTORCH_BUILD_VERSION={}", version.trim());
         println!("cargo:rustc-env=SPATIALTHINKER_LIBTORCH_LIB={lib}");
     }
     // Without --no-as-needed the linker drops libtorch_cuda.so (nothing references it directly)
