@@ -3,4 +3,5 @@
 pub mod device;
 pub mod generate;
 pub mod model;
+pub mod processor;
 pub mod tokenizer;
