@@ -2,3 +2,5 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod generate;
+pub mod logprobs;
