@@ -17,11 +17,20 @@ struct Cli {
 enum Command {
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
+    /// Generate from a checkpoint for one image and prompt.
+    Generate(cli::generate::Args),
+    /// Teacher-forced log-probs of a response.
+    Logprobs(cli::logprobs::Args),
+    /// Throughput benchmarks (`bench generate`).
+    Bench(cli::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Bench(args) => cli::bench::run(args),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Logprobs(args) => cli::logprobs::run(args),
     }
 }

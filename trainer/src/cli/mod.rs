@@ -1,3 +1,6 @@
 //! One module per subcommand: its clap `Args` and a `run` function.
 
+pub mod bench;
 pub mod doctor;
+pub mod generate;
+pub mod logprobs;

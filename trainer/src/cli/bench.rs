@@ -1,0 +1,137 @@
+//! `spatialthinker bench generate`: prefill and decode throughput of batched greedy generation.
+//!
+//! Prompts are synthetic text ids (`bench_prompt_ids`), so `scripts/bench_hf_generate.py` can
+//! feed transformers exactly the same inputs and print the ratio.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tch::{Kind, Tensor};
+use trainer::device::{DeviceArg, DtypeArg};
+use trainer::generate::{left_pad, SamplingConfig};
+use trainer::model::{get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration};
+
+/// Benchmarks.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Greedy generation: prefill and decode tokens/s.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// Checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// New tokens per prompt (no early stop).
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+}
+
+/// Synthetic prompt of row `b`: ids `(b * 31 + j * 7919) % 1000`, j = 0..len (the Python bench
+/// builds the same).
+pub fn bench_prompt_ids(b: usize, len: usize) -> Vec<i64> {
+    (0..len)
+        .map(|j| ((b * 31 + j * 7919) % 1000) as i64)
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.what {
+        What::Generate(a) => bench_generate(a),
+    }
+}
+
+/// Returns (prefill seconds, decode seconds).
+fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Result<(f64, f64)> {
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let prompts: Vec<Vec<i64>> = (0..a.batch)
+        .map(|b| bench_prompt_ids(b, a.prompt_len))
+        .collect();
+    let (ids, mask) = left_pad(&prompts, SamplingConfig::default().pad_token_id);
+    let rope = get_rope_index(&model.config, &ids, &mask, &[])?;
+    let b = a.batch as i64;
+    let l = a.prompt_len as i64;
+    let mut cache = KvCache::new(
+        &model.config,
+        b,
+        l + a.new_tokens as i64,
+        device,
+        model.kind(),
+    )?;
+    let flat: Vec<i64> = ids.concat();
+    let mut attn = Tensor::f_ones([b, l], (Kind::Int64, device))?;
+    let sync = |t: &Tensor| -> Result<Vec<i64>> {
+        Ok(Vec::<i64>::try_from(
+            t.f_argmax(-1, false)?
+                .f_flatten(0, -1)?
+                .f_to_device(tch::Device::Cpu)?,
+        )?)
+    };
+    let start = Instant::now();
+    let logits = model.forward(
+        &Tensor::from_slice(&flat).f_view([b, l])?,
+        &rope.to_tensor(device)?,
+        &attn,
+        None,
+        Some(&mut cache),
+        LogitsAt::Last,
+    )?;
+    let mut next = sync(&logits)?;
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for step in 0..a.new_tokens.saturating_sub(1) {
+        let pos: Vec<i64> = rope.next_position.iter().map(|p| p + step as i64).collect();
+        let pos = Tensor::from_slice(&pos)
+            .f_view([1, b, 1])?
+            .f_expand([3, b, 1], false)?;
+        attn = Tensor::f_cat(&[&attn, &Tensor::f_ones([b, 1], (Kind::Int64, device))?], 1)?;
+        let input = Tensor::from_slice(&next).f_view([b, 1])?;
+        let logits = model.forward(&input, &pos, &attn, None, Some(&mut cache), LogitsAt::Last)?;
+        next = sync(&logits)?;
+    }
+    Ok((prefill, start.elapsed().as_secs_f64()))
+}
+
+fn bench_generate(a: GenerateArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let model = Qwen2_5VLForConditionalGeneration::load(&a.model, device, a.dtype.kind())
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    for _ in 0..a.warmup {
+        one_run(&model, &a)?;
+    }
+    let (prefill, decode) = one_run(&model, &a)?;
+    let prefill_tps = (a.batch * a.prompt_len) as f64 / prefill;
+    let decode_tps = (a.batch * a.new_tokens.saturating_sub(1)) as f64 / decode;
+    println!(
+        "{}",
+        serde_json::json!({
+            "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
+            "device": a.device.to_string(), "threads": tch::get_num_threads(),
+            "prefill_s": prefill, "decode_s": decode,
+            "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
+        })
+    );
+    Ok(())
+}

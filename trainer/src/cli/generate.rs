@@ -1,0 +1,131 @@
+//! `spatialthinker generate`: sample continuations of one image + text user turn.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use trainer::device::{DeviceArg, DtypeArg};
+use trainer::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
+use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
+use trainer::processor::{ChatMessage, EncodedPrompt, ImageProcessor, Processor};
+use trainer::tokenizer;
+
+/// Generate from a checkpoint for one image and one prompt.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint folder (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image file.
+    #[arg(long)]
+    image: PathBuf,
+    /// User text, placed after the image.
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Arg-max decoding (ignores temperature, top-p, top-k).
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples for the prompt (sharing one prefill).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Print `{"samples":[{"ids":[...],"text":"..."}]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resolves `--model`: a local folder, else an error naming hub ids (resolved through the HF cache
+/// by `data::hub`, not wired in yet).
+pub fn model_dir(model: &Path) -> Result<PathBuf> {
+    if model.is_dir() {
+        return Ok(model.to_path_buf());
+    }
+    bail!(
+        "--model {}: not a local folder; hub ids (e.g. Qwen/Qwen2.5-VL-7B-Instruct) are not resolved by this build yet (pending data::hub); pass the snapshot folder of the HF cache instead",
+        model.display()
+    )
+}
+
+/// Loads the processor of a checkpoint folder: its tokenizer (or the embedded one) and its
+/// `preprocessor_config.json` (or the published Qwen2.5-VL one).
+pub fn load_processor(dir: &Path) -> Result<Processor> {
+    let tok = tokenizer::load_tokenizer(dir).context("loading the tokenizer")?;
+    let image = if dir.join("preprocessor_config.json").exists() {
+        ImageProcessor::from_preprocessor_config(dir)?
+    } else {
+        ImageProcessor::default_qwen25vl()
+    };
+    Ok(Processor::new(tok, image))
+}
+
+/// Encodes one `[image, text]` user turn with the chat template and the generation prompt.
+pub fn encode_user_turn(
+    processor: &Processor,
+    image: &Path,
+    prompt: &str,
+) -> Result<EncodedPrompt> {
+    let img = image::open(image).with_context(|| format!("reading image {}", image.display()))?;
+    let messages = [ChatMessage::user_image_text(prompt)];
+    Ok(processor.encode_prompt(&messages, &[img])?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dir = model_dir(&args.model)?;
+    let device = args.device.resolve()?;
+    let processor = load_processor(&dir)?;
+    let encoded = encode_user_turn(&processor, &args.image, &args.prompt)?;
+    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, args.dtype.kind())
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let batch = PromptBatch {
+        input_ids: vec![encoded.input_ids],
+        images: Some(VisionInputs {
+            pixel_values: encoded.pixel_values,
+            image_grid_thw: encoded.image_grid_thw,
+        }),
+    };
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        ..SamplingConfig::default()
+    };
+    let samples = generate(
+        &model,
+        &batch,
+        args.samples,
+        &cfg,
+        &mut SamplerRng::new(args.seed),
+    )?;
+    let mut out = Vec::new();
+    for s in &samples {
+        let ids: Vec<u32> = s.ids.iter().map(|&i| i as u32).collect();
+        let text = processor
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+        out.push(serde_json::json!({"ids": s.ids, "text": text}));
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "samples": out }));
+    } else {
+        for (i, s) in out.iter().enumerate() {
+            println!("--- sample {i}\n{}", s["text"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}

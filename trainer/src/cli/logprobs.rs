@@ -1,0 +1,72 @@
+//! `spatialthinker logprobs`: teacher-forced log-probs of a response to one image + text turn.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use trainer::device::{DeviceArg, DtypeArg};
+use trainer::generate::{response_logprobs, ResponseBatch};
+use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
+use trainer::processor::PAD_ID;
+
+use super::generate::{encode_user_turn, load_processor, model_dir};
+
+/// Log-probs of each response token given the prompt (the quantity GRPO uses).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// Response text, tokenised without special tokens.
+    #[arg(long)]
+    response: String,
+    /// Softmax temperature applied to the logits.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Print `{"prompt_tokens": n, "response_ids": [...], "logprobs": [...]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dir = model_dir(&args.model)?;
+    let device = args.device.resolve()?;
+    let processor = load_processor(&dir)?;
+    let encoded = encode_user_turn(&processor, &args.image, &args.prompt)?;
+    let response = processor.tokenize(&args.response)?;
+    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, args.dtype.kind())
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let prompt_tokens = encoded.input_ids.len();
+    let batch = ResponseBatch {
+        prompts: vec![encoded.input_ids],
+        responses: vec![response.clone()],
+        images: Some(VisionInputs {
+            pixel_values: encoded.pixel_values,
+            image_grid_thw: encoded.image_grid_thw,
+        }),
+    };
+    let lp = tch::no_grad(|| response_logprobs(&model, &batch, args.temperature, PAD_ID))?;
+    let values = Vec::<f32>::try_from(
+        lp.logprobs
+            .f_flatten(0, -1)?
+            .f_to_device(tch::Device::Cpu)?,
+    )?;
+    let report = serde_json::json!({
+        "prompt_tokens": prompt_tokens, "response_ids": response, "logprobs": values,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("prompt tokens: {prompt_tokens}");
+        for (id, v) in response.iter().zip(&values) {
+            println!("{id:>8} {v:>12.6}");
+        }
+    }
+    Ok(())
+}

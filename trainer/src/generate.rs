@@ -1,0 +1,465 @@
+//! Batched generation with a preallocated KV cache, and teacher-forced response log-probs.
+//!
+//! Prompts are left-padded to one width; `n` samples per prompt share one prefill whose cache is
+//! repeated into the decode cache. Sampling (temperature, top-k, top-p, greedy) draws from a
+//! caller-owned [`SamplerRng`], so a run is reproducible from its seed. The per-token log-probs
+//! returned are those of the temperature-scaled full distribution, the same quantity
+//! [`response_logprobs`] recomputes for GRPO.
+
+use tch::{Kind, Tensor};
+
+use crate::model::{
+    get_rope_index, KvCache, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
+};
+use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID};
+
+/// Token ids that end a sample by default: `<|im_end|>`, `<|endoftext|>`.
+pub const DEFAULT_STOP_IDS: [i64; 2] = [IM_END_ID, ENDOFTEXT_ID];
+
+/// Unpadded prompts of one batch with their images.
+#[derive(Debug)]
+pub struct PromptBatch {
+    /// One id list per prompt (image pads already expanded).
+    pub input_ids: Vec<Vec<i64>>,
+    /// Images of all prompts, in prompt order.
+    pub images: Option<VisionInputs>,
+}
+
+/// How to pick tokens.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// Always take the arg-max (temperature, top-k and top-p are then ignored).
+    pub greedy: bool,
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 disables.
+    pub top_p: f64,
+    /// Keep the k most likely ids; 0 disables.
+    pub top_k: usize,
+    /// Ids that end a sample (kept as its last id).
+    pub stop_token_ids: Vec<i64>,
+    /// Id used for left padding and fed to finished rows.
+    pub pad_token_id: i64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            max_new_tokens: 256,
+            greedy: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            stop_token_ids: DEFAULT_STOP_IDS.to_vec(),
+            pad_token_id: ENDOFTEXT_ID,
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64) owned by the caller.
+#[derive(Debug, Clone)]
+pub struct SamplerRng {
+    state: u64,
+}
+
+impl SamplerRng {
+    /// A generator whose stream depends only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        SamplerRng { state: seed }
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One generated continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Index of its prompt in the batch.
+    pub prompt_index: usize,
+    /// New ids, including the stop id when one ended it.
+    pub ids: Vec<i64>,
+    /// Log-prob of each id under the temperature-scaled distribution (f32 log-softmax).
+    pub logprobs: Vec<f32>,
+    /// Whether a stop id ended it (else `max_new_tokens` did).
+    pub stopped: bool,
+}
+
+/// Left-pads rows to one width: `(ids, mask)` as row vectors.
+pub fn left_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let ids = rows
+        .iter()
+        .map(|r| {
+            std::iter::repeat_n(pad, width - r.len())
+                .chain(r.iter().copied())
+                .collect()
+        })
+        .collect();
+    let mask = rows
+        .iter()
+        .map(|r| {
+            std::iter::repeat_n(0, width - r.len())
+                .chain(std::iter::repeat_n(1, r.len()))
+                .collect()
+        })
+        .collect();
+    (ids, mask)
+}
+
+fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
+    let width = rows.first().map_or(0, Vec::len) as i64;
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Ok(Tensor::from_slice(&flat).f_view([rows.len() as i64, width])?)
+}
+
+/// Picks one id from `(logprob, id)` candidates sorted by decreasing log-prob, applying top-p.
+fn pick(cands: &[(f32, i64)], top_p: f64, rng: &mut SamplerRng) -> i64 {
+    let top = cands.first().map_or(0.0, |c| c.0) as f64;
+    let weights: Vec<f64> = cands.iter().map(|c| (c.0 as f64 - top).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut keep = weights.len();
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            acc += w / total;
+            if acc >= top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let kept: f64 = weights[..keep].iter().sum();
+    let mut u = rng.next_f64() * kept;
+    for (i, w) in weights[..keep].iter().enumerate() {
+        if u < *w {
+            return cands[i].1;
+        }
+        u -= w;
+    }
+    cands[keep - 1].1
+}
+
+/// Chooses the next id per row from f32 `logits [R, V]`; returns `(ids, logprobs)`.
+fn choose(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    rng: &mut SamplerRng,
+) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    let rows = logits.size()[0];
+    let temperature = if cfg.greedy { 1.0 } else { cfg.temperature };
+    if temperature <= 0.0 {
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    let logp = logits
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let ids: Vec<i64> = if cfg.greedy {
+        Vec::<i64>::try_from(logp.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?
+    } else {
+        let vocab = logp.size()[1];
+        let k = if cfg.top_k > 0 {
+            (cfg.top_k as i64).min(vocab)
+        } else {
+            vocab
+        };
+        let (vals, idx) = logp.f_topk(k, -1, true, true)?;
+        let vals = Vec::<f32>::try_from(vals.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let idx = Vec::<i64>::try_from(idx.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        (0..rows as usize)
+            .map(|r| {
+                let span = r * k as usize..(r + 1) * k as usize;
+                let cands: Vec<(f32, i64)> = vals[span.clone()]
+                    .iter()
+                    .copied()
+                    .zip(idx[span].iter().copied())
+                    .filter(|c| c.0.is_finite())
+                    .collect();
+                pick(&cands, cfg.top_p, rng)
+            })
+            .collect()
+    };
+    let chosen = Tensor::from_slice(&ids)
+        .f_to_device(logp.device())?
+        .f_unsqueeze(-1)?;
+    let lp = Vec::<f32>::try_from(
+        logp.f_gather(-1, &chosen, false)?
+            .f_flatten(0, -1)?
+            .f_to_device(tch::Device::Cpu)?,
+    )?;
+    Ok((ids, lp))
+}
+
+/// Generates `n_samples` continuations per prompt (rows ordered prompt-major). Runs without grad.
+pub fn generate(
+    model: &Qwen2_5VLForConditionalGeneration,
+    batch: &PromptBatch,
+    n_samples: usize,
+    cfg: &SamplingConfig,
+    rng: &mut SamplerRng,
+) -> Result<Vec<Sample>, ModelError> {
+    let width = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let rows = (batch.input_ids.len() * n_samples) as i64;
+    let mut cache = KvCache::new(
+        &model.config,
+        rows,
+        width + cfg.max_new_tokens as i64,
+        model.device(),
+        model.kind(),
+    )?;
+    generate_with_cache(model, batch, n_samples, cfg, rng, &mut cache)
+}
+
+/// [`generate`] into a caller-provided empty cache of `prompts * n_samples` rows and at least
+/// `prompt width + max_new_tokens` slots (reuse it across calls to avoid reallocation).
+pub fn generate_with_cache(
+    model: &Qwen2_5VLForConditionalGeneration,
+    batch: &PromptBatch,
+    n_samples: usize,
+    cfg: &SamplingConfig,
+    rng: &mut SamplerRng,
+    cache: &mut KvCache,
+) -> Result<Vec<Sample>, ModelError> {
+    let _guard = tch::no_grad_guard();
+    if batch.input_ids.is_empty() || batch.input_ids.iter().any(Vec::is_empty) || n_samples == 0 {
+        return Err(ModelError::Input(
+            "generate needs non-empty prompts and n_samples >= 1".into(),
+        ));
+    }
+    let device = model.device();
+    let (ids, mask) = left_pad(&batch.input_ids, cfg.pad_token_id);
+    let grids = batch
+        .images
+        .as_ref()
+        .map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
+    let n = n_samples as i64;
+    let prompts = ids.len() as i64;
+    let width = ids[0].len() as i64;
+    if cache.batch() != prompts * n || cache.capacity() < width + cfg.max_new_tokens as i64 {
+        return Err(ModelError::Input(format!(
+            "cache of {} rows x {} slots, need {} x {}",
+            cache.batch(),
+            cache.capacity(),
+            prompts * n,
+            width + cfg.max_new_tokens as i64
+        )));
+    }
+    let mask_t = to_tensor(&mask)?.f_to_device(device)?;
+    let mut prefill = KvCache::new(&model.config, prompts, width, device, model.kind())?;
+    let logits = model.forward(
+        &to_tensor(&ids)?,
+        &rope.to_tensor(device)?,
+        &mask_t,
+        batch.images.as_ref(),
+        Some(&mut prefill),
+        LogitsAt::Last,
+    )?;
+    cache.fill_repeated(&prefill, n)?;
+    drop(prefill);
+    let mut logits = logits
+        .f_squeeze_dim(1)?
+        .f_repeat_interleave_self_int(n, 0, None)?;
+    let mut attn = mask_t.f_repeat_interleave_self_int(n, 0, None)?;
+    let mut next_pos: Vec<i64> = rope
+        .next_position
+        .iter()
+        .flat_map(|&p| std::iter::repeat_n(p, n_samples))
+        .collect();
+    let mut samples: Vec<Sample> = (0..prompts as usize * n_samples)
+        .map(|r| Sample {
+            prompt_index: r / n_samples,
+            ids: Vec::new(),
+            logprobs: Vec::new(),
+            stopped: false,
+        })
+        .collect();
+    for step in 0..cfg.max_new_tokens {
+        let (next, lps) = choose(&logits, cfg, rng)?;
+        let mut feed = Vec::with_capacity(next.len());
+        for (s, (id, lp)) in samples.iter_mut().zip(next.into_iter().zip(lps)) {
+            if s.stopped {
+                feed.push(cfg.pad_token_id);
+                continue;
+            }
+            s.ids.push(id);
+            s.logprobs.push(lp);
+            s.stopped = cfg.stop_token_ids.contains(&id);
+            feed.push(id);
+        }
+        if samples.iter().all(|s| s.stopped) || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        let input = Tensor::from_slice(&feed).f_view([prompts * n, 1])?;
+        let pos = Tensor::from_slice(&next_pos)
+            .f_view([1, prompts * n, 1])?
+            .f_expand([3, prompts * n, 1], false)?;
+        let ones = Tensor::f_ones([prompts * n, 1], (Kind::Int64, device))?;
+        attn = Tensor::f_cat(&[&attn, &ones], 1)?;
+        logits = model
+            .forward(&input, &pos, &attn, None, Some(cache), LogitsAt::Last)?
+            .f_squeeze_dim(1)?;
+        next_pos.iter_mut().for_each(|p| *p += 1);
+    }
+    Ok(samples)
+}
+
+/// Prompts with given responses, for teacher-forced log-probs.
+#[derive(Debug)]
+pub struct ResponseBatch {
+    pub prompts: Vec<Vec<i64>>,
+    pub responses: Vec<Vec<i64>>,
+    /// Images of all prompts, in prompt order.
+    pub images: Option<VisionInputs>,
+}
+
+/// Teacher-forced log-probs, right-aligned per row.
+#[derive(Debug)]
+pub struct ResponseLogprobs {
+    /// `[B, R]` f32 log-probs of response token j of row i at `[i, j]` (R = longest response);
+    /// carries grad when grad mode is on.
+    pub logprobs: Tensor,
+    /// `[B, R]` f32, 1 where `logprobs` is a real response token.
+    pub mask: Tensor,
+}
+
+/// Log-probs of each response token given its prompt and preceding response tokens, from one
+/// forward over `prompt + response` (left-padded). Only response positions go through `lm_head`
+/// and log-softmax, at `temperature`. Runs with whatever grad mode the caller has set.
+pub fn response_logprobs(
+    model: &Qwen2_5VLForConditionalGeneration,
+    batch: &ResponseBatch,
+    temperature: f64,
+    pad_token_id: i64,
+) -> Result<ResponseLogprobs, ModelError> {
+    if batch.prompts.len() != batch.responses.len() || batch.prompts.is_empty() {
+        return Err(ModelError::Input(format!(
+            "{} prompts but {} responses",
+            batch.prompts.len(),
+            batch.responses.len()
+        )));
+    }
+    if temperature <= 0.0 {
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    let device = model.device();
+    let full: Vec<Vec<i64>> = batch
+        .prompts
+        .iter()
+        .zip(&batch.responses)
+        .map(|(p, r)| p.iter().chain(r).copied().collect())
+        .collect();
+    let (ids, mask) = left_pad(&full, pad_token_id);
+    let grids = batch
+        .images
+        .as_ref()
+        .map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
+    let width = ids[0].len() as i64;
+    let r_max = batch.responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    // hidden state at slot p predicts the token at p + 1
+    let mut index = Vec::with_capacity((ids.len() as i64 * r_max) as usize);
+    let mut targets = Vec::with_capacity(index.capacity());
+    let mut valid = Vec::with_capacity(index.capacity());
+    for (row, resp) in batch.responses.iter().enumerate() {
+        let start = width - resp.len() as i64;
+        for j in 0..r_max {
+            let real = j < resp.len() as i64;
+            index.push(if real { start + j - 1 } else { width - 1 });
+            targets.push(if real { resp[j as usize] } else { 0 });
+            valid.push(if real { 1f32 } else { 0f32 });
+        }
+        if start < 1 {
+            return Err(ModelError::Input(format!("row {row}: empty prompt")));
+        }
+    }
+    let b = ids.len() as i64;
+    let index = Tensor::from_slice(&index)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
+    let logits = model.forward(
+        &to_tensor(&ids)?,
+        &rope.to_tensor(device)?,
+        &to_tensor(&mask)?,
+        batch.images.as_ref(),
+        None,
+        LogitsAt::Positions(&index),
+    )?;
+    let logp = logits
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let targets = Tensor::from_slice(&targets)
+        .f_view([b, r_max, 1])?
+        .f_to_device(device)?;
+    let mask = Tensor::from_slice(&valid)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
+    let lp = logp
+        .f_gather(-1, &targets, false)?
+        .f_squeeze_dim(-1)?
+        .f_mul(&mask)?;
+    Ok(ResponseLogprobs { logprobs: lp, mask })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn left_pad_aligns_right() {
+        let (ids, mask) = left_pad(&[vec![1, 2, 3], vec![4]], 0);
+        assert_eq!(ids, vec![vec![1, 2, 3], vec![0, 0, 4]]);
+        assert_eq!(mask, vec![vec![1, 1, 1], vec![0, 0, 1]]);
+    }
+
+    #[test]
+    fn top_p_keeps_smallest_nucleus() {
+        // probabilities 0.5, 0.3, 0.2: top_p 0.5 keeps only the first id
+        let cands: Vec<(f32, i64)> = [0.5f32, 0.3, 0.2]
+            .iter()
+            .zip([7, 8, 9])
+            .map(|(p, i)| (p.ln(), i))
+            .collect();
+        let mut rng = SamplerRng::new(3);
+        for _ in 0..50 {
+            assert_eq!(pick(&cands, 0.5, &mut rng), 7);
+        }
+        // top_p 1.0: frequencies follow the probabilities
+        let mut counts = [0usize; 3];
+        for _ in 0..20000 {
+            counts[(pick(&cands, 1.0, &mut rng) - 7) as usize] += 1;
+        }
+        let f: Vec<f64> = counts.iter().map(|&c| c as f64 / 20000.0).collect();
+        assert!(
+            (f[0] - 0.5).abs() < 0.02 && (f[1] - 0.3).abs() < 0.02,
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn rng_is_reproducible() {
+        let a: Vec<u64> = (0..4)
+            .scan(SamplerRng::new(9), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .scan(SamplerRng::new(9), |r, _| Some(r.next_u64()))
+            .collect();
+        assert_eq!(a, b);
+        assert_ne!(a[0], SamplerRng::new(10).next_u64());
+    }
+}

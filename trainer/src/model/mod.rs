@@ -1,0 +1,273 @@
+//! Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) on tch: config, weights, vision tower,
+//! M-RoPE text decoder and the logits head.
+//!
+//! The model holds weights only; per-sequence state (KV cache, rotary positions) is passed in by
+//! the caller, so one model serves rollouts, log-prob passes and the server at once. Weights are
+//! plain tensors named after the published checkpoint keys; [`Qwen2_5VLForConditionalGeneration::
+//! attach_to_var_store`] registers them (shared, not copied) in an `nn::VarStore` for training.
+
+pub mod config;
+pub mod rope;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind, Tensor};
+use thiserror::Error;
+
+pub use config::{Qwen2_5VLConfig, TextConfig, VisionConfig};
+pub use rope::{get_rope_index, RopeIndex};
+pub use text::KvCache;
+pub use weights::{Checkpoint, Weights};
+
+use crate::tokenizer::TOKENIZER_VOCAB;
+use rope::MRope;
+use text::{causal_padding_mask, Qwen2_5VLTextModel};
+use vision::Qwen2_5VisionTransformer;
+
+/// Errors of the model code.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("no model.safetensors or model.safetensors.index.json in {0}")]
+    NoCheckpoint(PathBuf),
+    #[error("{path}: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error(
+        "checkpoint keys do not match the config: missing {missing:?}, unexpected {unexpected:?}"
+    )]
+    KeyMismatch {
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+    },
+    #[error("missing tensors {0:?}")]
+    MissingTensors(Vec<String>),
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    Dtype { name: String, dtype: String },
+    #[error("image features and image tokens do not match: {tokens} tokens, {features} features")]
+    ImageTokenMismatch { tokens: i64, features: i64 },
+    #[error("KV cache full: capacity {capacity}, needed {needed}")]
+    CacheFull { capacity: i64, needed: i64 },
+    #[error("bad input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Images of a batch: `pixel_values [sum N_i, 1176]` (f32 from the processor) and one
+/// `[t, h, w]` patch grid per image, in the order their `<|image_pad|>` blocks appear.
+#[derive(Debug)]
+pub struct VisionInputs {
+    pub pixel_values: Tensor,
+    pub image_grid_thw: Vec<[i64; 3]>,
+}
+
+/// Which positions of a forward get logits.
+#[derive(Debug)]
+pub enum LogitsAt<'a> {
+    /// Every position: `[B, L, V]`.
+    All,
+    /// The last position of each row: `[B, 1, V]`.
+    Last,
+    /// `index [B, K]` (int64) positions per row: `[B, K, V]`.
+    Positions(&'a Tensor),
+    /// No logits: the final hidden states `[B, L, D]` are returned instead.
+    Hidden,
+}
+
+/// Qwen2.5-VL: vision tower, text decoder, `lm_head`.
+#[derive(Debug)]
+pub struct Qwen2_5VLForConditionalGeneration {
+    pub config: Qwen2_5VLConfig,
+    pub visual: Qwen2_5VisionTransformer,
+    pub model: Qwen2_5VLTextModel,
+    /// `[vocab, D]`; the same tensor as `model.embed_tokens` when embeddings are tied.
+    pub lm_head: Tensor,
+    rope: MRope,
+    device: Device,
+    kind: Kind,
+}
+
+impl Qwen2_5VLForConditionalGeneration {
+    /// Reads `dir/config.json` and the safetensors weights onto `device` as `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        let config = Qwen2_5VLConfig::from_dir(dir)?;
+        let weights = Checkpoint::open(dir)?.load(&config, device, kind)?;
+        Self::from_weights(config, &weights, device)
+    }
+
+    /// Builds the model from named tensors (published layout).
+    pub fn from_weights(
+        config: Qwen2_5VLConfig,
+        w: &Weights,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        let model = Qwen2_5VLTextModel::new(&config.text, w)?;
+        let visual = Qwen2_5VisionTransformer::new(&config.vision, w, device)?;
+        let lm_head = if config.tie_word_embeddings {
+            model.embed_tokens.shallow_clone()
+        } else {
+            w.get(
+                "lm_head.weight",
+                &[config.text.vocab_size, config.text.hidden_size],
+            )?
+        };
+        let kind = model.embed_tokens.kind();
+        let rope = MRope::new(&config, device)?;
+        Ok(Qwen2_5VLForConditionalGeneration {
+            config,
+            visual,
+            model,
+            lm_head,
+            rope,
+            device,
+            kind,
+        })
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Floating kind of the weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Every distinct weight with its published checkpoint name (a tied `lm_head` is not listed).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.model.named_tensors(&mut out);
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        self.visual.named_tensors(&mut out);
+        out
+    }
+
+    /// Registers every weight in `vs` under its checkpoint name (`model.layers.0.mlp.up_proj.
+    /// weight`, ...), sharing storage with the model. With `trainable`, the tensors require grad
+    /// and appear in `vs.trainable_variables()`; saving `vs.variables()` as safetensors gives a
+    /// checkpoint in the published layout.
+    pub fn attach_to_var_store(&self, vs: &nn::VarStore, trainable: bool) {
+        let root = vs.root();
+        for (name, t) in self.named_tensors() {
+            let mut parts: Vec<&str> = name.split('.').collect();
+            let leaf = parts.pop().unwrap_or_default();
+            let path = parts.iter().fold(root.clone(), |p, c| p.sub(*c));
+            let _registered = path.add(leaf, t, trainable);
+        }
+    }
+
+    /// Token embeddings of `input_ids [B, L]` with the vision tower's features written over the
+    /// image tokens (in order).
+    pub fn embed(
+        &self,
+        input_ids: &Tensor,
+        images: Option<&VisionInputs>,
+    ) -> Result<Tensor, ModelError> {
+        let ids = input_ids.f_to_device(self.device)?;
+        let embeds = self
+            .model
+            .embed_tokens
+            .f_index_select(0, &ids.f_flatten(0, -1)?)?
+            .f_view([ids.size()[0], ids.size()[1], self.config.text.hidden_size])?;
+        // Without images (decode steps, text-only prompts) image ids keep their own embedding,
+        // as in transformers; a sampled `<|image_pad|>` must not abort a rollout.
+        let Some(images) = images else {
+            return Ok(embeds);
+        };
+        let is_image = ids.f_eq(self.config.image_token_id)?;
+        let n_tokens = i64::try_from(is_image.f_sum(Kind::Int64)?)?;
+        let features = self
+            .visual
+            .forward(&images.pixel_values, &images.image_grid_thw)?;
+        let n_features = features.size()[0];
+        if n_tokens != n_features {
+            return Err(ModelError::ImageTokenMismatch {
+                tokens: n_tokens,
+                features: n_features,
+            });
+        }
+        let mask = is_image.f_unsqueeze(-1)?.f_expand_as(&embeds)?;
+        Ok(embeds.f_masked_scatter(&mask, &features.f_to_kind(embeds.kind())?)?)
+    }
+
+    /// One forward pass.
+    ///
+    /// * `input_ids [B, L]` new tokens (prompt at prefill, one token per row when decoding);
+    /// * `position_ids [3, B, L]` their M-RoPE positions (from [`get_rope_index`] at prefill,
+    ///   `next_position + step` when decoding);
+    /// * `attention_mask [B, S]` 0/1 over every slot, cached ones first (`S = cache.len() + L`);
+    /// * `images` for the image tokens among `input_ids` (prefill only);
+    /// * `cache`: written at its end and advanced by `L` when given.
+    ///
+    /// Returns f32 logits with ids >= 151665 (untrained rows) set to -inf, at `logits_at`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        images: Option<&VisionInputs>,
+        cache: Option<&mut KvCache>,
+        logits_at: LogitsAt<'_>,
+    ) -> Result<Tensor, ModelError> {
+        let embeds = self.embed(input_ids, images)?;
+        let (b, l) = (embeds.size()[0], embeds.size()[1]);
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mask = attention_mask.f_to_device(self.device)?;
+        if mask.size() != [b, past + l] {
+            return Err(ModelError::Input(format!(
+                "attention_mask {:?} must be [B={b}, cached {past} + new {l}]",
+                mask.size()
+            )));
+        }
+        let mask = causal_padding_mask(&mask, past, l)?;
+        let (cos, sin) = self
+            .rope
+            .cos_sin(&position_ids.f_to_device(self.device)?, self.kind)?;
+        let hidden = self.model.forward(&embeds, &cos, &sin, &mask, cache)?;
+        match logits_at {
+            LogitsAt::All => self.logits(&hidden),
+            LogitsAt::Last => self.logits(&hidden.f_narrow(1, l - 1, 1)?),
+            LogitsAt::Positions(index) => {
+                let k = index.size()[1];
+                let d = hidden.size()[2];
+                let idx = index
+                    .f_to_device(self.device)?
+                    .f_unsqueeze(-1)?
+                    .f_expand([b, k, d], false)?;
+                self.logits(&hidden.f_gather(1, &idx, false)?)
+            }
+            LogitsAt::Hidden => Ok(hidden),
+        }
+    }
+
+    /// `lm_head` on final hidden states `[..., D]` -> f32 logits with untrained ids masked.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let logits = hidden
+            .f_matmul(&self.lm_head.f_tr()?)?
+            .f_to_kind(Kind::Float)?;
+        let vocab = self.config.text.vocab_size;
+        if vocab <= TOKENIZER_VOCAB {
+            return Ok(logits);
+        }
+        let ids = Tensor::f_arange(vocab, (Kind::Int64, self.device))?;
+        Ok(logits.f_masked_fill(&ids.f_ge(TOKENIZER_VOCAB)?, f64::NEG_INFINITY)?)
+    }
+}

@@ -1,0 +1,429 @@
+//! The Qwen2 text decoder of Qwen2.5-VL (`model.*`): GQA attention with M-RoPE and a KV cache
+//! passed in by the caller, SwiGLU MLP, RMSNorm in transformers' cast order.
+//!
+//! Ported from transformers 5.23 `modeling_qwen2_5_vl.py`: `Qwen2_5_VLTextModel`,
+//! `Qwen2_5_VLDecoderLayer`, `Qwen2_5_VLAttention`, `Qwen2MLP`, `Qwen2_5_VLRMSNorm`.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::{Qwen2_5VLConfig, TextConfig};
+use super::weights::Weights;
+use super::ModelError;
+use crate::model::rope::apply_rotary;
+
+/// `x W^T (+ b)`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight [out, in]` (and `{name}.bias [out]`).
+    pub fn load(
+        w: &Weights,
+        name: &str,
+        out: i64,
+        inp: i64,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
+        Ok(Linear {
+            weight: w.get(&format!("{name}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(w.get(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Applies the layer on the last axis.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+    }
+
+    pub(crate) fn named(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{name}.weight"), self.weight.shallow_clone()));
+        if let Some(b) = &self.bias {
+            out.push((format!("{name}.bias"), b.shallow_clone()));
+        }
+    }
+}
+
+/// RMSNorm: f32 statistics, cast back to the input kind, then times `weight`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `{name}.weight [dim]`.
+    pub fn load(w: &Weights, name: &str, dim: i64, eps: f64) -> Result<Self, ModelError> {
+        Ok(RmsNorm {
+            weight: w.get(&format!("{name}.weight"), &[dim])?,
+            eps,
+        })
+    }
+
+    /// Normalises the last axis.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let kind = x.kind();
+        let xf = x.f_to_kind(Kind::Float)?;
+        let var = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
+        let normed = xf
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
+            .f_to_kind(kind)?;
+        Ok(self.weight.f_mul(&normed)?)
+    }
+
+    pub(crate) fn named(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{name}.weight"), self.weight.shallow_clone()));
+    }
+}
+
+/// Preallocated per-layer keys (post-rotary) and values, `[B, kv_heads, capacity, head_dim]`.
+///
+/// Slot `j` of every row is the `j`-th token fed for that row (padding included); `len` slots are
+/// filled. The caller owns it and passes it to each forward, so one set of weights serves many
+/// concurrent rollouts.
+#[derive(Debug)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: i64,
+    capacity: i64,
+    batch: i64,
+}
+
+impl KvCache {
+    /// Allocates a cache for `batch` rows of up to `capacity` tokens.
+    pub fn new(
+        cfg: &Qwen2_5VLConfig,
+        batch: i64,
+        capacity: i64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
+        let t = &cfg.text;
+        let shape = [batch, t.num_key_value_heads, capacity, t.head_dim()];
+        let mut keys = Vec::with_capacity(t.num_hidden_layers as usize);
+        let mut values = Vec::with_capacity(t.num_hidden_layers as usize);
+        for _ in 0..t.num_hidden_layers {
+            keys.push(Tensor::f_zeros(shape, (kind, device))?);
+            values.push(Tensor::f_zeros(shape, (kind, device))?);
+        }
+        Ok(KvCache {
+            keys,
+            values,
+            len: 0,
+            capacity,
+            batch,
+        })
+    }
+
+    /// Filled slots per row.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// True before the first forward.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Allocated slots per row.
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    /// Copies `src` (with `src.batch * n == self.batch`) into this cache, each source row repeated
+    /// `n` times consecutively: n samples per prompt sharing one prefill.
+    pub fn fill_repeated(&mut self, src: &KvCache, n: i64) -> Result<(), ModelError> {
+        if src.batch * n != self.batch
+            || src.len > self.capacity
+            || src.keys.len() != self.keys.len()
+        {
+            return Err(ModelError::Input(format!(
+                "cannot expand a cache of {} rows x {} slots by {n} into {} rows x {} slots",
+                src.batch, src.len, self.batch, self.capacity
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        for (dst, s) in self
+            .keys
+            .iter_mut()
+            .zip(&src.keys)
+            .chain(self.values.iter_mut().zip(&src.values))
+        {
+            let rep = s
+                .f_narrow(2, 0, src.len)?
+                .f_repeat_interleave_self_int(n, 0, None)?;
+            dst.f_narrow(2, 0, src.len)?.f_copy_(&rep)?;
+        }
+        self.len = src.len;
+        Ok(())
+    }
+
+    /// Writes `k`, `v` `[B, kvh, q, hd]` of `layer` at slots `len..len+q` and returns the filled
+    /// prefix `[B, kvh, len+q, hd]`.
+    fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let q = k.size()[2];
+        if self.len + q > self.capacity {
+            return Err(ModelError::CacheFull {
+                capacity: self.capacity,
+                needed: self.len + q,
+            });
+        }
+        self.keys[layer].f_narrow(2, self.len, q)?.f_copy_(k)?;
+        self.values[layer].f_narrow(2, self.len, q)?.f_copy_(v)?;
+        Ok((
+            self.keys[layer].f_narrow(2, 0, self.len + q)?,
+            self.values[layer].f_narrow(2, 0, self.len + q)?,
+        ))
+    }
+}
+
+/// `Qwen2_5_VLAttention`: q/k/v with bias, o without, GQA through SDPA.
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+/// `down(silu(gate(x)) * up(x))`, no biases.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+}
+
+/// Embedding, decoder layers and final norm (`model.*`).
+#[derive(Debug)]
+pub struct Qwen2_5VLTextModel {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, l) = (x.size()[0], x.size()[1]);
+        let split = |t: Tensor, heads: i64| -> Result<Tensor, ModelError> {
+            Ok(t.f_view([b, l, heads, self.head_dim])?.f_transpose(1, 2)?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let (cos, sin) = (cos.f_unsqueeze(1)?, sin.f_unsqueeze(1)?);
+        let q = apply_rotary(&q, &cos, &sin)?;
+        let k = apply_rotary(&k, &cos, &sin)?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let out = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            0.0,
+            false,
+            None,
+            self.num_heads != self.num_kv_heads,
+        )?;
+        let out = out
+            .f_transpose(1, 2)?
+            .f_reshape([b, l, self.num_heads * self.head_dim])?;
+        self.o_proj.forward(&out)
+    }
+}
+
+impl Qwen2_5VLTextModel {
+    /// Builds the decoder from `model.*` weights.
+    pub fn new(t: &TextConfig, w: &Weights) -> Result<Self, ModelError> {
+        let d = t.hidden_size;
+        let kv = t.num_key_value_heads * t.head_dim();
+        let mut layers = Vec::with_capacity(t.num_hidden_layers as usize);
+        for i in 0..t.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{p}.input_layernorm"),
+                    d,
+                    t.rms_norm_eps,
+                )?,
+                post_attention_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{p}.post_attention_layernorm"),
+                    d,
+                    t.rms_norm_eps,
+                )?,
+                self_attn: Attention {
+                    q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), d, d, true)?,
+                    k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv, d, true)?,
+                    v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv, d, true)?,
+                    o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, d, false)?,
+                    num_heads: t.num_attention_heads,
+                    num_kv_heads: t.num_key_value_heads,
+                    head_dim: t.head_dim(),
+                },
+                mlp: Mlp {
+                    gate_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.gate_proj"),
+                        t.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    up_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.up_proj"),
+                        t.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    down_proj: Linear::load(
+                        w,
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        t.intermediate_size,
+                        false,
+                    )?,
+                },
+            });
+        }
+        Ok(Qwen2_5VLTextModel {
+            embed_tokens: w.get("model.embed_tokens.weight", &[t.vocab_size, d])?,
+            layers,
+            norm: RmsNorm::load(w, "model.norm", d, t.rms_norm_eps)?,
+        })
+    }
+
+    /// Every weight with its checkpoint name.
+    pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+        out.push((
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.shallow_clone(),
+        ));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.input_layernorm
+                .named(&format!("{p}.input_layernorm"), out);
+            l.post_attention_layernorm
+                .named(&format!("{p}.post_attention_layernorm"), out);
+            l.self_attn
+                .q_proj
+                .named(&format!("{p}.self_attn.q_proj"), out);
+            l.self_attn
+                .k_proj
+                .named(&format!("{p}.self_attn.k_proj"), out);
+            l.self_attn
+                .v_proj
+                .named(&format!("{p}.self_attn.v_proj"), out);
+            l.self_attn
+                .o_proj
+                .named(&format!("{p}.self_attn.o_proj"), out);
+            l.mlp.gate_proj.named(&format!("{p}.mlp.gate_proj"), out);
+            l.mlp.up_proj.named(&format!("{p}.mlp.up_proj"), out);
+            l.mlp.down_proj.named(&format!("{p}.mlp.down_proj"), out);
+        }
+        self.norm.named("model.norm", out);
+    }
+
+    /// Runs the decoder over `inputs_embeds [B, L, D]` with rotary `cos`/`sin` `[B, L, hd]` and a
+    /// boolean attention mask `[B, 1, L, S]` (S = cached + new slots); returns the final-norm
+    /// hidden states `[B, L, D]`. With a cache, new keys/values are written at its end and its
+    /// length advances by L.
+    pub fn forward(
+        &self,
+        inputs_embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        let mut h = inputs_embeds.shallow_clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let r = h.shallow_clone();
+            let a = layer.self_attn.forward(
+                &layer.input_layernorm.forward(&h)?,
+                cos,
+                sin,
+                mask,
+                cache.as_deref_mut().map(|c| (c, i)),
+            )?;
+            h = r.f_add(&a)?;
+            let r = h.shallow_clone();
+            let x = layer.post_attention_layernorm.forward(&h)?;
+            let m = &layer.mlp;
+            let g = m
+                .gate_proj
+                .forward(&x)?
+                .f_silu()?
+                .f_mul(&m.up_proj.forward(&x)?)?;
+            h = r.f_add(&m.down_proj.forward(&g)?)?;
+        }
+        if let Some(c) = cache {
+            c.len += inputs_embeds.size()[1];
+        }
+        self.norm.forward(&h)
+    }
+}
+
+/// Boolean mask `[B, 1, L, S]` for `L` new tokens after `past` cached slots, from the 0/1 padding
+/// mask `[B, S]` over all slots: key `s` is visible to query `q` when it is a real token and
+/// `s <= past + q`. Every query also sees itself, so padding rows never become fully masked
+/// (their outputs are ignored).
+pub fn causal_padding_mask(
+    attention_mask: &Tensor,
+    past: i64,
+    new: i64,
+) -> Result<Tensor, ModelError> {
+    let device = attention_mask.device();
+    let s = attention_mask.size()[1];
+    let keys = Tensor::f_arange(s, (Kind::Int64, device))?.f_view([1, 1, s])?;
+    let queries =
+        Tensor::f_arange_start(past, past + new, (Kind::Int64, device))?.f_view([1, new, 1])?;
+    let causal = keys.f_le_tensor(&queries)?;
+    let valid = attention_mask.f_ne(0)?.f_unsqueeze(1)?;
+    let allowed = causal
+        .f_logical_and(&valid)?
+        .f_logical_or(&keys.f_eq_tensor(&queries)?)?;
+    Ok(allowed.f_unsqueeze(1)?)
+}

@@ -1,0 +1,437 @@
+//! The Qwen2.5-VL vision tower (`visual.*`): patch embedding, windowed and full-attention blocks
+//! with 2-D rotary embeddings, and the PatchMerger into the text hidden size.
+//!
+//! Ported from transformers 5.23 `modeling_qwen2_5_vl.py`:
+//! `Qwen2_5_VisionTransformerPretrainedModel.forward`, `Qwen2_5_VLVisionBlock`,
+//! `Qwen2_5_VLVisionAttention`, `Qwen2_5_VLPatchMerger`, and `vision_utils.get_vision_window_index`.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::VisionConfig;
+use super::rope::{apply_rotary, inverse_frequencies};
+use super::text::{Linear, RmsNorm};
+use super::weights::Weights;
+use super::ModelError;
+
+/// RMSNorm epsilon used throughout the vision tower.
+const VISION_RMS_EPS: f64 = 1e-6;
+
+/// `down(silu(gate(x)) * up(x))` with biases.
+#[derive(Debug)]
+pub struct VisionMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl VisionMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let gate = self.gate_proj.forward(x)?.f_silu()?;
+        self.down_proj
+            .forward(&gate.f_mul(&self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Bidirectional attention inside segments (windows or whole images).
+#[derive(Debug)]
+pub struct VisionAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    num_heads: i64,
+    head_dim: i64,
+}
+
+/// Segments of rows that attend among themselves, laid out as a padded batch.
+#[derive(Debug)]
+pub struct SegmentBatch {
+    /// `[n_seg * max_len]` row to gather for each padded slot (0 for padding).
+    gather: Tensor,
+    /// `[n_seg, 1, 1, max_len]` true where the key slot is a real row.
+    key_mask: Tensor,
+    /// `[N]` padded slot of each original row.
+    scatter: Tensor,
+    n_seg: i64,
+    max_len: i64,
+}
+
+impl SegmentBatch {
+    /// From cumulative boundaries `[0, e1, e2, ...]`.
+    pub fn new(cu_seqlens: &[i64], device: Device) -> Result<Self, ModelError> {
+        let lens: Vec<i64> = cu_seqlens
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .filter(|&l| l > 0)
+            .collect();
+        let max_len = lens.iter().copied().max().unwrap_or(0);
+        let n_seg = lens.len() as i64;
+        let mut gather = vec![0i64; (n_seg * max_len) as usize];
+        let mut mask = vec![false; (n_seg * max_len) as usize];
+        let mut scatter = Vec::with_capacity(cu_seqlens.last().copied().unwrap_or(0) as usize);
+        let mut row = 0i64;
+        for (s, &len) in lens.iter().enumerate() {
+            for j in 0..len {
+                let slot = s as i64 * max_len + j;
+                gather[slot as usize] = row;
+                mask[slot as usize] = true;
+                scatter.push(slot);
+                row += 1;
+            }
+        }
+        Ok(SegmentBatch {
+            gather: Tensor::from_slice(&gather).f_to_device(device)?,
+            key_mask: Tensor::from_slice(&mask)
+                .f_view([n_seg, 1, 1, max_len])?
+                .f_to_device(device)?,
+            scatter: Tensor::from_slice(&scatter).f_to_device(device)?,
+            n_seg,
+            max_len,
+        })
+    }
+}
+
+impl VisionAttention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        segs: &SegmentBatch,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let n = x.size()[0];
+        let kind = x.kind();
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .f_reshape([n, 3, self.num_heads, self.head_dim])?;
+        // rotary in f32 on upcast q/k (apply_rotary_pos_emb_vision)
+        let rot = |t: Tensor| -> Result<Tensor, ModelError> {
+            apply_rotary(&t.f_to_kind(Kind::Float)?, cos, sin)?
+                .f_to_kind(kind)
+                .map_err(Into::into)
+        };
+        let q = rot(qkv.f_select(1, 0)?)?;
+        let k = rot(qkv.f_select(1, 1)?)?;
+        let v = qkv.f_select(1, 2)?;
+        let batch = |t: &Tensor| -> Result<Tensor, ModelError> {
+            Ok(t.f_index_select(0, &segs.gather)?
+                .f_view([segs.n_seg, segs.max_len, self.num_heads, self.head_dim])?
+                .f_transpose(1, 2)?)
+        };
+        let out = Tensor::f_scaled_dot_product_attention(
+            &batch(&q)?,
+            &batch(&k)?,
+            &batch(&v)?,
+            Some(&segs.key_mask),
+            0.0,
+            false,
+            None,
+            false,
+        )?; // [n_seg, H, max_len, hd]
+        let out = out
+            .f_transpose(1, 2)?
+            .f_reshape([segs.n_seg * segs.max_len, self.num_heads * self.head_dim])?
+            .f_index_select(0, &segs.scatter)?;
+        self.proj.forward(&out)
+    }
+}
+
+/// One ViT block: pre-norm attention and pre-norm SwiGLU MLP, both residual.
+#[derive(Debug)]
+pub struct VisionBlock {
+    pub norm1: RmsNorm,
+    pub norm2: RmsNorm,
+    pub attn: VisionAttention,
+    pub mlp: VisionMlp,
+}
+
+/// `ln_q` -> concatenate each 2x2 unit -> Linear -> erf GELU -> Linear.
+#[derive(Debug)]
+pub struct PatchMerger {
+    pub ln_q: RmsNorm,
+    pub mlp0: Linear,
+    pub mlp2: Linear,
+    merged_dim: i64,
+}
+
+/// The vision tower, weights under `visual.`.
+#[derive(Debug)]
+pub struct Qwen2_5VisionTransformer {
+    /// Conv3d weight `[hidden, C, T, P, P]` (used as a matmul, kernel = stride).
+    pub patch_embed_weight: Tensor,
+    pub blocks: Vec<VisionBlock>,
+    pub merger: PatchMerger,
+    cfg: VisionConfig,
+    inv_freq: Tensor,
+}
+
+/// Where patch rows go for windowed attention, and the two kinds of segment boundaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowLayout {
+    /// Merged-token indices in window order.
+    pub window_index: Vec<i64>,
+    /// Patch-row boundaries of the (non-empty) windows, starting at 0.
+    pub cu_window_seqlens: Vec<i64>,
+    /// Patch-row boundaries of each image (and temporal slice), starting at 0.
+    pub cu_seqlens: Vec<i64>,
+}
+
+/// Computes the window partition for `grids` (spec §3.4).
+pub fn window_layout(cfg: &VisionConfig, grids: &[[i64; 3]]) -> WindowLayout {
+    let m = cfg.spatial_merge_size;
+    let unit = m * m;
+    let win = cfg.window_size / m / cfg.patch_size;
+    let mut window_index = Vec::new();
+    let mut cu_window_seqlens = vec![0i64];
+    let mut cu_seqlens = vec![0i64];
+    let mut offset = 0i64;
+    for &[t, gh, gw] in grids {
+        let (lh, lw) = (gh / m, gw / m);
+        for ti in 0..t {
+            for wy in 0..(lh + win - 1) / win {
+                for wx in 0..(lw + win - 1) / win {
+                    let mut count = 0;
+                    for y in wy * win..((wy + 1) * win).min(lh) {
+                        for x in wx * win..((wx + 1) * win).min(lw) {
+                            window_index.push(offset + ti * lh * lw + y * lw + x);
+                            count += 1;
+                        }
+                    }
+                    if count > 0 {
+                        let last = *cu_window_seqlens.last().unwrap_or(&0);
+                        cu_window_seqlens.push(last + count * unit);
+                    }
+                }
+            }
+            let last = *cu_seqlens.last().unwrap_or(&0);
+            cu_seqlens.push(last + gh * gw);
+        }
+        offset += t * lh * lw;
+    }
+    WindowLayout {
+        window_index,
+        cu_window_seqlens,
+        cu_seqlens,
+    }
+}
+
+/// `(h, w)` patch coordinates of every `pixel_values` row, in the processor's row order.
+pub fn patch_coordinates(cfg: &VisionConfig, grids: &[[i64; 3]]) -> Vec<[i64; 2]> {
+    let m = cfg.spatial_merge_size;
+    let mut out = Vec::new();
+    for &[t, gh, gw] in grids {
+        for _ in 0..t {
+            for bh in 0..gh / m {
+                for bw in 0..gw / m {
+                    for mh in 0..m {
+                        for mw in 0..m {
+                            out.push([bh * m + mh, bw * m + mw]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Qwen2_5VisionTransformer {
+    /// Builds the tower from `visual.*` weights.
+    pub fn new(cfg: &VisionConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+        let hv = cfg.hidden_size;
+        let inter = cfg.intermediate_size;
+        let lin = |name: &str, out: i64, inp: i64| Linear::load(w, name, out, inp, true);
+        let mut blocks = Vec::with_capacity(cfg.depth as usize);
+        for i in 0..cfg.depth {
+            let p = format!("visual.blocks.{i}");
+            blocks.push(VisionBlock {
+                norm1: RmsNorm::load(w, &format!("{p}.norm1"), hv, VISION_RMS_EPS)?,
+                norm2: RmsNorm::load(w, &format!("{p}.norm2"), hv, VISION_RMS_EPS)?,
+                attn: VisionAttention {
+                    qkv: lin(&format!("{p}.attn.qkv"), 3 * hv, hv)?,
+                    proj: lin(&format!("{p}.attn.proj"), hv, hv)?,
+                    num_heads: cfg.num_heads,
+                    head_dim: cfg.head_dim(),
+                },
+                mlp: VisionMlp {
+                    gate_proj: lin(&format!("{p}.mlp.gate_proj"), inter, hv)?,
+                    up_proj: lin(&format!("{p}.mlp.up_proj"), inter, hv)?,
+                    down_proj: lin(&format!("{p}.mlp.down_proj"), hv, inter)?,
+                },
+            });
+        }
+        let merged_dim = hv * cfg.spatial_merge_size * cfg.spatial_merge_size;
+        let merger = PatchMerger {
+            ln_q: RmsNorm::load(w, "visual.merger.ln_q", hv, VISION_RMS_EPS)?,
+            mlp0: lin("visual.merger.mlp.0", merged_dim, merged_dim)?,
+            mlp2: lin("visual.merger.mlp.2", cfg.out_hidden_size, merged_dim)?,
+            merged_dim,
+        };
+        let patch_embed_weight = w.get(
+            "visual.patch_embed.proj.weight",
+            &[
+                hv,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ],
+        )?;
+        Ok(Qwen2_5VisionTransformer {
+            patch_embed_weight,
+            blocks,
+            merger,
+            cfg: cfg.clone(),
+            inv_freq: inverse_frequencies(cfg.rope_theta, cfg.head_dim() / 2, device)?,
+        })
+    }
+
+    /// Every weight with its checkpoint name.
+    pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
+        out.push((
+            "visual.patch_embed.proj.weight".into(),
+            self.patch_embed_weight.shallow_clone(),
+        ));
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("visual.blocks.{i}");
+            b.norm1.named(&format!("{p}.norm1"), out);
+            b.norm2.named(&format!("{p}.norm2"), out);
+            b.attn.qkv.named(&format!("{p}.attn.qkv"), out);
+            b.attn.proj.named(&format!("{p}.attn.proj"), out);
+            b.mlp.gate_proj.named(&format!("{p}.mlp.gate_proj"), out);
+            b.mlp.up_proj.named(&format!("{p}.mlp.up_proj"), out);
+            b.mlp.down_proj.named(&format!("{p}.mlp.down_proj"), out);
+        }
+        self.merger.ln_q.named("visual.merger.ln_q", out);
+        self.merger.mlp0.named("visual.merger.mlp.0", out);
+        self.merger.mlp2.named("visual.merger.mlp.2", out);
+    }
+
+    /// `pixel_values [N, C*T*P*P]` (any float kind) and per-image grids -> merged image features
+    /// `[N/4, out_hidden_size]` in image order, raster order within each image.
+    pub fn forward(&self, pixel_values: &Tensor, grids: &[[i64; 3]]) -> Result<Tensor, ModelError> {
+        let cfg = &self.cfg;
+        let device = self.patch_embed_weight.device();
+        let kind = self.patch_embed_weight.kind();
+        let n = pixel_values.size()[0];
+        let expected: i64 = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
+        if n != expected || pixel_values.size().get(1) != Some(&cfg.patch_dim()) {
+            return Err(ModelError::Input(format!(
+                "pixel_values {:?} do not match image_grid_thw {grids:?} ({expected} rows of {})",
+                pixel_values.size(),
+                cfg.patch_dim()
+            )));
+        }
+        let hv = cfg.hidden_size;
+        let unit = cfg.spatial_merge_size * cfg.spatial_merge_size;
+        let w = self.patch_embed_weight.f_reshape([hv, cfg.patch_dim()])?;
+        let x = pixel_values
+            .f_to_device(device)?
+            .f_to_kind(kind)?
+            .f_matmul(&w.f_tr()?)?;
+
+        let layout = window_layout(cfg, grids);
+        let win_idx = Tensor::from_slice(&layout.window_index).f_to_device(device)?;
+        let permute = |t: &Tensor| -> Result<Tensor, ModelError> {
+            let cols = t.size()[1];
+            Ok(t.f_reshape([n / unit, unit, cols])?
+                .f_index_select(0, &win_idx)?
+                .f_reshape([n, cols])?)
+        };
+        let mut x = permute(&x)?;
+
+        let coords: Vec<i64> = patch_coordinates(cfg, grids)
+            .into_iter()
+            .flatten()
+            .collect();
+        let pos = Tensor::from_slice(&coords)
+            .f_view([n, 2])?
+            .f_to_device(device)?
+            .f_to_kind(Kind::Float)?;
+        let freqs = pos
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq)?
+            .f_reshape([n, -1])?; // [N, hd/2]: h | w
+        let freqs = permute(&freqs)?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?; // [N, 1, hd]
+        let (cos, sin) = (emb.f_cos()?, emb.f_sin()?);
+
+        let full = SegmentBatch::new(&layout.cu_seqlens, device)?;
+        let windows = SegmentBatch::new(&layout.cu_window_seqlens, device)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let segs = if cfg.fullatt_block_indexes.contains(&(i as i64)) {
+                &full
+            } else {
+                &windows
+            };
+            let a = blk
+                .attn
+                .forward(&blk.norm1.forward(&x)?, segs, &cos, &sin)?;
+            x = x.f_add(&a)?;
+            let m = blk.mlp.forward(&blk.norm2.forward(&x)?)?;
+            x = x.f_add(&m)?;
+        }
+        let merged = self
+            .merger
+            .ln_q
+            .forward(&x)?
+            .f_reshape([n / unit, self.merger.merged_dim])?;
+        let merged = self.merger.mlp0.forward(&merged)?.f_gelu("none")?;
+        let merged = self.merger.mlp2.forward(&merged)?;
+        let reverse = win_idx.f_argsort(0, false)?;
+        Ok(merged.f_index_select(0, &reverse)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VisionConfig {
+        VisionConfig {
+            depth: 32,
+            hidden_size: 1280,
+            intermediate_size: 3420,
+            num_heads: 16,
+            in_channels: 3,
+            patch_size: 14,
+            temporal_patch_size: 2,
+            spatial_merge_size: 2,
+            window_size: 112,
+            fullatt_block_indexes: vec![7, 15, 23, 31],
+            tokens_per_second: 2,
+            out_hidden_size: 3584,
+            rope_theta: 10000.0,
+        }
+    }
+
+    /// Spec §3.4 worked example: 448x448 -> grid (1, 32, 32) -> 16 windows of 64 patches.
+    #[test]
+    fn window_layout_448() {
+        let l = window_layout(&cfg(), &[[1, 32, 32]]);
+        let want: Vec<i64> = (0..=16).map(|i| i * 64).collect();
+        assert_eq!(l.cu_window_seqlens, want);
+        assert_eq!(l.cu_seqlens, vec![0, 1024]);
+        // first window: merged rows 0..4 of columns 0..4 of a 16-wide grid
+        assert_eq!(&l.window_index[..5], &[0, 1, 2, 3, 16]);
+        assert_eq!(l.window_index.len(), 256);
+    }
+
+    /// A 6x10 merged grid: windows of 4x4, 4x4, 4x2, 2x4, 2x4, 2x2 merged tokens.
+    #[test]
+    fn window_layout_ragged() {
+        let l = window_layout(&cfg(), &[[1, 12, 20]]);
+        let sizes: Vec<i64> = l
+            .cu_window_seqlens
+            .windows(2)
+            .map(|w| (w[1] - w[0]) / 4)
+            .collect();
+        assert_eq!(sizes, vec![16, 16, 8, 8, 8, 4]);
+        assert_eq!(&l.window_index[16..20], &[4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn patch_coordinates_follow_merge_blocks() {
+        let c = patch_coordinates(&cfg(), &[[1, 4, 4]]);
+        assert_eq!(&c[..6], &[[0, 0], [0, 1], [1, 0], [1, 1], [0, 2], [0, 3]]);
+    }
+}
