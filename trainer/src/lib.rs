@@ -1,4 +1,7 @@
 //! Qwen2.5-VL on libtorch (tch) and the GRPO trainer that reproduces SpatialThinker.
 
 pub mod device;
+pub mod eval;
+pub mod infer;
+pub mod serve;
 pub mod tokenizer;

@@ -17,11 +17,20 @@ struct Cli {
 enum Command {
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
+    /// Answer one question about one image and draw the predicted scene graph.
+    Infer(cli::infer::Args),
+    /// Serve an OpenAI-compatible chat-completions API with continuous batching.
+    Serve(cli::serve::Args),
+    /// Evaluate a checkpoint on a multiple-choice benchmark.
+    Eval(cli::eval::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Infer(args) => cli::infer::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Eval(args) => cli::eval::run(args),
     }
 }
