@@ -72,13 +72,6 @@ pub fn draw_scene_graph(image: &RgbImage, graph: &SceneGraph, stated_size: (u32,
     out
 }
 
-/// Set a pixel when it lies inside the image.
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
 /// Fill the axis-aligned rectangle `[x0, x1) × [y0, y1)`, clipped to the image.
 fn fill(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>) {
     for y in y0.max(0)..y1.min(img.height() as i64) {

@@ -245,17 +245,18 @@ async fn stream_response(
     let (events_tx, events_rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         let created = now();
-        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| -> Result<Event, Infallible> {
-            let c = ChatCompletionChunk {
-                id: id.clone(),
-                object: "chat.completion.chunk",
-                created,
-                model: model.clone(),
-                choices,
-                usage,
+        let chunk =
+            |choices: Vec<ChunkChoice>, usage: Option<Usage>| -> Result<Event, Infallible> {
+                let c = ChatCompletionChunk {
+                    id: id.clone(),
+                    object: "chat.completion.chunk",
+                    created,
+                    model: model.clone(),
+                    choices,
+                    usage,
+                };
+                Ok(Event::default().data(serde_json::to_string(&c).unwrap_or_default()))
             };
-            Ok(Event::default().data(serde_json::to_string(&c).unwrap_or_default()))
-        };
         let mut usage = Usage::default();
         let mut done = 0;
         let mut next = first;
