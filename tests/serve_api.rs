@@ -142,6 +142,9 @@ fn png_data_url(w: u32, h: u32) -> String {
     )
 }
 
+/// (name, path, key, body, expected status) of one bad request.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16);
+
 fn assert_error_shape(v: &Value) {
     let e = &v["error"];
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -350,7 +353,7 @@ async fn bad_requests_get_clean_4xx_and_the_server_stays_up() {
     let ok = json!({"messages": [{"role": "user", "content": "hi"}]});
     let ok_bytes = serde_json::to_vec(&ok).unwrap();
 
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "bad key",
             "/v1/chat/completions",
