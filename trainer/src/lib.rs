@@ -1,7 +1,10 @@
 //! Qwen2.5-VL on libtorch (tch) and the GRPO trainer that reproduces SpatialThinker.
 
 pub mod device;
+pub mod eval;
 pub mod generate;
+pub mod infer;
 pub mod model;
 pub mod processor;
+pub mod serve;
 pub mod tokenizer;

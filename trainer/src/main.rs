@@ -23,6 +23,12 @@ enum Command {
     Logprobs(cli::logprobs::Args),
     /// Throughput benchmarks (`bench generate`).
     Bench(cli::bench::Args),
+    /// Answer one question about one image and draw the predicted scene graph.
+    Infer(cli::infer::Args),
+    /// Serve an OpenAI-compatible chat-completions API with continuous batching.
+    Serve(cli::serve::Args),
+    /// Evaluate a checkpoint on a multiple-choice benchmark.
+    Eval(cli::eval::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +38,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Logprobs(args) => cli::logprobs::run(args),
+        Command::Infer(args) => cli::infer::run(args),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Eval(args) => cli::eval::run(args),
     }
 }

@@ -2,5 +2,8 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod eval;
 pub mod generate;
+pub mod infer;
 pub mod logprobs;
+pub mod serve;

@@ -1,0 +1,137 @@
+//! Multiple-choice benchmark rows: the generic MCQ JSONL format (one JSON object per line with
+//! `question`, `options`, `answer` letter, optional `id`, `category`/`task` and `image` path) so
+//! CV-Bench-style sets can be converted and run. Parquet sets (STVQA-7K, generic MCQ parquet) are
+//! read through the `data` crate and converted into [`EvalSample`].
+
+use std::path::{Path, PathBuf};
+
+use super::EvalError;
+
+/// One benchmark question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalSample {
+    /// Stable id used to resume (the row's `id`, else its 0-based row number).
+    pub id: String,
+    /// The question text (may already list its options).
+    pub question: String,
+    /// Option texts in letter order (`A` first); empty for open questions.
+    pub options: Vec<String>,
+    /// Ground-truth answer, usually a letter such as `B` or `(B)`.
+    pub answer: String,
+    /// Category used for per-category accuracy (`category`, else `task`).
+    pub category: Option<String>,
+    /// The image file, resolved against the JSONL file's folder.
+    pub image: Option<PathBuf>,
+}
+
+/// Read a generic MCQ JSONL file. Blank lines are skipped; any other malformed line is an error
+/// naming the line.
+pub fn read_mcq_jsonl(path: &Path) -> Result<Vec<EvalSample>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| EvalError::Json {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        rows.push(sample_from_json(&value, rows.len(), path, base)?);
+    }
+    Ok(rows)
+}
+
+/// Build a sample from one JSON row (`row` numbers the sample for ids and errors).
+fn sample_from_json(
+    v: &serde_json::Value,
+    row: usize,
+    path: &Path,
+    base: &Path,
+) -> Result<EvalSample, EvalError> {
+    let err = |field: &'static str, message: &str| EvalError::Field {
+        path: path.to_path_buf(),
+        row,
+        field,
+        message: message.to_string(),
+    };
+    let string = |field: &'static str| -> Result<Option<String>, EvalError> {
+        match v.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(err(field, "expected a string")),
+        }
+    };
+    let question = string("question")?.ok_or_else(|| err("question", "missing"))?;
+    let answer = string("answer")?.ok_or_else(|| err("answer", "missing"))?;
+    let options = match v.get("options") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|o| {
+                o.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| err("options", "expected an array of strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(err("options", "expected an array of strings")),
+    };
+    let category = match string("category")? {
+        Some(c) => Some(c),
+        None => string("task")?,
+    };
+    Ok(EvalSample {
+        id: string("id")?.unwrap_or_else(|| row.to_string()),
+        question,
+        options,
+        answer,
+        category,
+        image: string("image")?.map(|p| base.join(p)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rows_and_reports_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("set.jsonl");
+        std::fs::write(
+            &path,
+            "{\"question\":\"Q1\",\"options\":[\"x\",\"y\"],\"answer\":\"(B)\",\"task\":\"Depth\",\"image\":\"a.png\"}\n\n{\"id\":7,\"question\":\"Q2\",\"answer\":\"A\"}\n",
+        )
+        .unwrap();
+        let rows = read_mcq_jsonl(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "0");
+        assert_eq!(rows[0].options, vec!["x", "y"]);
+        assert_eq!(rows[0].category.as_deref(), Some("Depth"));
+        assert_eq!(
+            rows[0].image.as_deref(),
+            Some(dir.path().join("a.png").as_path())
+        );
+        assert_eq!((rows[1].id.as_str(), rows[1].image.is_none()), ("7", true));
+
+        std::fs::write(
+            &path,
+            "{\"question\":\"Q\",\"options\":[1],\"answer\":\"A\"}\n",
+        )
+        .unwrap();
+        let e = read_mcq_jsonl(&path).unwrap_err().to_string();
+        assert!(e.contains("row 0") && e.contains("`options`"), "{e}");
+        std::fs::write(&path, "{\"question\":\"Q\"}\nnot json\n").unwrap();
+        let e = read_mcq_jsonl(&path).unwrap_err().to_string();
+        assert!(e.contains("`answer`: missing"), "{e}");
+        std::fs::write(&path, "{\"question\":\"Q\",\"answer\":\"A\"}\nnot json\n").unwrap();
+        let e = read_mcq_jsonl(&path).unwrap_err().to_string();
+        assert!(e.contains("set.jsonl:2:"), "{e}");
+    }
+}
