@@ -452,10 +452,7 @@ mod tests {
         ] {
             assert!(loads(bad).is_err(), "{bad:?} should fail");
         }
-        assert_eq!(
-            loads(&("[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH))).is_ok(),
-            true
-        );
+        assert!(loads(&("[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH))).is_ok());
         assert_eq!(
             loads(&("[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1))),
             Err(PyJsonError::TooDeep)

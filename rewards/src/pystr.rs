@@ -55,11 +55,17 @@ pub fn decimal_value(c: char) -> Option<u32> {
     Some(run % 10)
 }
 
+/// The whitespace `int()` and `float()` strip: unlike `str.strip()`, not U+001C..U+001F (CPython
+/// maps non-ASCII whitespace to spaces, then skips only ASCII whitespace).
+pub fn py_number_strip(s: &str) -> &str {
+    s.trim_matches(char::is_whitespace)
+}
+
 /// Python's `int(text)` (base 10): surrounding whitespace, one optional sign, any Unicode decimal
 /// digits, single underscores between digits, leading zeros, at most 4300 digits. `None` where
 /// Python raises `ValueError`.
 pub fn py_int(text: &str) -> Option<PyInt> {
-    let body = py_strip(text);
+    let body = py_number_strip(text);
     let (neg, body) = match body.chars().next() {
         Some('-') => (true, &body[1..]),
         Some('+') => (false, &body[1..]),
@@ -102,6 +108,8 @@ mod tests {
     fn int_matches_python() {
         assert_eq!(py_int(" +0_1\u{663} "), Some(PyInt::Small(13)));
         assert_eq!(py_int("007"), Some(PyInt::Small(7)));
+        assert_eq!(py_int("\u{3000}7\u{85}"), Some(PyInt::Small(7)));
+        assert_eq!(py_int("7\u{1c}"), None); // str.isspace() but not stripped by int()
         assert_eq!(py_int("-\u{ff15}"), Some(PyInt::Small(-5)));
         assert_eq!(py_int("\u{1d7d9}"), Some(PyInt::Small(1))); // MATHEMATICAL DOUBLE-STRUCK DIGIT ONE
         for bad in [

@@ -17,11 +17,14 @@ struct Cli {
 enum Command {
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
+    /// Score responses (JSONL) with the spatial or the r1v reward.
+    Reward(cli::reward::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Reward(args) => cli::reward::run(args),
     }
 }
