@@ -100,7 +100,7 @@ fn scene() -> impl Strategy<Value = (String, bool)> {
             );
             let text = match damage {
                 0 => text.replacen(']', "],", 1),
-                1 => text[..text.len() / 2].to_string(),
+                1 => text.chars().take(text.chars().count() / 2).collect(),
                 2 => text.replace("\"objects\"", "\"objects\": null, \"objects\""),
                 _ => text,
             };
