@@ -29,6 +29,8 @@ enum Command {
     Serve(cli::serve::Args),
     /// Evaluate a checkpoint on a multiple-choice benchmark.
     Eval(cli::eval::Args),
+    /// Score responses (JSONL) with the spatial or the r1v reward.
+    Reward(cli::reward::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Infer(args) => cli::infer::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Reward(args) => cli::reward::run(args),
     }
 }

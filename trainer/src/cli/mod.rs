@@ -6,4 +6,5 @@ pub mod eval;
 pub mod generate;
 pub mod infer;
 pub mod logprobs;
+pub mod reward;
 pub mod serve;

@@ -1,0 +1,474 @@
+//! A JSON parser with the semantics of Python's `json.loads` (C scanner, `strict=True`).
+//!
+//! The reference reward parses the `<scene>` block with `json.loads`, which is more permissive than
+//! RFC 8259: it accepts `NaN`, `Infinity` and `-Infinity`, keeps arbitrary-precision integers, lets the
+//! last of several duplicate keys win, and rejects integers with more than 4300 digits (CPython's
+//! `int_max_str_digits`). No maintained crate offers that combination, so this is the minimum by hand.
+//!
+//! Known deviation: Rust strings cannot hold lone UTF-16 surrogates, which Python strings can; an
+//! escaped lone surrogate (`"\ud800"`) decodes to U+FFFD here.
+
+use std::fmt;
+
+/// Python's default `sys.get_int_max_str_digits()`: longer integer literals make `json.loads` raise.
+pub const INT_MAX_STR_DIGITS: usize = 4300;
+
+/// Nesting depth at which CPython's scanner hits its recursion limit when called from the reward
+/// (measured with the reference: ~990 nested containers pass at top level, 1000 fail).
+pub const MAX_DEPTH: usize = 985;
+
+/// A Python integer as `json.loads` or `int()` returns it: machine-sized, or kept as decimal text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PyInt {
+    /// Fits in an `i64`.
+    Small(i64),
+    /// Does not fit in an `i64`: optional `-` then decimal digits without leading zeros.
+    Big(String),
+}
+
+impl PyInt {
+    /// Parse `-?[0-9]+` (ASCII, as produced by the scanner or by [`crate::pystr::py_int`]).
+    pub fn from_decimal(text: &str) -> PyInt {
+        if let Ok(v) = text.parse::<i64>() {
+            return PyInt::Small(v);
+        }
+        let (neg, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
+        };
+        let digits = digits.trim_start_matches('0');
+        let digits = if digits.is_empty() { "0" } else { digits };
+        if digits == "0" {
+            return PyInt::Small(0);
+        }
+        PyInt::Big(format!("{}{digits}", if neg { "-" } else { "" }))
+    }
+
+    /// Python's `float(int)`: correctly rounded, `None` where Python raises `OverflowError`.
+    pub fn to_f64(&self) -> Option<f64> {
+        match self {
+            PyInt::Small(v) => Some(*v as f64),
+            PyInt::Big(text) => text.parse::<f64>().ok().filter(|x| x.is_finite()),
+        }
+    }
+
+    /// Python truthiness (`0` is falsy).
+    pub fn is_zero(&self) -> bool {
+        matches!(self, PyInt::Small(0))
+    }
+}
+
+/// A value as Python's `json.loads` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PyValue {
+    /// `null` → `None`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer literal (no fraction, no exponent).
+    Int(PyInt),
+    /// A literal with a fraction or exponent, or `NaN` / `Infinity` / `-Infinity`.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// An array.
+    List(Vec<PyValue>),
+    /// An object: keys in first-insertion order, the last duplicate's value wins (like `dict`).
+    Dict(Vec<(String, PyValue)>),
+}
+
+impl PyValue {
+    /// `dict.get(key)` for a `Dict`; `None` for other values or a missing key.
+    pub fn get(&self, key: &str) -> Option<&PyValue> {
+        match self {
+            PyValue::Dict(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Python truthiness (`bool(value)`).
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            PyValue::Null => false,
+            PyValue::Bool(b) => *b,
+            PyValue::Int(i) => !i.is_zero(),
+            PyValue::Float(f) => *f != 0.0,
+            PyValue::Str(s) => !s.is_empty(),
+            PyValue::List(l) => !l.is_empty(),
+            PyValue::Dict(d) => !d.is_empty(),
+        }
+    }
+
+    /// `isinstance(value, (int, float))`, which includes `bool`.
+    pub fn is_number(&self) -> bool {
+        matches!(self, PyValue::Bool(_) | PyValue::Int(_) | PyValue::Float(_))
+    }
+
+    /// `len(value)` for the types that have one (`str` counts code points); `None` where Python
+    /// raises `TypeError`.
+    pub fn py_len(&self) -> Option<usize> {
+        match self {
+            PyValue::Str(s) => Some(s.chars().count()),
+            PyValue::List(l) => Some(l.len()),
+            PyValue::Dict(d) => Some(d.len()),
+            _ => None,
+        }
+    }
+}
+
+/// Why `json.loads` would raise (`JSONDecodeError`, or the `ValueError`/`RecursionError` it lets through).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PyJsonError {
+    /// Malformed JSON at a character offset.
+    #[error("{msg} at char {pos}")]
+    Syntax {
+        /// What was expected or found.
+        msg: &'static str,
+        /// Character (code point) offset, as Python reports it.
+        pos: usize,
+    },
+    /// An integer literal longer than [`INT_MAX_STR_DIGITS`].
+    #[error("integer literal with {0} digits exceeds the limit of {INT_MAX_STR_DIGITS}")]
+    IntTooLong(usize),
+    /// Deeper than [`MAX_DEPTH`] nested arrays/objects (Python: `RecursionError`).
+    #[error("nesting deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Parse `text` exactly as Python's `json.loads(text)` would.
+pub fn loads(text: &str) -> Result<PyValue, PyJsonError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut p = Parser { s: &chars, i: 0 };
+    p.skip_ws();
+    let value = p.value(0)?;
+    p.skip_ws();
+    if p.i != chars.len() {
+        return Err(p.err("Extra data"));
+    }
+    Ok(value)
+}
+
+struct Parser<'a> {
+    s: &'a [char],
+    i: usize,
+}
+
+impl fmt::Debug for Parser<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Parser at {}", self.i)
+    }
+}
+
+impl Parser<'_> {
+    fn err(&self, msg: &'static str) -> PyJsonError {
+        PyJsonError::Syntax { msg, pos: self.i }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.s.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(' ' | '\t' | '\n' | '\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        let n = word.chars().count();
+        if self.s.len() >= self.i + n && self.s[self.i..self.i + n].iter().copied().eq(word.chars())
+        {
+            self.i += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+        match self.peek() {
+            Some('"') => {
+                self.i += 1;
+                Ok(PyValue::Str(self.string()?))
+            }
+            Some('{') => self.object(depth + 1),
+            Some('[') => self.array(depth + 1),
+            Some('n') if self.eat_word("null") => Ok(PyValue::Null),
+            Some('t') if self.eat_word("true") => Ok(PyValue::Bool(true)),
+            Some('f') if self.eat_word("false") => Ok(PyValue::Bool(false)),
+            Some('N') if self.eat_word("NaN") => Ok(PyValue::Float(f64::NAN)),
+            Some('I') if self.eat_word("Infinity") => Ok(PyValue::Float(f64::INFINITY)),
+            Some('-') if self.eat_word("-Infinity") => Ok(PyValue::Float(f64::NEG_INFINITY)),
+            Some('-' | '0'..='9') => self.number(),
+            _ => Err(self.err("Expecting value")),
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while matches!(self.peek(), Some('0'..='9')) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Result<PyValue, PyJsonError> {
+        let start = self.i;
+        if self.peek() == Some('-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some('0') => self.i += 1,
+            Some('1'..='9') => {
+                self.digits();
+            }
+            _ => {
+                self.i = start;
+                return Err(self.err("Expecting value"));
+            }
+        }
+        let int_end = self.i;
+        let mut is_float = false;
+        if self.peek() == Some('.') && matches!(self.s.get(self.i + 1), Some('0'..='9')) {
+            self.i += 1;
+            self.digits();
+            is_float = true;
+        }
+        if matches!(self.peek(), Some('e' | 'E')) {
+            let save = self.i;
+            self.i += 1;
+            if matches!(self.peek(), Some('+' | '-')) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                self.i = save;
+            } else {
+                is_float = true;
+            }
+        }
+        let text: String = self.s[start..self.i].iter().collect();
+        if is_float {
+            // Rust's float parsing is correctly rounded like Python's `float(str)`; overflow → ±inf.
+            let v: f64 = text.parse().map_err(|_| self.err("Invalid number"))?;
+            Ok(PyValue::Float(v))
+        } else {
+            let n_digits = int_end - start - usize::from(text.starts_with('-'));
+            if n_digits > INT_MAX_STR_DIGITS {
+                return Err(PyJsonError::IntTooLong(n_digits));
+            }
+            Ok(PyValue::Int(PyInt::from_decimal(&text)))
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, PyJsonError> {
+        if self.i + 4 > self.s.len() {
+            return Err(self.err("Invalid \\uXXXX escape"));
+        }
+        let mut v = 0u32;
+        for k in 0..4 {
+            let d = self.s[self.i + k]
+                .to_digit(16)
+                .ok_or_else(|| self.err("Invalid \\uXXXX escape"))?;
+            v = v * 16 + d;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+
+    /// Body of a string; the opening quote is consumed.
+    fn string(&mut self) -> Result<String, PyJsonError> {
+        let mut out = String::new();
+        loop {
+            let c = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
+            self.i += 1;
+            match c {
+                '"' => return Ok(out),
+                '\\' => {
+                    let e = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
+                    self.i += 1;
+                    match e {
+                        '"' => out.push('"'),
+                        '\\' => out.push('\\'),
+                        '/' => out.push('/'),
+                        'b' => out.push('\u{8}'),
+                        'f' => out.push('\u{c}'),
+                        'n' => out.push('\n'),
+                        'r' => out.push('\r'),
+                        't' => out.push('\t'),
+                        'u' => {
+                            let hi = self.hex4()?;
+                            let mut code = hi;
+                            if (0xD800..0xDC00).contains(&hi)
+                                && self.s.get(self.i) == Some(&'\\')
+                                && self.s.get(self.i + 1) == Some(&'u')
+                            {
+                                let save = self.i;
+                                self.i += 2;
+                                match self.hex4() {
+                                    Ok(lo) if (0xDC00..0xE000).contains(&lo) => {
+                                        code = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                                    }
+                                    _ => self.i = save,
+                                }
+                            }
+                            out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+                        }
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.err("Invalid \\escape"));
+                        }
+                    }
+                }
+                c if (c as u32) < 0x20 => {
+                    self.i -= 1;
+                    return Err(self.err("Invalid control character"));
+                }
+                c => out.push(c),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+        if depth > MAX_DEPTH {
+            return Err(PyJsonError::TooDeep);
+        }
+        self.i += 1;
+        let mut items = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(']') {
+            self.i += 1;
+            return Ok(PyValue::List(items));
+        }
+        loop {
+            items.push(self.value(depth)?);
+            self.skip_ws();
+            match self.peek() {
+                Some(']') => {
+                    self.i += 1;
+                    return Ok(PyValue::List(items));
+                }
+                Some(',') => {
+                    self.i += 1;
+                    self.skip_ws();
+                }
+                _ => return Err(self.err("Expecting ',' delimiter")),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+        if depth > MAX_DEPTH {
+            return Err(PyJsonError::TooDeep);
+        }
+        self.i += 1;
+        let mut entries: Vec<(String, PyValue)> = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some('}') {
+            self.i += 1;
+            return Ok(PyValue::Dict(entries));
+        }
+        loop {
+            if self.peek() != Some('"') {
+                return Err(self.err("Expecting property name enclosed in double quotes"));
+            }
+            self.i += 1;
+            let key = self.string()?;
+            self.skip_ws();
+            if self.peek() != Some(':') {
+                return Err(self.err("Expecting ':' delimiter"));
+            }
+            self.i += 1;
+            self.skip_ws();
+            let value = self.value(depth)?;
+            match entries.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => entries.push((key, value)),
+            }
+            self.skip_ws();
+            match self.peek() {
+                Some('}') => {
+                    self.i += 1;
+                    return Ok(PyValue::Dict(entries));
+                }
+                Some(',') => {
+                    self.i += 1;
+                    self.skip_ws();
+                }
+                _ => return Err(self.err("Expecting ',' delimiter")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_extensions() {
+        assert!(matches!(loads("NaN"), Ok(PyValue::Float(x)) if x.is_nan()));
+        assert_eq!(loads(" -Infinity "), Ok(PyValue::Float(f64::NEG_INFINITY)));
+        assert_eq!(loads("1e400"), Ok(PyValue::Float(f64::INFINITY)));
+        assert_eq!(
+            loads(r#"{"a": 1, "b": 2, "a": 3}"#),
+            Ok(PyValue::Dict(vec![
+                ("a".into(), PyValue::Int(PyInt::Small(3))),
+                ("b".into(), PyValue::Int(PyInt::Small(2)))
+            ]))
+        );
+        assert_eq!(
+            loads("-123456789012345678901234567890"),
+            Ok(PyValue::Int(PyInt::Big(
+                "-123456789012345678901234567890".into()
+            )))
+        );
+        assert_eq!(loads(&"9".repeat(4300)).map(|_| ()), Ok(()));
+        assert_eq!(loads(&"9".repeat(4301)), Err(PyJsonError::IntTooLong(4301)));
+        assert_eq!(loads(r#""\ud83d\ude00""#), Ok(PyValue::Str("😀".into())));
+    }
+
+    #[test]
+    fn rejects_what_python_rejects() {
+        for bad in [
+            "",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "-",
+            "nan",
+            "infinity",
+            "-NaN",
+            "'a'",
+            "{a:1}",
+            "\"\t\"",
+            "\"\\x\"",
+            "[1] x",
+            "\u{feff}{}",
+            "{\"a\" 1}",
+            "[1 2]",
+        ] {
+            assert!(loads(bad).is_err(), "{bad:?} should fail");
+        }
+        assert!(loads(&("[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH))).is_ok());
+        assert_eq!(
+            loads(&("[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1))),
+            Err(PyJsonError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn numbers_keep_int_float_distinction() {
+        assert_eq!(loads("-0"), Ok(PyValue::Int(PyInt::Small(0))));
+        assert_eq!(loads("2E+2"), Ok(PyValue::Float(200.0)));
+        assert_eq!(
+            loads("[1.5e-3, 7]"),
+            Ok(PyValue::List(vec![
+                PyValue::Float(0.0015),
+                PyValue::Int(PyInt::Small(7))
+            ]))
+        );
+    }
+}
