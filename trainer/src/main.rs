@@ -17,11 +17,14 @@ struct Cli {
 enum Command {
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
+    /// Dataset tools: stats, validate, synth, import.
+    Data(cli::data::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => cli::doctor::run(args),
+        Command::Data(args) => cli::data::run(args),
     }
 }
