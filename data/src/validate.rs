@@ -237,8 +237,8 @@ pub fn decode_image(record: &Record, fields: &Fields<'_>) -> Result<RgbImage, Is
         )));
     }
     if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        // The JPEG decoder fills a truncated scan with grey instead of failing; a truncated
-        // file would silently train on a damaged image.
+        // A lenient JPEG decoder may fill a truncated scan instead of failing, which would
+        // silently train on a damaged image; the missing end marker is the reliable sign.
         return Err(bad("JPEG is truncated (no end-of-image marker)".into()));
     }
     let img = image::load_from_memory_with_format(bytes, format)
@@ -246,11 +246,10 @@ pub fn decode_image(record: &Record, fields: &Fields<'_>) -> Result<RgbImage, Is
     Ok(img.into_rgb8())
 }
 
-/// Whether a JPEG stream ends with the EOI marker `FF D9` (trailing padding allowed).
+/// Whether a JPEG stream ends with the EOI marker `FF D9` (trailing zero padding allowed).
 fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
-    const TAIL: usize = 4096;
-    let tail = &bytes[bytes.len().saturating_sub(TAIL)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 /// Full validation of one row: text checks, image decoding and the size comparison.

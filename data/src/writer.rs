@@ -90,7 +90,7 @@ impl SplitWriter {
         let file = File::create(path).map_err(|e| DataError::io(path, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_size(rows_per_group)
+            .set_max_row_group_row_count(Some(rows_per_group))
             .build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| DataError::parquet(path, e))?;
