@@ -1,1 +1,26 @@
-//! Datasets in the STVQA-7K schema: parquet reading, validation, synthetic data and import.
+//! Datasets in the STVQA-7K schema (spatialthinker.md §4.3): locating them (local folders or the
+//! Hugging Face hub), streaming and validating rows for training, statistics, synthetic spatial
+//! VQA that is exact by construction, and import of user JSONL datasets.
+
+pub mod error;
+pub mod hub;
+pub mod import;
+pub mod loader;
+pub mod prompt;
+pub mod reader;
+pub mod record;
+pub mod rng;
+pub mod scene;
+pub mod schema;
+pub mod source;
+pub mod stats;
+pub mod synth;
+pub mod validate;
+pub mod writer;
+
+pub use error::{DataError, Result};
+pub use loader::{Batch, Cursor, Loader, LoaderConfig};
+pub use record::{ImageData, Record, RowRef, Sample};
+pub use schema::ColumnNames;
+pub use source::DatasetFiles;
+pub use validate::{Policy, ValidationReport};

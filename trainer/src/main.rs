@@ -31,6 +31,8 @@ enum Command {
     Eval(cli::eval::Args),
     /// Score responses (JSONL) with the spatial or the r1v reward.
     Reward(cli::reward::Args),
+    /// Dataset tools: stats, validate, synth, import.
+    Data(cli::data::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cli::serve::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Reward(args) => cli::reward::run(args),
+        Command::Data(args) => cli::data::run(args),
     }
 }
