@@ -169,7 +169,7 @@ impl PolicyLogprobs for TinyLm {
 
 fn sequence_log_probs(policy: &mut TinyLm, mask: &Tensor) -> Vec<f64> {
     let lp = RlStep::compute_log_probs(policy, 4, 4).unwrap();
-    let per_seq = (lp * mask).sum_dim_intlist(-1, false, Kind::Double);
+    let per_seq = (lp * mask).sum_dim_intlist(&[-1i64][..], false, Kind::Double);
     Vec::try_from(&per_seq).unwrap()
 }
 
