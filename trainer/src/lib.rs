@@ -3,6 +3,7 @@
 pub mod device;
 pub mod eval;
 pub mod generate;
+pub mod grpo;
 pub mod infer;
 pub mod model;
 pub mod processor;

@@ -1,0 +1,576 @@
+//! The training configuration: a TOML file whose sections mirror EasyR1's `config.yaml`
+//! (`data`, `algorithm`, `worker.actor`, `worker.rollout`, `worker.reward`, `trainer`), with
+//! `--set section.key=value` overrides applied to the TOML tree before deserialising.
+//!
+//! Defaults are the published SpatialThinker-7B values (spec §3.1) where one exists.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::loss::PolicyClip;
+use super::optim::{AdamWConfig, LrSchedule, StateDtype};
+use super::step::UpdateConfig;
+use super::{GrpoError, Result};
+
+/// Data type of the model weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// bfloat16 (the published run).
+    Bf16,
+    /// float32 (CPU and exactness tests).
+    F32,
+}
+
+impl WeightDtype {
+    /// Bytes per element.
+    pub fn size_in_bytes(self) -> u64 {
+        match self {
+            WeightDtype::Bf16 => 2,
+            WeightDtype::F32 => 4,
+        }
+    }
+}
+
+/// Which reward function scores responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// SpatialThinker's dense spatial reward (format, count, accuracy, spatial; spec §1).
+    Spatial,
+    /// The "vanilla GRPO" r1v reward: format + accuracy (spec §1.11).
+    R1v,
+}
+
+/// `[model]`: which checkpoint to start from and how to hold it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Folder with `config.json`, safetensors shards and tokenizer files, or a tiny-model
+    /// preset name (`tiny-random`) that the trainer builds from scratch.
+    pub path: String,
+    /// Weight dtype during training.
+    #[serde(default = "default_bf16")]
+    pub dtype: WeightDtype,
+    /// Keep the vision tower frozen (the published run trains it: `false`).
+    #[serde(default)]
+    pub freeze_vision_tower: bool,
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
+    #[serde(default = "default_true")]
+    pub gradient_checkpointing: bool,
+    /// Keep the frozen reference model on the CPU and move it to the device only for its pass.
+    #[serde(default)]
+    pub offload_reference: bool,
+}
+
+/// `[data]`: datasets and prompt/response limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training parquet file or folder (`hunarbatra/STVQA-7K` train split), or `synthetic`.
+    pub train_files: String,
+    /// Validation parquet file or folder (`@val` split), or `synthetic`.
+    pub val_files: String,
+    /// Column holding the prompt text.
+    #[serde(default = "default_prompt_key")]
+    pub prompt_key: String,
+    /// Column holding the ground-truth answer.
+    #[serde(default = "default_answer_key")]
+    pub answer_key: String,
+    /// Column holding the images.
+    #[serde(default = "default_image_key")]
+    pub image_key: String,
+    /// Prompts per RL step (`rollout_batch_size`): 512.
+    pub rollout_batch_size: usize,
+    /// Prompts per validation batch: 8.
+    #[serde(default = "default_val_batch")]
+    pub val_batch_size: usize,
+    /// Longest prompt in tokens (image tokens included): 6,144.
+    pub max_prompt_length: usize,
+    /// Longest response in tokens: 2,048.
+    pub max_response_length: usize,
+    /// Smallest image area in pixels after resizing: 262,144.
+    pub min_pixels: u64,
+    /// Largest image area in pixels after resizing: 4,194,304.
+    pub max_pixels: u64,
+    /// Seed of the sampler that orders prompts (`data.seed`): 1.
+    #[serde(default = "default_data_seed")]
+    pub seed: u64,
+    /// Shuffle the training prompts every epoch.
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+}
+
+/// `[algorithm]`: advantage estimator and KL placement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmConfig {
+    /// Advantage estimator; only `grpo` is implemented.
+    #[serde(default = "default_grpo")]
+    pub adv_estimator: String,
+    /// Put the KL term in the loss (`use_kl_loss`): true.
+    #[serde(default = "default_true")]
+    pub use_kl_loss: bool,
+    /// KL estimator; only `low_var_kl` is implemented.
+    #[serde(default = "default_kl_penalty")]
+    pub kl_penalty: String,
+    /// KL coefficient β: 1e-2.
+    #[serde(default = "default_kl_coef")]
+    pub kl_coef: f64,
+}
+
+/// `[actor]`: optimisation of the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorConfig {
+    /// Prompts per optimiser step (`global_batch_size`, before × n): 128.
+    pub global_batch_size: usize,
+    /// Responses per forward/backward in the update: 4.
+    pub micro_batch_size_per_device_for_update: usize,
+    /// Responses per forward in the old/reference log-prob passes: 16.
+    pub micro_batch_size_per_device_for_experience: usize,
+    /// Passes over each rollout batch: 1.
+    #[serde(default = "default_one")]
+    pub ppo_epochs: usize,
+    /// Peak learning rate: 1e-6.
+    pub lr: f64,
+    /// Warm-up length as a fraction of the total RL steps: 0.
+    #[serde(default)]
+    pub lr_warmup_ratio: f64,
+    /// Reproduce EasyR1's lr = 0 during the first RL step when the warm-up is 0 (spec §3.6).
+    #[serde(default)]
+    pub zero_lr_first_step: bool,
+    /// `(β1, β2)`: (0.9, 0.999).
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    /// Adam eps: 1e-8.
+    #[serde(default = "default_adam_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay: 1e-2.
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Dtype of the optimiser states: `bf16` for `adamw_bf16`.
+    #[serde(default = "default_state_dtype")]
+    pub optimizer_state_dtype: StateDtype,
+    /// Kahan-compensated weight updates: true for `adamw_bf16`.
+    #[serde(default = "default_true")]
+    pub kahan_summation: bool,
+    /// Global gradient-norm clip: 1.0.
+    #[serde(default = "default_one_f")]
+    pub max_grad_norm: f64,
+    /// Lower ratio clip: 0.2.
+    #[serde(default = "default_clip_low")]
+    pub clip_ratio_low: f64,
+    /// Upper ratio clip: 0.3.
+    #[serde(default = "default_clip_high")]
+    pub clip_ratio_high: f64,
+    /// Dual-clip constant: 3.0.
+    #[serde(default = "default_clip_dual")]
+    pub clip_ratio_dual: f64,
+}
+
+/// `[rollout]`: sampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Responses per prompt (group size): 8.
+    pub n: usize,
+    /// Sampling temperature (also divides the logits of every log-prob pass): 1.0.
+    pub temperature: f64,
+    /// Nucleus threshold: 1.0 (off).
+    #[serde(default = "default_one_f")]
+    pub top_p: f64,
+    /// Top-k: -1 (off).
+    #[serde(default = "default_top_k")]
+    pub top_k: i64,
+    /// Validation temperature: 0.5.
+    pub val_temperature: f64,
+    /// Responses per validation prompt: 1.
+    #[serde(default = "default_one")]
+    pub val_n: usize,
+    /// Sequences decoded together during rollouts (bounds the KV cache).
+    #[serde(default = "default_gen_batch")]
+    pub generation_batch_size: usize,
+}
+
+/// `[reward]`: scoring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Reward function.
+    pub kind: RewardKind,
+}
+
+/// `[sft]`: optional supervised warm-up before GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    /// Run the warm-up before GRPO when `train` starts from the base model.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Column with the target response (cross-entropy on its tokens).
+    #[serde(default = "default_response_column")]
+    pub response_column: String,
+    /// Optimiser steps.
+    #[serde(default)]
+    pub steps: usize,
+    /// Sequences per optimiser step.
+    #[serde(default = "default_sft_batch")]
+    pub batch_size: usize,
+    /// Learning rate (constant).
+    #[serde(default = "default_sft_lr")]
+    pub lr: f64,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            enabled: false,
+            response_column: default_response_column(),
+            steps: 0,
+            batch_size: default_sft_batch(),
+            lr: default_sft_lr(),
+        }
+    }
+}
+
+/// `[trainer]`: loop length, validation, checkpoints and logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// RL steps to run: 75.
+    pub max_steps: usize,
+    /// Validate every this many RL steps (0: never): 5.
+    pub val_freq: usize,
+    /// Validate once before the first step: true.
+    #[serde(default = "default_true")]
+    pub val_before_train: bool,
+    /// Save a checkpoint every this many RL steps (0: only at the end): 5.
+    pub save_freq: usize,
+    /// Checkpoints to keep (oldest removed first): 1.
+    pub save_limit: usize,
+    /// Output folder (checkpoints, `metrics.jsonl`, TensorBoard events, samples).
+    pub output_dir: PathBuf,
+    /// Write sample rollouts every this many steps (0: never).
+    #[serde(default = "default_sample_freq")]
+    pub sample_freq: usize,
+    /// Seed of the rollout sampler and of model initialisation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Device: `auto`, `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Memory of the device in GiB for the memory plan (0: ask the device / skip the check).
+    #[serde(default)]
+    pub device_memory_gib: f64,
+}
+
+/// The whole training configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model.
+    pub model: ModelConfig,
+    /// Data.
+    pub data: DataConfig,
+    /// Advantage estimator and KL.
+    #[serde(default = "AlgorithmConfig::default")]
+    pub algorithm: AlgorithmConfig,
+    /// Policy optimisation.
+    pub actor: ActorConfig,
+    /// Sampling.
+    pub rollout: RolloutConfig,
+    /// Reward.
+    pub reward: RewardConfig,
+    /// Supervised warm-up.
+    #[serde(default)]
+    pub sft: SftConfig,
+    /// Loop, checkpoints and logs.
+    pub trainer: TrainerConfig,
+}
+
+impl Default for AlgorithmConfig {
+    fn default() -> Self {
+        AlgorithmConfig {
+            adv_estimator: default_grpo(),
+            use_kl_loss: true,
+            kl_penalty: default_kl_penalty(),
+            kl_coef: default_kl_coef(),
+        }
+    }
+}
+
+fn default_bf16() -> WeightDtype {
+    WeightDtype::Bf16
+}
+fn default_true() -> bool {
+    true
+}
+fn default_prompt_key() -> String {
+    "problem".into()
+}
+fn default_answer_key() -> String {
+    "answer_option_text".into()
+}
+fn default_image_key() -> String {
+    "images".into()
+}
+fn default_val_batch() -> usize {
+    8
+}
+fn default_data_seed() -> u64 {
+    1
+}
+fn default_grpo() -> String {
+    "grpo".into()
+}
+fn default_kl_penalty() -> String {
+    "low_var_kl".into()
+}
+fn default_kl_coef() -> f64 {
+    1e-2
+}
+fn default_one() -> usize {
+    1
+}
+fn default_one_f() -> f64 {
+    1.0
+}
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_wd() -> f64 {
+    1e-2
+}
+fn default_state_dtype() -> StateDtype {
+    StateDtype::Bf16
+}
+fn default_clip_low() -> f64 {
+    0.2
+}
+fn default_clip_high() -> f64 {
+    0.3
+}
+fn default_clip_dual() -> f64 {
+    3.0
+}
+fn default_top_k() -> i64 {
+    -1
+}
+fn default_gen_batch() -> usize {
+    64
+}
+fn default_response_column() -> String {
+    "reference_response".into()
+}
+fn default_sft_batch() -> usize {
+    8
+}
+fn default_sft_lr() -> f64 {
+    1e-5
+}
+fn default_sample_freq() -> usize {
+    1
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// Applies `a.b.c=value` overrides to a TOML tree. The value is parsed as a TOML value
+/// (`2e-6`, `true`, `"x"`, `[1, 2]`); anything that does not parse is taken as a string.
+/// Intermediate tables are created as needed.
+pub fn apply_overrides(tree: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    for ov in overrides {
+        let (key, raw) = ov.split_once('=').ok_or_else(|| {
+            GrpoError::Config(format!(
+                "override `{ov}` is not of the form section.key=value"
+            ))
+        })?;
+        let key = key.trim();
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            return Err(GrpoError::Config(format!(
+                "override `{ov}` has an empty key part"
+            )));
+        }
+        let value = parse_toml_value(raw.trim());
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut table = &mut *tree;
+        for part in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                GrpoError::Config(format!("override `{ov}`: `{part}` is not a table"))
+            })?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(())
+}
+
+fn parse_toml_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl TrainConfig {
+    /// Parses TOML text, applies the overrides, deserialises and validates. `origin` names the
+    /// source in error messages.
+    pub fn from_toml_str(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
+        let mut tree: toml::Table = text
+            .parse()
+            .map_err(|e| GrpoError::Config(format!("{origin}: {e}")))?;
+        apply_overrides(&mut tree, overrides)?;
+        let cfg: TrainConfig = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| GrpoError::Config(format!("{origin}: {e}")))?;
+        cfg.validate().map_err(|e| match e {
+            GrpoError::Config(m) => GrpoError::Config(format!("{origin}: {m}")),
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file, applies the overrides, deserialises and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GrpoError::io(path, e))?;
+        Self::from_toml_str(&text, overrides, &path.display().to_string())
+    }
+
+    /// The configuration as TOML (written next to checkpoints).
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| GrpoError::Config(e.to_string()))
+    }
+
+    /// Checks ranges and the batch geometry.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(GrpoError::Config(m));
+        let a = &self.actor;
+        if self.algorithm.adv_estimator != "grpo" {
+            return bad(format!(
+                "algorithm.adv_estimator = {:?}: only \"grpo\"",
+                self.algorithm.adv_estimator
+            ));
+        }
+        if self.algorithm.kl_penalty != "low_var_kl" {
+            return bad(format!(
+                "algorithm.kl_penalty = {:?}: only \"low_var_kl\"",
+                self.algorithm.kl_penalty
+            ));
+        }
+        if self.rollout.n < 2 {
+            return bad(format!(
+                "rollout.n = {}: GRPO needs at least 2 responses per prompt",
+                self.rollout.n
+            ));
+        }
+        let (t, vt) = (self.rollout.temperature, self.rollout.val_temperature);
+        if t.is_nan() || t <= 0.0 || vt.is_nan() || vt < 0.0 {
+            return bad("rollout.temperature must be > 0 and val_temperature >= 0".into());
+        }
+        if !a.lr.is_finite() || a.lr < 0.0 {
+            return bad(format!("actor.lr = {} must be a finite number >= 0", a.lr));
+        }
+        if !(0.0..1.0).contains(&a.clip_ratio_low)
+            || a.clip_ratio_high <= 0.0
+            || a.clip_ratio_dual <= 1.0
+        {
+            return bad("actor clip ratios: need 0 <= clip_ratio_low < 1, clip_ratio_high > 0, clip_ratio_dual > 1".into());
+        }
+        if !(0.0..=1.0).contains(&a.lr_warmup_ratio) {
+            return bad(format!(
+                "actor.lr_warmup_ratio = {} must be in [0, 1]",
+                a.lr_warmup_ratio
+            ));
+        }
+        if a.global_batch_size == 0 || self.data.rollout_batch_size % a.global_batch_size != 0 {
+            return bad(format!(
+                "data.rollout_batch_size = {} must be a positive multiple of actor.global_batch_size = {}",
+                self.data.rollout_batch_size, a.global_batch_size
+            ));
+        }
+        let mini = a.global_batch_size * self.rollout.n;
+        if a.micro_batch_size_per_device_for_update == 0
+            || mini % a.micro_batch_size_per_device_for_update != 0
+        {
+            return bad(format!(
+                "actor.global_batch_size × rollout.n = {mini} must be a multiple of micro_batch_size_per_device_for_update = {}",
+                a.micro_batch_size_per_device_for_update
+            ));
+        }
+        if a.micro_batch_size_per_device_for_experience == 0 || a.ppo_epochs == 0 {
+            return bad(
+                "actor.micro_batch_size_per_device_for_experience and ppo_epochs must be positive"
+                    .into(),
+            );
+        }
+        if self.data.max_prompt_length == 0 || self.data.max_response_length == 0 {
+            return bad("data.max_prompt_length and max_response_length must be positive".into());
+        }
+        if self.data.min_pixels > self.data.max_pixels {
+            return bad("data.min_pixels must not exceed data.max_pixels".into());
+        }
+        if self.trainer.save_limit == 0 {
+            return bad("trainer.save_limit must be at least 1".into());
+        }
+        if self.sft.enabled && (self.sft.steps == 0 || self.sft.batch_size == 0) {
+            return bad("sft.enabled needs sft.steps and sft.batch_size > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Responses per optimiser step (`global_batch_size × n`).
+    pub fn mini_batch_responses(&self) -> usize {
+        self.actor.global_batch_size * self.rollout.n
+    }
+
+    /// Optimiser steps per RL step (`rollout_batch_size / global_batch_size × ppo_epochs`).
+    pub fn optimizer_steps_per_rl_step(&self) -> usize {
+        self.data.rollout_batch_size / self.actor.global_batch_size * self.actor.ppo_epochs
+    }
+
+    /// The actor-update geometry for [`super::step::RlStep`].
+    pub fn update_config(&self) -> UpdateConfig {
+        UpdateConfig {
+            mini_batch_size: self.mini_batch_responses(),
+            micro_batch_size: self.actor.micro_batch_size_per_device_for_update,
+            ppo_epochs: self.actor.ppo_epochs,
+            clip: PolicyClip {
+                clip_ratio_low: self.actor.clip_ratio_low,
+                clip_ratio_high: self.actor.clip_ratio_high,
+                clip_ratio_dual: self.actor.clip_ratio_dual,
+            },
+            kl_coef: self.algorithm.use_kl_loss.then_some(self.algorithm.kl_coef),
+            max_grad_norm: self.actor.max_grad_norm,
+        }
+    }
+
+    /// The optimiser hyper-parameters.
+    pub fn adamw_config(&self) -> AdamWConfig {
+        AdamWConfig {
+            betas: self.actor.betas,
+            eps: self.actor.eps,
+            weight_decay: self.actor.weight_decay,
+            state_dtype: self.actor.optimizer_state_dtype,
+            kahan_summation: self.actor.kahan_summation,
+        }
+    }
+
+    /// The learning-rate schedule over `trainer.max_steps` RL steps.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            lr: self.actor.lr,
+            warmup_steps: (self.actor.lr_warmup_ratio * self.trainer.max_steps as f64) as u64,
+            zero_lr_first_step: self.actor.zero_lr_first_step,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The device-memory plan printed at start-up: weights, gradients, optimiser states, reference
+//! model, rollout KV cache and update activations, estimated from the model shape and the
+//! configuration, with a clear refusal when the total exceeds the device.
+//!
+//! The estimate counts persistent tensors exactly and activations approximately (saved decoder
+//! layer inputs with gradient checkpointing or a per-layer working set without it, plus f32
+//! log-softmax over the vocabulary at response positions); allocator fragmentation is covered by
+//! `HEADROOM_FRACTION`.
+
+use std::fmt;
+
+use super::config::{TrainConfig, WeightDtype};
+use super::optim::StateDtype;
+use super::{GrpoError, Result};
+
+/// Share of device memory kept free for the allocator and workspace buffers.
+pub const HEADROOM_FRACTION: f64 = 0.10;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Shape numbers of a Qwen2.5-VL checkpoint (from its `config.json`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelShape {
+    /// Text hidden size (3,584 for 7B).
+    pub hidden_size: u64,
+    /// MLP width of the decoder (18,944 for 7B).
+    pub intermediate_size: u64,
+    /// Decoder layers (28 for 7B).
+    pub num_hidden_layers: u64,
+    /// Query heads (28 for 7B).
+    pub num_attention_heads: u64,
+    /// Key/value heads (4 for 7B).
+    pub num_key_value_heads: u64,
+    /// Vocabulary (152,064 for 7B).
+    pub vocab_size: u64,
+    /// Whether `lm_head` shares the embedding (3B: true).
+    pub tie_word_embeddings: bool,
+    /// Vision tower width (1,280).
+    pub vision_hidden_size: u64,
+    /// Vision MLP width (3,420).
+    pub vision_intermediate_size: u64,
+    /// Vision blocks (32).
+    pub vision_depth: u64,
+    /// Output width of the patch merger (= `hidden_size`).
+    pub vision_out_hidden_size: u64,
+}
+
+impl ModelShape {
+    /// Reads the numbers from a Qwen2.5-VL `config.json` (text fields at the top level or under
+    /// `text_config`, vision fields under `vision_config`).
+    pub fn from_hf_config(cfg: &serde_json::Value) -> Result<Self> {
+        let text = cfg
+            .get("text_config")
+            .filter(|t| t.get("hidden_size").is_some())
+            .unwrap_or(cfg);
+        let vision = cfg
+            .get("vision_config")
+            .ok_or_else(|| GrpoError::Config("config.json: no vision_config".into()))?;
+        let num = |v: &serde_json::Value, key: &str| -> Result<u64> {
+            v.get(key)
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| GrpoError::Config(format!("config.json: missing integer `{key}`")))
+        };
+        let hidden_size = num(text, "hidden_size")?;
+        Ok(ModelShape {
+            hidden_size,
+            intermediate_size: num(text, "intermediate_size")?,
+            num_hidden_layers: num(text, "num_hidden_layers")?,
+            num_attention_heads: num(text, "num_attention_heads")?,
+            num_key_value_heads: num(text, "num_key_value_heads")?,
+            vocab_size: num(text, "vocab_size")?,
+            tie_word_embeddings: cfg
+                .get("tie_word_embeddings")
+                .or_else(|| text.get("tie_word_embeddings"))
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
+            vision_hidden_size: num(vision, "hidden_size")?,
+            vision_intermediate_size: num(vision, "intermediate_size")?,
+            vision_depth: num(vision, "depth")?,
+            vision_out_hidden_size: vision
+                .get("out_hidden_size")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(hidden_size),
+        })
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> u64 {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Parameters of the language model (embedding, decoder, final norm, `lm_head`).
+    pub fn text_params(&self) -> u64 {
+        let h = self.hidden_size;
+        let kv = self.num_key_value_heads * self.head_dim();
+        let attn = (h * h + h) + 2 * (h * kv + kv) + h * h;
+        let mlp = 3 * h * self.intermediate_size;
+        let layer = attn + mlp + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + self.num_hidden_layers * layer + h + head
+    }
+
+    /// Parameters of the vision tower (patch embedding, blocks, merger).
+    pub fn vision_params(&self) -> u64 {
+        let d = self.vision_hidden_size;
+        let i = self.vision_intermediate_size;
+        let patch = 3 * 2 * 14 * 14 * d;
+        let block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * (d * i + i) + (i * d + d);
+        let merged = 4 * d;
+        let merger = d
+            + (merged * merged + merged)
+            + (merged * self.vision_out_hidden_size + self.vision_out_hidden_size);
+        patch + self.vision_depth * block + merger
+    }
+}
+
+/// Bytes per category, as planned for one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    /// Policy weights.
+    pub weights: u64,
+    /// Gradients of the trainable weights.
+    pub grads: u64,
+    /// AdamW moments (+ Kahan buffer).
+    pub optimizer: u64,
+    /// Frozen reference weights kept on the device (0 when offloaded to the CPU).
+    pub reference: u64,
+    /// KV cache of one generation batch at full prompt + response length.
+    pub kv_cache: u64,
+    /// Activations of one update micro-batch.
+    pub activations: u64,
+    /// Device memory (0 when unknown).
+    pub capacity: u64,
+}
+
+impl MemoryPlan {
+    /// Estimates the plan of `cfg` for a model of shape `shape` on a device of `capacity` bytes.
+    pub fn estimate(cfg: &TrainConfig, shape: &ModelShape, capacity: u64) -> Self {
+        let wb = cfg.model.dtype.size_in_bytes();
+        let sb = match cfg.actor.optimizer_state_dtype {
+            StateDtype::Bf16 => 2,
+            StateDtype::F32 => 4,
+        };
+        let total = shape.text_params() + shape.vision_params();
+        let trainable = if cfg.model.freeze_vision_tower {
+            shape.text_params()
+        } else {
+            total
+        };
+        let buffers = if cfg.actor.kahan_summation { 3 } else { 2 };
+        let seq = (cfg.data.max_prompt_length + cfg.data.max_response_length) as u64;
+        let resp = cfg.data.max_response_length as u64;
+        let kv_dim = shape.num_key_value_heads * shape.head_dim();
+        let kv_cache = 2
+            * shape.num_hidden_layers
+            * kv_dim
+            * seq
+            * cfg.rollout.generation_batch_size as u64
+            * wb;
+        let micro = cfg.actor.micro_batch_size_per_device_for_update as u64;
+        let h = shape.hidden_size;
+        // One decoder layer's working set per token: q/k/v/o, norms, residuals and the MLP
+        // (gate, up, act, product), kept for backward.
+        let layer_per_token = (6 * h + 2 * kv_dim + 4 * shape.intermediate_size) * wb;
+        let per_token = if cfg.model.gradient_checkpointing {
+            shape.num_hidden_layers * h * wb + layer_per_token
+        } else {
+            shape.num_hidden_layers * layer_per_token
+        };
+        // f32 logits + log-softmax (and their grads) at response positions only.
+        let logits = resp * shape.vocab_size * 4 * 3;
+        let activations = micro * (seq * per_token + logits);
+        MemoryPlan {
+            weights: total * wb,
+            grads: trainable * wb,
+            optimizer: trainable * sb * buffers,
+            reference: if cfg.model.offload_reference || !cfg.algorithm.use_kl_loss {
+                0
+            } else {
+                total * wb
+            },
+            kv_cache,
+            activations,
+            capacity,
+        }
+    }
+
+    /// Peak: persistent tensors plus the larger of the rollout and update working sets.
+    pub fn peak(&self) -> u64 {
+        self.weights
+            + self.grads
+            + self.optimizer
+            + self.reference
+            + self.kv_cache.max(self.activations)
+    }
+
+    /// Errors with the whole plan and what to change when the peak exceeds the usable capacity
+    /// (capacity minus `HEADROOM_FRACTION`); passes when the capacity is unknown (0).
+    pub fn check(&self) -> Result<()> {
+        if self.capacity == 0 {
+            return Ok(());
+        }
+        let usable = (self.capacity as f64 * (1.0 - HEADROOM_FRACTION)) as u64;
+        if self.peak() <= usable {
+            return Ok(());
+        }
+        Err(GrpoError::DoesNotFit(format!(
+            "the training plan needs {:.1} GiB but the device has {:.1} GiB usable:\n{self}\n\
+             reduce rollout.generation_batch_size or data.max_*_length, set model.offload_reference = true, \
+             model.freeze_vision_tower = true or model.gradient_checkpointing = true, or use a smaller model",
+            self.peak() as f64 / GIB,
+            usable as f64 / GIB
+        )))
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, b: u64| {
+            writeln!(f, "  {name:<22}{:>9.2} GiB", b as f64 / GIB)
+        };
+        writeln!(f, "memory plan (per device):")?;
+        row(f, "weights", self.weights)?;
+        row(f, "gradients", self.grads)?;
+        row(f, "optimizer states", self.optimizer)?;
+        row(f, "reference model", self.reference)?;
+        row(f, "rollout KV cache", self.kv_cache)?;
+        row(f, "update activations", self.activations)?;
+        row(f, "peak", self.peak())?;
+        if self.capacity > 0 {
+            row(f, "device", self.capacity)?;
+        }
+        Ok(())
+    }
+}
+
+impl WeightDtype {
+    /// Human name of the dtype.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::F32 => "f32",
+        }
+    }
+}
