@@ -8,7 +8,9 @@ const SCENE: &str = r#"{\"objects\": [{\"id\": \"bike.1\", \"bbox\": [0, 272, 31
 
 fn row(id: &str, response: &str, problem: &str) -> String {
     let gt = GT.replace('"', "\\\"").replace("\\\\n", "\\n");
-    format!(r#"{{"id": {id}, "response": "{response}", "ground_truth": "{gt}", "problem": "{problem}"}}"#)
+    format!(
+        r#"{{"id": {id}, "response": "{response}", "ground_truth": "{gt}", "problem": "{problem}"}}"#
+    )
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -30,8 +32,11 @@ fn scores_in_order_with_errors_and_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("cases.jsonl");
     let output = dir.path().join("out.jsonl");
-    let good = format!("<observe>o</observe><scene>{SCENE}</scene><think>t</think><answer>(B) behind</answer>");
-    let wrong = format!("<observe>o</observe><scene>{SCENE}</scene><think>t</think><answer>B</answer>");
+    let good = format!(
+        "<observe>o</observe><scene>{SCENE}</scene><think>t</think><answer>(B) behind</answer>"
+    );
+    let wrong =
+        format!("<observe>o</observe><scene>{SCENE}</scene><think>t</think><answer>B</answer>");
     let lines = [
         row("\"a\"", &good, "Image size: (800 x 600)"),
         row("7", &wrong, "Image size: (800 x 600)"),
@@ -39,7 +44,12 @@ fn scores_in_order_with_errors_and_bad_lines() {
         row("\"nosize\"", &good, "no size line"),
     ];
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let (code, _, stderr) = run(&["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let (code, _, stderr) = run(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("line 3"), "{stderr}");
 
@@ -76,7 +86,10 @@ fn r1v_reward_and_clean_exit() {
     .unwrap();
     let (code, stdout, stderr) = run(&["--input", input.to_str().unwrap(), "--reward", "r1v"]);
     assert_eq!(code, 0, "{stderr}");
-    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows[0]["overall"], 1.0);
     assert_eq!(rows[1]["overall"], 0.0);
     let (code, _, stderr) = run(&["--input", input.to_str().unwrap(), "--reward", "nope"]);

@@ -165,7 +165,7 @@ impl AnyPrecisionAdamW {
             for (_, p) in &self.params {
                 let mut g = p.grad();
                 if g.defined() {
-                    g.f_mul_scalar_(coef)?;
+                    let _ = g.f_mul_scalar_(coef)?;
                 }
             }
         }
@@ -201,16 +201,16 @@ impl AnyPrecisionAdamW {
             let t = st.step as f32;
             let g32 = grad.f_to_kind(Kind::Float)?;
             if cfg.weight_decay != 0.0 {
-                p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
+                let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
             }
             // m ← β1·m, then m ← m + (1−β1)·g rounded once.
-            st.exp_avg.f_mul_scalar_(beta1)?;
+            let _ = st.exp_avg.f_mul_scalar_(beta1)?;
             let m = st
                 .exp_avg
                 .f_to_kind(Kind::Float)?
                 .f_add(&g32.f_mul_scalar((1.0 - beta1) as f32 as f64)?)?;
             st.exp_avg.f_copy_(&m)?;
-            st.exp_avg_sq.f_mul_scalar_(beta2)?;
+            let _ = st.exp_avg_sq.f_mul_scalar_(beta2)?;
             let v = st
                 .exp_avg_sq
                 .f_to_kind(Kind::Float)?
