@@ -126,7 +126,7 @@ fn train(params: &[(String, Tensor)], opt: &mut AnyPrecisionAdamW, from: u64, st
         let mut loss = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
         for (i, (_, p)) in params.iter().enumerate() {
             let target = (s as f64 + 1.0) * 0.1 * (i as f64 + 1.0);
-            loss = loss + (p.to_kind(Kind::Float) - target).square().mean(Kind::Float);
+            loss += (p.to_kind(Kind::Float) - target).square().mean(Kind::Float);
         }
         loss.backward();
         opt.clip_grad_norm(1.0).unwrap();

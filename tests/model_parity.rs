@@ -89,10 +89,10 @@ fn check_case(
     let rope = get_rope_index(&model.config, &ids, &mask, &images.image_grid_thw).unwrap();
     let want_pos: Vec<i64> = Vec::try_from(c.t("position_ids").flatten(0, -1)).unwrap();
     let (b, l) = (ids.len(), ids[0].len());
-    for bi in 0..b {
+    for (bi, mask_row) in mask.iter().enumerate() {
         for s in 0..3 {
-            for j in 0..l {
-                if mask[bi][j] != 0 {
+            for (j, &m) in mask_row.iter().enumerate() {
+                if m != 0 {
                     let k = (s * b + bi) * l + j;
                     assert_eq!(
                         rope.position_ids[k], want_pos[k],

@@ -1,7 +1,7 @@
 //! Datasets in the STVQA-7K schema (spatialthinker.md §4.3): locating them (local folders or the
-//! (Errors carry the file, row and field they name; clippy's size lint is allowed for them.)
 //! Hugging Face hub), streaming and validating rows for training, statistics, synthetic spatial
 //! VQA that is exact by construction, and import of user JSONL datasets.
+// Errors carry the file, row and field they name, so they are large; that is intended.
 #![allow(clippy::result_large_err)]
 
 pub mod error;

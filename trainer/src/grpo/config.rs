@@ -492,7 +492,12 @@ impl TrainConfig {
                 a.lr_warmup_ratio
             ));
         }
-        if a.global_batch_size == 0 || self.data.rollout_batch_size % a.global_batch_size != 0 {
+        if a.global_batch_size == 0
+            || !self
+                .data
+                .rollout_batch_size
+                .is_multiple_of(a.global_batch_size)
+        {
             return bad(format!(
                 "data.rollout_batch_size = {} must be a positive multiple of actor.global_batch_size = {}",
                 self.data.rollout_batch_size, a.global_batch_size
@@ -500,7 +505,7 @@ impl TrainConfig {
         }
         let mini = a.global_batch_size * self.rollout.n;
         if a.micro_batch_size_per_device_for_update == 0
-            || mini % a.micro_batch_size_per_device_for_update != 0
+            || !mini.is_multiple_of(a.micro_batch_size_per_device_for_update)
         {
             return bad(format!(
                 "actor.global_batch_size × rollout.n = {mini} must be a multiple of micro_batch_size_per_device_for_update = {}",

@@ -16,6 +16,9 @@ use tch::{Kind, Tensor};
 use super::{GrpoError, Result};
 
 /// Data type of the optimiser's moment and compensation buffers.
+/// Tensors with their names (parameter or buffer keys).
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateDtype {
@@ -255,7 +258,7 @@ impl AnyPrecisionAdamW {
 
     /// The optimiser state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`,
     /// `compensation.<param>`) plus the per-parameter step counts, for checkpoints.
-    pub fn state_tensors(&self) -> (Vec<(String, Tensor)>, Vec<(String, u64)>) {
+    pub fn state_tensors(&self) -> (NamedTensors, Vec<(String, u64)>) {
         let mut tensors = Vec::new();
         let mut steps = Vec::new();
         for ((name, _), st) in self.params.iter().zip(&self.states) {

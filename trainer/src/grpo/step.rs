@@ -148,7 +148,7 @@ impl RlStep {
                 "mini_batch_size, micro_batch_size and ppo_epochs must be positive".into(),
             ));
         }
-        if cfg.mini_batch_size % cfg.micro_batch_size != 0 {
+        if !cfg.mini_batch_size.is_multiple_of(cfg.micro_batch_size) {
             return Err(GrpoError::Config(format!(
                 "mini-batch of {} responses is not a multiple of the micro-batch {}",
                 cfg.mini_batch_size, cfg.micro_batch_size
