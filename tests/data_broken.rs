@@ -88,7 +88,7 @@ fn truncated_image_bytes_are_skipped_or_reported() {
             threads: 2,
             ..LoaderConfig::default()
         };
-        let mut loader = Loader::open(&[path.clone()], cfg, Cursor::default()).unwrap();
+        let mut loader = Loader::open(std::slice::from_ref(&path), cfg, Cursor::default()).unwrap();
         let rows_of = |b: &data::Batch| {
             b.samples
                 .iter()
@@ -203,7 +203,12 @@ fn a_missing_column_is_an_error_naming_it() {
         "{err}"
     );
     // Policies apply to rows; a file without a required column fails under both.
-    assert!(validate_files(&[path.clone()], &ColumnNames::default(), Policy::Skip).is_err());
+    assert!(validate_files(
+        std::slice::from_ref(&path),
+        &ColumnNames::default(),
+        Policy::Skip
+    )
+    .is_err());
     assert!(Loader::open(&[path], LoaderConfig::default(), Cursor::default()).is_err());
 }
 
