@@ -98,24 +98,13 @@ pub struct Sample {
 
 /// Left-pads rows to one width: `(ids, mask)` as row vectors.
 pub fn left_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let ids = rows
-        .iter()
-        .map(|r| {
-            std::iter::repeat_n(pad, width - r.len())
-                .chain(r.iter().copied())
-                .collect()
-        })
-        .collect();
-    let mask = rows
-        .iter()
-        .map(|r| {
-            std::iter::repeat_n(0, width - r.len())
-                .chain(std::iter::repeat_n(1, r.len()))
-                .collect()
-        })
-        .collect();
-    (ids, mask)
+    let seqs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let (ids, mask, width) = crate::processor::left_pad(&seqs, pad);
+    if width == 0 {
+        return (vec![Vec::new(); rows.len()], vec![Vec::new(); rows.len()]);
+    }
+    let split = |flat: Vec<i64>| flat.chunks(width).map(<[i64]>::to_vec).collect();
+    (split(ids), split(mask))
 }
 
 fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
