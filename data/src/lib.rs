@@ -25,4 +25,4 @@ pub use loader::{Batch, Cursor, Loader, LoaderConfig};
 pub use record::{ImageData, Record, RowRef, Sample};
 pub use schema::ColumnNames;
 pub use source::DatasetFiles;
-pub use validate::{Policy, ValidationReport};
+pub use validate::{Checks, Policy, ValidationReport};

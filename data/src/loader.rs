@@ -18,7 +18,7 @@ use crate::reader::ParquetFile;
 use crate::record::{Record, Sample};
 use crate::rng::SplitMix64;
 use crate::schema::ColumnNames;
-use crate::validate::{self, Fields, Policy, ValidationReport};
+use crate::validate::{self, Checks, Fields, Policy, ValidationReport};
 
 /// Default minimum rows per shuffle window (about 2048 images resident, still encoded).
 pub const DEFAULT_SHUFFLE_WINDOW_ROWS: usize = 2048;
@@ -42,6 +42,9 @@ pub struct LoaderConfig {
     pub columns: ColumnNames,
     /// Image-decoding threads (0: rayon's default).
     pub threads: usize,
+    /// Which row checks apply.
+    #[serde(default)]
+    pub checks: Checks,
 }
 
 impl Default for LoaderConfig {
@@ -55,6 +58,7 @@ impl Default for LoaderConfig {
             policy: Policy::Skip,
             columns: ColumnNames::default(),
             threads: 0,
+            checks: Checks::Spatial,
         }
     }
 }
@@ -234,6 +238,7 @@ impl Loader {
     fn decode_into(&mut self, records: Vec<Record>, samples: &mut Vec<Sample>) -> Result<()> {
         let columns = &self.config.columns;
         let fields = Fields {
+            checks: self.config.checks,
             prompt: &columns.prompt,
             image: &columns.image,
             answer: &columns.answer,
@@ -353,6 +358,7 @@ pub fn validate_files(
     policy: Policy,
 ) -> Result<ValidationReport> {
     let fields = Fields {
+        checks: crate::validate::Checks::Spatial,
         prompt: &columns.prompt,
         image: &columns.image,
         answer: &columns.answer,

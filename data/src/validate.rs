@@ -16,6 +16,19 @@ use regex::Regex;
 use crate::error::{DataError, Result};
 use crate::record::{Record, RowRef, Sample};
 
+/// Which row checks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checks {
+    /// What the spatial reward needs: the prompt's `Image size` line and a ground truth with a
+    /// well-formed `<scene>` and a non-empty `<answer>`.
+    #[default]
+    Spatial,
+    /// Only a non-empty prompt and ground truth and a decodable image (other rewards, e.g. r1v
+    /// on `answer_option_text_only`); the stated size is the decoded one.
+    Plain,
+}
+
 /// What to do with a bad row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +104,8 @@ impl Issue {
 /// Column names used in issue reports.
 #[derive(Debug, Clone)]
 pub struct Fields<'a> {
+    /// Which checks apply.
+    pub checks: Checks,
     /// Prompt column name.
     pub prompt: &'a str,
     /// Image column name.
@@ -196,6 +211,15 @@ pub fn check_text(record: &Record, fields: &Fields<'_>) -> (Option<(u32, u32)>, 
             severity: Severity::Error,
         })
     };
+    if fields.checks == Checks::Plain {
+        if record.prompt.trim().is_empty() {
+            error(fields.prompt, "prompt is empty".into());
+        }
+        if record.ground_truth.trim().is_empty() {
+            error(fields.answer, "ground truth is empty".into());
+        }
+        return (None, issues);
+    }
     // Both readings must succeed: ours gives the pixel size, the reward's must not raise.
     let size = stated_image_size(&record.prompt)
         .filter(|_| rewards::parse_image_size(&record.prompt).is_ok());
@@ -265,6 +289,10 @@ pub fn check_record(
             issues.push(issue);
             None
         }
+    };
+    let size = match (&image, fields.checks) {
+        (Some(img), Checks::Plain) => Some(img.dimensions()),
+        _ => size,
     };
     match (image, size) {
         (Some(image), Some(stated)) if issues.is_empty() => {

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use crate::model::{
     get_rope_index, KvCache, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
 };
-use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID};
+use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID, TOKENIZER_VOCAB};
 
 /// Token ids that end a sample by default: `<|im_end|>`, `<|endoftext|>`.
 pub const DEFAULT_STOP_IDS: [i64; 2] = [IM_END_ID, ENDOFTEXT_ID];
@@ -68,6 +68,12 @@ impl SamplerRng {
         SamplerRng { state: seed }
     }
 
+    /// The whole generator state (store it in a checkpoint; [`SamplerRng::new`] with it resumes
+    /// the same stream).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -113,34 +119,13 @@ fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
     Ok(Tensor::from_slice(&flat).f_view([rows.len() as i64, width])?)
 }
 
-/// Picks one id from `(logprob, id)` candidates sorted by decreasing log-prob, applying top-p.
-fn pick(cands: &[(f32, i64)], top_p: f64, rng: &mut SamplerRng) -> i64 {
-    let top = cands.first().map_or(0.0, |c| c.0) as f64;
-    let weights: Vec<f64> = cands.iter().map(|c| (c.0 as f64 - top).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut keep = weights.len();
-    if top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, w) in weights.iter().enumerate() {
-            acc += w / total;
-            if acc >= top_p {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    let kept: f64 = weights[..keep].iter().sum();
-    let mut u = rng.next_f64() * kept;
-    for (i, w) in weights[..keep].iter().enumerate() {
-        if u < *w {
-            return cands[i].1;
-        }
-        u -= w;
-    }
-    cands[keep - 1].1
-}
-
 /// Chooses the next id per row from f32 `logits [R, V]`; returns `(ids, logprobs)`.
+///
+/// Everything but one uniform draw per row runs on the logits' device: the candidates (all ids,
+/// the top-k, or all ids sorted when top-p is on) are turned into probabilities, top-p keeps the
+/// smallest prefix whose mass reaches `top_p`, and the id is found by inverse-CDF search with the
+/// row's draw from `rng`. The log-prob returned is that of the full temperature-scaled
+/// distribution.
 fn choose(
     logits: &Tensor,
     cfg: &SamplingConfig,
@@ -156,39 +141,44 @@ fn choose(
     let logp = logits
         .f_div_scalar(temperature)?
         .f_log_softmax(-1, Kind::Float)?;
-    let ids: Vec<i64> = if cfg.greedy {
-        Vec::<i64>::try_from(logp.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?
+    let chosen = if cfg.greedy {
+        logp.f_argmax(-1, true)?
     } else {
         let vocab = logp.size()[1];
-        let k = if cfg.top_k > 0 {
-            (cfg.top_k as i64).min(vocab)
+        let (cand_lp, cand_ids) = if cfg.top_k > 0 && (cfg.top_k as i64) < vocab {
+            let (v, i) = logp.f_topk(cfg.top_k as i64, -1, true, true)?;
+            (v, Some(i))
+        } else if cfg.top_p < 1.0 {
+            let (v, i) = logp.f_sort(-1, true)?;
+            (v, Some(i))
         } else {
-            vocab
+            (logp.shallow_clone(), None)
         };
-        let (vals, idx) = logp.f_topk(k, -1, true, true)?;
-        let vals = Vec::<f32>::try_from(vals.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
-        let idx = Vec::<i64>::try_from(idx.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
-        (0..rows as usize)
-            .map(|r| {
-                let span = r * k as usize..(r + 1) * k as usize;
-                let cands: Vec<(f32, i64)> = vals[span.clone()]
-                    .iter()
-                    .copied()
-                    .zip(idx[span].iter().copied())
-                    .filter(|c| c.0.is_finite())
-                    .collect();
-                pick(&cands, cfg.top_p, rng)
-            })
-            .collect()
+        let mut probs = cand_lp.f_exp()?;
+        if cfg.top_p < 1.0 {
+            // keep candidate i while the mass before it is below top_p (the first always stays)
+            let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
+            probs = probs.f_mul(&before.f_lt(cfg.top_p)?.f_to_kind(Kind::Float)?)?;
+        }
+        let cdf = probs.f_cumsum(-1, Kind::Float)?;
+        let total = cdf.f_narrow(-1, cdf.size()[1] - 1, 1)?;
+        let draws: Vec<f64> = (0..rows).map(|_| rng.next_f64()).collect();
+        let u = Tensor::f_from_slice(&draws)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(logp.device())?
+            .f_view([rows, 1])?
+            .f_mul(&total)?;
+        let pos = u
+            .f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?
+            .f_clamp_max(cdf.size()[1] - 1)?;
+        match cand_ids {
+            Some(ids) => ids.f_gather(-1, &pos, false)?,
+            None => pos,
+        }
     };
-    let chosen = Tensor::from_slice(&ids)
-        .f_to_device(logp.device())?
-        .f_unsqueeze(-1)?;
-    let lp = Vec::<f32>::try_from(
-        logp.f_gather(-1, &chosen, false)?
-            .f_flatten(0, -1)?
-            .f_to_device(tch::Device::Cpu)?,
-    )?;
+    let lp = logp.f_gather(-1, &chosen, false)?;
+    let ids = Vec::<i64>::try_from(chosen.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
+    let lp = Vec::<f32>::try_from(lp.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
     Ok((ids, lp))
 }
 
@@ -315,6 +305,57 @@ pub struct ResponseBatch {
     pub images: Option<VisionInputs>,
 }
 
+/// Bytes of f32 logits materialised at once by [`target_logprobs`] on the CPU: 32 MiB, the
+/// largest block glibc's allocator serves from its heap instead of fresh zeroed pages.
+pub const CPU_LOGITS_CHUNK_BYTES: i64 = 32 << 20;
+/// The same bound on a GPU (fewer, larger matmuls).
+pub const GPU_LOGITS_CHUNK_BYTES: i64 = 1 << 30;
+
+/// `log softmax(h·Wᵀ / temperature)[target]` for final hidden states `hidden [N, D]` and
+/// `targets [N]`, as `logit[target]/T − logsumexp(logits/T)` over the tokenizer's ids only
+/// (the untrained rows past them are −inf in [`Qwen2_5VLForConditionalGeneration::logits`], so
+/// leaving them out gives the same value). Logits are built for a chunk of positions at a time,
+/// so no full `[N, V]` log-softmax is ever stored; with grad on, autograd keeps each chunk's
+/// logits for the backward pass.
+pub fn target_logprobs(
+    model: &Qwen2_5VLForConditionalGeneration,
+    hidden: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+) -> Result<Tensor, ModelError> {
+    let vocab = model.config.text.vocab_size.min(TOKENIZER_VOCAB);
+    let weight = model.lm_head.f_narrow(0, 0, vocab)?.f_tr()?;
+    let n = hidden.size()[0];
+    let budget = if model.device().is_cuda() {
+        GPU_LOGITS_CHUNK_BYTES
+    } else {
+        CPU_LOGITS_CHUNK_BYTES
+    };
+    let chunk = (budget / (vocab * 4)).max(1);
+    let mut parts = Vec::with_capacity((n / chunk + 1) as usize);
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let mut logits = hidden
+            .f_narrow(0, start, len)?
+            .f_matmul(&weight)?
+            .f_to_kind(Kind::Float)?;
+        if temperature != 1.0 {
+            logits = logits.f_div_scalar(temperature)?;
+        }
+        let picked = logits
+            .f_gather(
+                -1,
+                &targets.f_narrow(0, start, len)?.f_unsqueeze(-1)?,
+                false,
+            )?
+            .f_squeeze_dim(-1)?;
+        parts.push(picked.f_sub(&logits.f_logsumexp([-1], false)?)?);
+        start += len;
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
 /// Teacher-forced log-probs, right-aligned per row.
 #[derive(Debug)]
 pub struct ResponseLogprobs {
@@ -327,7 +368,8 @@ pub struct ResponseLogprobs {
 
 /// Log-probs of each response token given its prompt and preceding response tokens, from one
 /// forward over `prompt + response` (left-padded). Only response positions go through `lm_head`
-/// and log-softmax, at `temperature`. Runs with whatever grad mode the caller has set.
+/// and the normalisation ([`target_logprobs`]), at `temperature`. Runs with whatever grad mode
+/// the caller has set.
 pub fn response_logprobs(
     model: &Qwen2_5VLForConditionalGeneration,
     batch: &ResponseBatch,
@@ -381,27 +423,21 @@ pub fn response_logprobs(
     let index = Tensor::from_slice(&index)
         .f_view([b, r_max])?
         .f_to_device(device)?;
-    let logits = model.forward(
+    let hidden = model.forward(
         &to_tensor(&ids)?,
         &rope.to_tensor(device)?,
         &to_tensor(&mask)?,
         batch.images.as_ref(),
         None,
-        LogitsAt::Positions(&index),
+        LogitsAt::HiddenAt(&index),
     )?;
-    let logp = logits
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
-    let targets = Tensor::from_slice(&targets)
-        .f_view([b, r_max, 1])?
-        .f_to_device(device)?;
+    let targets = Tensor::from_slice(&targets).f_to_device(device)?;
+    let lp = target_logprobs(model, &hidden.f_flatten(0, 1)?, &targets, temperature)?
+        .f_view([b, r_max])?;
     let mask = Tensor::from_slice(&valid)
         .f_view([b, r_max])?
         .f_to_device(device)?;
-    let lp = logp
-        .f_gather(-1, &targets, false)?
-        .f_squeeze_dim(-1)?
-        .f_mul(&mask)?;
+    let lp = lp.f_mul(&mask)?;
     Ok(ResponseLogprobs { logprobs: lp, mask })
 }
 
@@ -416,28 +452,55 @@ mod tests {
         assert_eq!(mask, vec![vec![1, 1, 1], vec![0, 0, 1]]);
     }
 
-    #[test]
-    fn top_p_keeps_smallest_nucleus() {
-        // probabilities 0.5, 0.3, 0.2: top_p 0.5 keeps only the first id
-        let cands: Vec<(f32, i64)> = [0.5f32, 0.3, 0.2]
-            .iter()
-            .zip([7, 8, 9])
-            .map(|(p, i)| (p.ln(), i))
-            .collect();
+    fn sampled_frequencies(cfg: &SamplingConfig, draws: usize) -> Vec<f64> {
+        // probabilities 0.5, 0.3, 0.2 at ids 2, 0, 1 of a 4-id vocabulary (id 3 impossible)
+        let logits =
+            Tensor::from_slice(&[0.3f32.ln(), 0.2f32.ln(), 0.5f32.ln(), f32::NEG_INFINITY])
+                .view([1, 4])
+                .repeat([draws as i64, 1]);
         let mut rng = SamplerRng::new(3);
-        for _ in 0..50 {
-            assert_eq!(pick(&cands, 0.5, &mut rng), 7);
+        let (ids, lps) = choose(&logits, cfg, &mut rng).unwrap();
+        let mut counts = vec![0usize; 4];
+        for (id, lp) in ids.iter().zip(&lps) {
+            counts[*id as usize] += 1;
+            let p = [0.3f32, 0.2, 0.5][*id as usize];
+            assert!(
+                (lp - p.ln()).abs() < 1e-5,
+                "log-prob of the full distribution"
+            );
         }
-        // top_p 1.0: frequencies follow the probabilities
-        let mut counts = [0usize; 3];
-        for _ in 0..20000 {
-            counts[(pick(&cands, 1.0, &mut rng) - 7) as usize] += 1;
-        }
-        let f: Vec<f64> = counts.iter().map(|&c| c as f64 / 20000.0).collect();
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn sampling_follows_probabilities_and_top_p_top_k() {
+        let base = SamplingConfig::default();
+        let f = sampled_frequencies(&base, 20000);
         assert!(
-            (f[0] - 0.5).abs() < 0.02 && (f[1] - 0.3).abs() < 0.02,
+            (f[2] - 0.5).abs() < 0.02 && (f[0] - 0.3).abs() < 0.02,
             "{f:?}"
         );
+        assert_eq!(f[3], 0.0);
+        // top_p 0.5 keeps only the most likely id; 0.6 keeps the two most likely (0.5 + 0.3)
+        let f = sampled_frequencies(
+            &SamplingConfig {
+                top_p: 0.5,
+                ..base.clone()
+            },
+            2000,
+        );
+        assert_eq!(f[2], 1.0, "{f:?}");
+        let f = sampled_frequencies(
+            &SamplingConfig {
+                top_p: 0.6,
+                ..base.clone()
+            },
+            20000,
+        );
+        assert!((f[2] - 0.625).abs() < 0.02 && f[1] == 0.0, "{f:?}");
+        // top_k 1 is greedy
+        let f = sampled_frequencies(&SamplingConfig { top_k: 1, ..base }, 500);
+        assert_eq!(f[2], 1.0, "{f:?}");
     }
 
     #[test]

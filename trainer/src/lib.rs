@@ -9,3 +9,4 @@ pub mod model;
 pub mod processor;
 pub mod serve;
 pub mod tokenizer;
+pub mod train;

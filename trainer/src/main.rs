@@ -15,6 +15,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train with GRPO and the dense spatial reward (no arguments: the tiny CPU demo).
+    Train(cli::train::Args),
+    /// Supervised warm-up only (cross-entropy on a reference-response column).
+    Sft(cli::train::SftArgs),
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
     /// Generate from a checkpoint for one image and prompt.
@@ -38,6 +42,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => cli::train::run(args),
+        Command::Sft(args) => cli::train::run_sft(args),
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),

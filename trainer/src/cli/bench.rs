@@ -23,6 +23,35 @@ pub struct Args {
 enum What {
     /// Greedy generation: prefill and decode tokens/s.
     Generate(GenerateArgs),
+    /// RL steps: seconds per phase (rollout, reward, old and reference log-probs, update),
+    /// tokens/s and peak memory, with no checkpoints or logs written.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example (the TRL comparison setting: 2 prompts x 8 completions x 64 tokens):
+  spatialthinker bench train --prompts 2 --group-size 8 --response-length 64 --steps 3"
+)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: crate::cli::train::ConfigArgs,
+    /// Timed RL steps.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Untimed RL steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Prompts per RL step (sets data.rollout_batch_size, and actor.global_batch_size when it
+    /// does not divide it).
+    #[arg(long)]
+    prompts: Option<usize>,
+    /// Responses per prompt (rollout.n).
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Sample exactly this many tokens per response, ignoring end tokens.
+    #[arg(long)]
+    response_length: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +88,7 @@ pub fn bench_prompt_ids(b: usize, len: usize) -> Vec<i64> {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Generate(a) => bench_generate(a),
+        What::Train(a) => bench_train(a),
     }
 }
 
@@ -131,6 +161,64 @@ fn bench_generate(a: GenerateArgs) -> Result<()> {
             "device": a.device.to_string(), "threads": tch::get_num_threads(),
             "prefill_s": prefill, "decode_s": decode,
             "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
+        })
+    );
+    Ok(())
+}
+
+fn bench_train(a: TrainArgs) -> Result<()> {
+    use trainer::train::runner::{Phase, TrainerOptions};
+    let mut cfg = a.config.load()?;
+    if let Some(p) = a.prompts {
+        cfg.data.rollout_batch_size = p;
+        if !p.is_multiple_of(cfg.actor.global_batch_size) {
+            cfg.actor.global_batch_size = p;
+        }
+    }
+    if let Some(n) = a.group_size {
+        cfg.rollout.n = n;
+    }
+    cfg.sft.enabled = false;
+    cfg.validate()?;
+    let mut trainer = trainer::train::Trainer::new(
+        cfg,
+        TrainerOptions {
+            dry: true,
+            forced_response_length: a.response_length,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..a.warmup {
+        trainer.step()?;
+    }
+    let mut totals = vec![0.0; Phase::ALL.len()];
+    let mut tokens = 0usize;
+    let mut wall = 0.0;
+    for _ in 0..a.steps {
+        let r = trainer.step()?;
+        for (t, p) in totals.iter_mut().zip(Phase::ALL) {
+            *t += r.times.get(p);
+        }
+        tokens += r.response_tokens;
+        wall += r.times.total();
+    }
+    let steps = a.steps.max(1) as f64;
+    let cfg = trainer.config();
+    let mut phases = serde_json::Map::new();
+    for (t, p) in totals.iter().zip(Phase::ALL) {
+        phases.insert(format!("{}_s", p.name()), (t / steps).into());
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": cfg.model.path, "device": cfg.trainer.device, "dtype": cfg.model.dtype.name(),
+            "threads": tch::get_num_threads(),
+            "prompts": cfg.data.rollout_batch_size, "group_size": cfg.rollout.n,
+            "forced_response_length": a.response_length,
+            "timed_steps": a.steps, "step_s": wall / steps, "phases": phases,
+            "response_tokens_per_step": tokens as f64 / steps,
+            "tokens_per_s": tokens as f64 / wall.max(1e-9),
+            "peak_rss_gib": trainer::grpo::memory::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
         })
     );
     Ok(())

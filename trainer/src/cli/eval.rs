@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use trainer::eval::dataset::{read_mcq_jsonl, EvalSample};
+use anyhow::{Context, Result};
+use trainer::device::{DeviceArg, DtypeArg};
+use trainer::eval::dataset::{read_mcq_jsonl, read_stvqa_parquet, EvalSample};
 use trainer::eval::matching::MatchMode;
 use trainer::eval::report::{EvalReport, SampleLog};
-use trainer::eval::runner::{build_prompt, DEFAULT_MAX_NEW_TOKENS};
+use trainer::eval::runner::{build_prompt, run_eval, EvalOptions, DEFAULT_MAX_NEW_TOKENS};
+use trainer::infer::generator::ModelGenerator;
 use trainer::infer::prompt::Template;
 
 /// Evaluate a checkpoint on a multiple-choice benchmark.
@@ -41,6 +43,10 @@ pub struct Args {
     /// Reproduce the authors' matcher, including its bug that scores bare letters as `A`.
     #[arg(long)]
     legacy_matching: bool,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
 }
 
 /// Load the benchmark rows.
@@ -48,12 +54,17 @@ fn load(args: &Args) -> Result<Vec<EvalSample>> {
     let ext = args.data.extension().and_then(|e| e.to_str()).unwrap_or("");
     let mut rows = match ext {
         "jsonl" => read_mcq_jsonl(&args.data)?,
-        "parquet" => bail!(
-            "{}: parquet benchmarks (split `{}`) are read through the data crate, which is not in this build yet; convert to MCQ JSONL",
-            args.data.display(),
-            args.split
-        ),
-        _ => bail!("{}: expected a .jsonl or .parquet file", args.data.display()),
+        _ => {
+            let (rows, report) = read_stvqa_parquet(&args.data, &args.split)?;
+            if report.bad_rows > 0 {
+                eprintln!(
+                    "{}: skipped {} unusable rows",
+                    args.data.display(),
+                    report.bad_rows
+                );
+            }
+            rows
+        }
     };
     if let Some(n) = args.limit {
         rows.truncate(n);
@@ -73,9 +84,9 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         MatchMode::Fixed
     };
-    let (_log, done) = SampleLog::open(&args.out.join("samples.jsonl"))
+    let (mut log, mut done) = SampleLog::open(&args.out.join("samples.jsonl"))
         .with_context(|| format!("opening the sample log in {}", args.out.display()))?;
-    let done_ids: HashSet<&str> = done.iter().map(|r| r.id.as_str()).collect();
+    let done_ids: HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
     let remaining = samples
         .iter()
         .filter(|s| !done_ids.contains(s.id.as_str()))
@@ -89,10 +100,29 @@ pub fn run(args: Args) -> Result<()> {
         args.max_new_tokens
     );
     if remaining > 0 {
-        bail!(
-            "cannot evaluate {}: the model is not available in this build yet (Qwen2.5-VL generation has not been connected to eval)",
-            args.model.display()
-        );
+        let dir = crate::cli::generate::model_dir(&args.model)?;
+        let mut generator = ModelGenerator::load(
+            &dir,
+            args.device.resolve()?,
+            args.dtype.kind(),
+            args.max_new_tokens,
+        )
+        .with_context(|| format!("loading {}", dir.display()))?;
+        let bar = indicatif::ProgressBar::new(remaining as u64);
+        let new = run_eval(
+            &samples,
+            &mut generator,
+            EvalOptions {
+                template: args.template,
+                matching,
+                batch_size: args.batch_size,
+            },
+            &mut log,
+            &done_ids,
+            &mut |n, _| bar.set_position(n as u64),
+        )?;
+        bar.finish_and_clear();
+        done.extend(new);
     }
     let run: BTreeMap<String, String> = [
         ("model", args.model.display().to_string()),

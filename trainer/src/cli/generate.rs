@@ -2,12 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
 use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
-use trainer::processor::{ChatMessage, EncodedPrompt, ImageProcessor, Processor};
-use trainer::tokenizer;
+use trainer::processor::{ChatMessage, EncodedPrompt, Processor};
 
 /// Generate from a checkpoint for one image and one prompt.
 #[derive(Debug, clap::Args)]
@@ -47,28 +46,15 @@ pub struct Args {
     json: bool,
 }
 
-/// Resolves `--model`: a local folder, else an error naming hub ids (resolved through the HF cache
-/// by `data::hub`, not wired in yet).
+/// Resolves `--model`: a local checkpoint folder or a hub id in the Hugging Face cache.
 pub fn model_dir(model: &Path) -> Result<PathBuf> {
-    if model.is_dir() {
-        return Ok(model.to_path_buf());
-    }
-    bail!(
-        "--model {}: not a local folder; hub ids (e.g. Qwen/Qwen2.5-VL-7B-Instruct) are not resolved by this build yet (pending data::hub); pass the snapshot folder of the HF cache instead",
-        model.display()
-    )
+    Ok(trainer::model::locate_checkpoint(&model.to_string_lossy())?)
 }
 
 /// Loads the processor of a checkpoint folder: its tokenizer (or the embedded one) and its
 /// `preprocessor_config.json` (or the published Qwen2.5-VL one).
 pub fn load_processor(dir: &Path) -> Result<Processor> {
-    let tok = tokenizer::load_tokenizer(dir).context("loading the tokenizer")?;
-    let image = if dir.join("preprocessor_config.json").exists() {
-        ImageProcessor::from_preprocessor_config(dir)?
-    } else {
-        ImageProcessor::default_qwen25vl()
-    };
-    Ok(Processor::new(tok, image))
+    Ok(Processor::from_model_dir(dir)?)
 }
 
 /// Encodes one `[image, text]` user turn with the chat template and the generation prompt.

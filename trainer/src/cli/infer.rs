@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use trainer::device::{DeviceArg, DtypeArg};
+use trainer::generate::SamplingConfig;
+use trainer::infer::generator::ModelGenerator;
 use trainer::infer::overlay::draw_scene_graph;
 use trainer::infer::parse::{parse_response, ParsedResponse};
 use trainer::infer::prompt::{question_with_options, render, Template};
@@ -35,6 +38,16 @@ pub struct Args {
     /// Skip the model and parse this saved response (e.g. from an eval log) instead.
     #[arg(long)]
     response: Option<PathBuf>,
+    /// Sampling temperature; 0 (the default) decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Seed of the sampler (with --temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
 }
 
 /// Print the sections as text.
@@ -82,13 +95,26 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading response {}", path.display()))?,
         None => {
-            let model = args.model.as_deref().unwrap_or(std::path::Path::new("?"));
-            bail!(
-                "cannot run {} (max {} new tokens): the model is not available in this build yet; \
-                 use --response FILE to parse a saved response",
-                model.display(),
-                args.max_new_tokens
-            );
+            let model = args.model.as_deref().context("--model is required")?;
+            let dir = crate::cli::generate::model_dir(model)?;
+            let mut generator = ModelGenerator::load(
+                &dir,
+                args.device.resolve()?,
+                args.dtype.kind(),
+                args.max_new_tokens,
+            )
+            .with_context(|| format!("loading {}", dir.display()))?;
+            if args.temperature > 0.0 {
+                let sampling = SamplingConfig {
+                    greedy: false,
+                    temperature: args.temperature,
+                    ..generator.sampling.clone()
+                };
+                generator = generator.with_sampling(sampling, args.seed);
+            }
+            generator
+                .answer(&[(prompt.as_str(), Some(&image))])?
+                .remove(0)
         }
     };
     let parsed = parse_response(&response);

@@ -9,3 +9,4 @@ pub mod infer;
 pub mod logprobs;
 pub mod reward;
 pub mod serve;
+pub mod train;

@@ -4,6 +4,9 @@
 //! read through the `data` crate and converted into [`EvalSample`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
 
 use super::EvalError;
 
@@ -22,6 +25,79 @@ pub struct EvalSample {
     pub category: Option<String>,
     /// The image file, resolved against the JSONL file's folder.
     pub image: Option<PathBuf>,
+    /// The image already decoded (parquet rows), used instead of `image`.
+    pub pixels: Option<Arc<RgbImage>>,
+    /// The row's own prompt (STVQA `problem`), for [`super::super::infer::prompt::Template::Dataset`].
+    pub prompt: Option<String>,
+}
+
+/// Reads split `split` of an STVQA-schema parquet dataset (a file, a folder, or a hub id) in
+/// file order: the question is `question_only` (else the prompt), the options `options`, the
+/// answer `answer_only` (else the letter inside `answer_option_text_only`), the category
+/// `category`, the image decoded from the row, and the prompt the `problem` column. Rows the data
+/// crate rejects are skipped and counted in the returned report.
+pub fn read_stvqa_parquet(
+    path: &Path,
+    split: &str,
+) -> Result<(Vec<EvalSample>, data::ValidationReport), EvalError> {
+    let data_err = |e: data::DataError| EvalError::Unsupported(format!("{}: {e}", path.display()));
+    let files = if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        data::DatasetFiles::locate(&path.to_string_lossy())
+            .map_err(data_err)?
+            .split(split)
+            .map_err(data_err)?
+            .to_vec()
+    };
+    let config = data::LoaderConfig {
+        batch_size: 64,
+        shuffle: false,
+        drop_last: false,
+        ..Default::default()
+    };
+    let mut loader =
+        data::Loader::open(&files, config, data::Cursor::default()).map_err(data_err)?;
+    let mut rows = Vec::new();
+    loop {
+        let batch = loader.next_batch().map_err(data_err)?;
+        if batch.epoch > 0 {
+            break;
+        }
+        for sample in batch.samples {
+            let r = sample.record;
+            let file = r
+                .source
+                .file
+                .file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+            let answer = r
+                .answer_only
+                .clone()
+                .filter(|a| !a.trim().is_empty())
+                .or_else(|| {
+                    r.answer_option_text_only
+                        .as_deref()
+                        .and_then(|t| t.trim().strip_prefix('('))
+                        .and_then(|t| t.split(')').next())
+                        .map(str::to_string)
+                });
+            rows.push(EvalSample {
+                id: format!("{file}:{}", r.source.row),
+                question: r.question_only.clone().unwrap_or_else(|| r.prompt.clone()),
+                options: r.options.clone().unwrap_or_default(),
+                answer: answer.unwrap_or_default(),
+                category: r.category.clone(),
+                image: None,
+                pixels: Some(Arc::new(sample.image)),
+                prompt: Some(r.prompt),
+            });
+        }
+        if batch.cursor.epoch > 0 {
+            break;
+        }
+    }
+    Ok((rows, loader.report().clone()))
 }
 
 /// Read a generic MCQ JSONL file. Blank lines are skipped; any other malformed line is an error
@@ -93,6 +169,8 @@ fn sample_from_json(
         answer,
         category,
         image: string("image")?.map(|p| base.join(p)),
+        pixels: None,
+        prompt: None,
     })
 }
 

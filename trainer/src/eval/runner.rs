@@ -47,8 +47,9 @@ pub struct EvalOptions {
 
 /// Build the prompt for one sample, loading its image.
 pub fn build_prompt(sample: &EvalSample, template: Template) -> Result<EvalPrompt, EvalError> {
-    let image = match &sample.image {
-        Some(path) => Some(
+    let image = match (&sample.pixels, &sample.image) {
+        (Some(pixels), _) => Some(pixels.as_ref().clone()),
+        (None, Some(path)) => Some(
             image::open(path)
                 .map_err(|e| EvalError::Image {
                     path: path.clone(),
@@ -56,7 +57,7 @@ pub fn build_prompt(sample: &EvalSample, template: Template) -> Result<EvalPromp
                 })?
                 .to_rgb8(),
         ),
-        None => None,
+        (None, None) => None,
     };
     if template == Template::Spatialthinker && image.is_none() {
         return Err(EvalError::Unsupported(format!(
@@ -65,10 +66,25 @@ pub fn build_prompt(sample: &EvalSample, template: Template) -> Result<EvalPromp
         )));
     }
     let size = image.as_ref().map(|i| i.dimensions()).unwrap_or((0, 0));
-    let question = question_with_options(&sample.question, &sample.options);
+    let text = if template == Template::Dataset {
+        let prompt = sample.prompt.as_deref().ok_or_else(|| {
+            EvalError::Unsupported(format!(
+                "sample {}: the dataset template needs the row's own prompt (STVQA parquet `problem`)",
+                sample.id
+            ))
+        })?;
+        // as in training: the image goes first, the prompt's <image> markers are dropped
+        prompt.replace("<image>", "")
+    } else {
+        render(
+            template,
+            &question_with_options(&sample.question, &sample.options),
+            size,
+        )
+    };
     Ok(EvalPrompt {
         id: sample.id.clone(),
-        text: render(template, &question, size),
+        text,
         image,
     })
 }

@@ -81,6 +81,22 @@ pub struct DataConfig {
     /// Column holding the images.
     #[serde(default = "default_image_key")]
     pub image_key: String,
+    /// Text put before every prompt (EasyR1 `data.format_prompt`: `format_prompt.strip() + " " +
+    /// prompt`); the vanilla-GRPO ablation uses it, the SpatialThinker runs do not.
+    #[serde(default)]
+    pub format_prompt: Option<String>,
+    /// Split of `train_files` to train on.
+    #[serde(default = "default_train_split")]
+    pub train_split: String,
+    /// Split of `val_files` to validate on.
+    #[serde(default = "default_val_split")]
+    pub val_split: String,
+    /// Rows of the synthetic training split (when `train_files = "synthetic"`).
+    #[serde(default = "default_synthetic_train_rows")]
+    pub synthetic_train_rows: u64,
+    /// Rows of the synthetic validation split.
+    #[serde(default = "default_synthetic_val_rows")]
+    pub synthetic_val_rows: u64,
     /// Prompts per RL step (`rollout_batch_size`): 512.
     pub rollout_batch_size: usize,
     /// Prompts per validation batch: 8.
@@ -200,6 +216,10 @@ pub struct RolloutConfig {
 pub struct RewardConfig {
     /// Reward function.
     pub kind: RewardKind,
+    /// Word vectors (`word f1 f2 …` per line) for spaCy-style label similarity in the
+    /// Hungarian matching; without them labels match only when equal.
+    #[serde(default)]
+    pub word_vectors: Option<PathBuf>,
 }
 
 /// `[sft]`: optional supervised warm-up before GRPO.
@@ -315,6 +335,18 @@ fn default_answer_key() -> String {
 }
 fn default_image_key() -> String {
     "images".into()
+}
+fn default_train_split() -> String {
+    "train".into()
+}
+fn default_val_split() -> String {
+    "val".into()
+}
+fn default_synthetic_train_rows() -> u64 {
+    512
+}
+fn default_synthetic_val_rows() -> u64 {
+    64
 }
 fn default_val_batch() -> usize {
     8

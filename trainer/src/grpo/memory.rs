@@ -243,3 +243,12 @@ impl WeightDtype {
         }
     }
 }
+
+/// Peak resident memory of this process (`VmHWM` of `/proc/self/status`), when the platform
+/// reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -44,6 +44,9 @@ pub enum GrpoError {
         /// What is wrong.
         msg: String,
     },
+    /// The model failed (bad input, shapes, cache).
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
     /// The memory plan does not fit the device.
     #[error("{0}")]
     DoesNotFit(String),

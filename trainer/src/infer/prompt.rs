@@ -22,6 +22,9 @@ pub enum Template {
     Reasoning,
     /// The question alone, after `Question: ` (the `no_reasoning` template).
     Plain,
+    /// The row's own prompt column, as training saw it (STVQA parquet `problem`); for checking
+    /// a checkpoint against the trainer's validation.
+    Dataset,
 }
 
 /// A question followed by its options as `\nOptions:\n(A) …` lines, as STVQA writes them. With no
@@ -49,7 +52,7 @@ pub fn render(template: Template, question: &str, image_size: (u32, u32)) -> Str
             )
         }
         Template::Reasoning => format!("{REASONING_TEMPLATE}\nQuestion: {question}"),
-        Template::Plain => format!("Question: {question}"),
+        Template::Plain | Template::Dataset => format!("Question: {question}"),
     }
 }
 

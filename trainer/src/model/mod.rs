@@ -87,6 +87,48 @@ pub enum LogitsAt<'a> {
     Positions(&'a Tensor),
     /// No logits: the final hidden states `[B, L, D]` are returned instead.
     Hidden,
+    /// No logits: the final hidden states at `index [B, K]` positions, `[B, K, D]`.
+    HiddenAt(&'a Tensor),
+}
+
+/// Finds a checkpoint: a local folder, else a hub id (`owner/name`, optionally `@revision`)
+/// resolved through the Hugging Face cache (downloading config, weights and tokenizer files when
+/// the hub is reachable).
+pub fn locate_checkpoint(path: &str) -> Result<PathBuf, ModelError> {
+    let local = Path::new(path);
+    if local.is_dir() {
+        return Ok(local.to_path_buf());
+    }
+    let (repo, revision) = match path.split_once('@') {
+        Some((r, v)) => (r, Some(v)),
+        None => (path, None),
+    };
+    let hub_like = repo.split('/').count() == 2
+        && !repo.starts_with('/')
+        && !repo.starts_with('.')
+        && !local.exists();
+    if !hub_like {
+        return Err(ModelError::Input(format!(
+            "{path}: not a checkpoint folder (config.json + safetensors) nor a hub id owner/name"
+        )));
+    }
+    data::hub::resolve_repo(repo, data::hub::RepoType::Model, revision, |f| {
+        f.ends_with(".json")
+            || f.ends_with(".safetensors")
+            || f.ends_with(".txt")
+            || f.ends_with(".jinja")
+    })
+    .map_err(|e| ModelError::Input(format!("{path}: {e}")))
+}
+
+/// `hidden [B, L, D]` at `index [B, K]` (int64) -> `[B, K, D]`.
+fn gather_positions(hidden: &Tensor, index: &Tensor) -> Result<Tensor, ModelError> {
+    let (b, d) = (hidden.size()[0], hidden.size()[2]);
+    let idx = index
+        .f_to_device(hidden.device())?
+        .f_unsqueeze(-1)?
+        .f_expand([b, index.size()[1], d], false)?;
+    Ok(hidden.f_gather(1, &idx, false)?)
 }
 
 /// Qwen2.5-VL: vision tower, text decoder, `lm_head`.
@@ -137,6 +179,16 @@ impl Qwen2_5VLForConditionalGeneration {
             device,
             kind,
         })
+    }
+
+    /// A copy of the model on `device` (weights copied, config shared); used to bring an
+    /// offloaded reference model onto the GPU for one pass.
+    pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
+        let mut map = std::collections::HashMap::new();
+        for (name, t) in self.named_tensors() {
+            map.insert(name, t.f_to_device(device)?.f_detach()?);
+        }
+        Self::from_weights(self.config.clone(), &Weights::from_map(map), device)
     }
 
     /// Device of the weights.
@@ -245,15 +297,8 @@ impl Qwen2_5VLForConditionalGeneration {
         match logits_at {
             LogitsAt::All => self.logits(&hidden),
             LogitsAt::Last => self.logits(&hidden.f_narrow(1, l - 1, 1)?),
-            LogitsAt::Positions(index) => {
-                let k = index.size()[1];
-                let d = hidden.size()[2];
-                let idx = index
-                    .f_to_device(self.device)?
-                    .f_unsqueeze(-1)?
-                    .f_expand([b, k, d], false)?;
-                self.logits(&hidden.f_gather(1, &idx, false)?)
-            }
+            LogitsAt::Positions(index) => self.logits(&gather_positions(&hidden, index)?),
+            LogitsAt::HiddenAt(index) => gather_positions(&hidden, index),
             LogitsAt::Hidden => Ok(hidden),
         }
     }

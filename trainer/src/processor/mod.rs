@@ -111,6 +111,19 @@ impl Processor {
         }
     }
 
+    /// The processor of a model folder: its `tokenizer.json` (else the embedded Qwen2.5-VL
+    /// tokenizer) and its `preprocessor_config.json` (else the published Qwen2.5-VL values).
+    pub fn from_model_dir(dir: &std::path::Path) -> Result<Self, ProcessorError> {
+        let tokenizer = crate::tokenizer::load_tokenizer(dir)
+            .map_err(|e| ProcessorError::Tokenizer(e.to_string()))?;
+        let image = if dir.join("preprocessor_config.json").exists() {
+            ImageProcessor::from_preprocessor_config(dir)?
+        } else {
+            ImageProcessor::default_qwen25vl()
+        };
+        Ok(Self::new(tokenizer, image))
+    }
+
     /// Tokenises `text` without adding special tokens (special tokens written in it still
     /// map to their ids).
     pub fn tokenize(&self, text: &str) -> Result<Vec<i64>, ProcessorError> {

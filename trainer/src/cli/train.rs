@@ -1,0 +1,144 @@
+//! `spatialthinker train` and `spatialthinker sft`: run the GRPO recipe (with its optional
+//! supervised warm-up) or the warm-up alone, from a TOML config or the embedded tiny CPU default.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use trainer::grpo::config::TrainConfig;
+use trainer::train::runner::TrainerOptions;
+use trainer::train::{Trainer, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+
+/// Where the configuration comes from and how to change it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML recipe (configs/spatialthinker-7b.toml, -3b, vanilla-grpo-7b, tiny-cpu). Without it,
+    /// the embedded configs/tiny-cpu.toml: a tiny random Qwen2.5-VL and a synthetic dataset on CPU.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one value, e.g. `--set actor.lr=2e-6 --set trainer.device=cuda` (repeatable;
+    /// the value is parsed as TOML, else taken as a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// Loads the file (or the embedded default) with the overrides applied.
+    pub fn load(&self) -> Result<TrainConfig> {
+        Ok(match &self.config {
+            Some(path) => TrainConfig::load(path, &self.overrides)
+                .with_context(|| format!("loading {}", path.display()))?,
+            None => {
+                TrainConfig::from_toml_str(DEFAULT_CONFIG, &self.overrides, DEFAULT_CONFIG_NAME)?
+            }
+        })
+    }
+}
+
+/// Train with GRPO (and the supervised warm-up when `[sft] enabled`).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  spatialthinker train                                   # tiny CPU demo: SFT warm-up, then GRPO
+  spatialthinker train --config configs/spatialthinker-7b.toml --set trainer.device=cuda
+  spatialthinker train --config configs/spatialthinker-7b.toml --resume runs/spatialthinker-7b
+Outputs in trainer.output_dir: checkpoint-<step>/ (Hugging Face layout + optimizer and trainer
+state), metrics.jsonl, tensorboard/, samples.jsonl, config.toml.")]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Continue from a checkpoint folder, or from the newest checkpoint of an output folder.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Delete trainer.output_dir first (its checkpoints, logs and generated data).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// No progress bars or per-step lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Supervised warm-up only: cross-entropy on `[sft] response_column`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Writes <trainer.output_dir>/sft/checkpoint-<sft.steps> (Hugging Face layout) and
+<trainer.output_dir>/sft/metrics.jsonl. Example:
+  spatialthinker sft --set sft.steps=200 --set trainer.output_dir=runs/sft-only"
+)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Delete trainer.output_dir first.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.config.load()?;
+    if args.print_config {
+        print!("{}", cfg.to_toml_string()?);
+        return Ok(());
+    }
+    let source = args
+        .config
+        .config
+        .as_ref()
+        .map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
+    if !args.quiet {
+        eprintln!(
+            "config: {source}; model {}; output {}",
+            cfg.model.path,
+            cfg.trainer.output_dir.display()
+        );
+    }
+    let mut trainer = Trainer::new(
+        cfg,
+        TrainerOptions {
+            resume: args.resume,
+            overwrite: args.overwrite,
+            progress: !args.quiet,
+            ..Default::default()
+        },
+    )?;
+    if trainer.resumed() && !args.quiet {
+        eprintln!("resumed at RL step {}", trainer.rl_step());
+    }
+    let summary = trainer.run()?;
+    let fmt = |v: &Option<trainer::train::ValidationReport>| {
+        v.as_ref().map_or("not run".to_string(), |v| v.to_string())
+    };
+    println!("validation before GRPO: {}", fmt(&summary.before));
+    println!("validation after GRPO:  {}", fmt(&summary.after));
+    if let Some(dir) = &summary.checkpoint {
+        println!("checkpoint: {}", dir.display());
+    }
+    println!(
+        "wall time: {:.1} s; logs: {}",
+        summary.seconds,
+        trainer.output_dir().display()
+    );
+    Ok(())
+}
+
+pub fn run_sft(args: SftArgs) -> Result<()> {
+    let mut cfg = args.config.load()?;
+    if cfg.sft.steps == 0 {
+        anyhow::bail!("sft.steps is 0: set it, e.g. --set sft.steps=100");
+    }
+    cfg.sft.enabled = true;
+    let mut trainer = Trainer::new(
+        cfg,
+        TrainerOptions {
+            overwrite: args.overwrite,
+            progress: !args.quiet,
+            ..Default::default()
+        },
+    )?;
+    let dir = trainer.run_sft()?;
+    println!("sft checkpoint: {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The Qwen2.5-VL model as a [`PolicyLogprobs`]: teacher-forced log-probs of the rollout
+//! responses, with logits computed only at response positions.
+
+use tch::Tensor;
+
+use super::rollout::{vision_inputs, PromptItem};
+use crate::generate::{response_logprobs, ResponseBatch};
+use crate::grpo::step::PolicyLogprobs;
+use crate::grpo::{GrpoError, Result};
+use crate::model::Qwen2_5VLForConditionalGeneration;
+use crate::tokenizer::ENDOFTEXT_ID;
+
+/// One scored sequence: which prompt and which response ids.
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceRef<'a> {
+    /// The prompt.
+    pub prompt: &'a PromptItem,
+    /// The response ids (stop id included).
+    pub response: &'a [i64],
+}
+
+/// A model scoring a fixed list of sequences, padded to `width` response positions.
+#[derive(Debug)]
+pub struct ModelPolicy<'a> {
+    model: &'a Qwen2_5VLForConditionalGeneration,
+    sequences: Vec<SequenceRef<'a>>,
+    temperature: f64,
+    width: i64,
+}
+
+impl<'a> ModelPolicy<'a> {
+    /// Scores `sequences` with logits divided by `temperature` (the rollout temperature, as
+    /// EasyR1 does in every log-prob pass).
+    pub fn new(
+        model: &'a Qwen2_5VLForConditionalGeneration,
+        sequences: Vec<SequenceRef<'a>>,
+        temperature: f64,
+    ) -> Self {
+        let width = sequences
+            .iter()
+            .map(|s| s.response.len())
+            .max()
+            .unwrap_or(0) as i64;
+        ModelPolicy {
+            model,
+            sequences,
+            temperature,
+            width,
+        }
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+
+    /// Padded response width `T`.
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+}
+
+impl PolicyLogprobs for ModelPolicy<'_> {
+    fn response_log_probs(&mut self, rows: &[usize]) -> Result<Tensor> {
+        let picked = rows
+            .iter()
+            .map(|&r| {
+                self.sequences.get(r).copied().ok_or_else(|| {
+                    GrpoError::Invalid(format!("row {r} of {}", self.sequences.len()))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prompts: Vec<&PromptItem> = picked.iter().map(|s| s.prompt).collect();
+        let images = vision_inputs(&prompts).map_err(|e| GrpoError::Invalid(e.to_string()))?;
+        let batch = ResponseBatch {
+            prompts: picked.iter().map(|s| s.prompt.ids.clone()).collect(),
+            responses: picked.iter().map(|s| s.response.to_vec()).collect(),
+            images: Some(images),
+        };
+        let out = response_logprobs(self.model, &batch, self.temperature, ENDOFTEXT_ID)?;
+        let r = out.logprobs.size()[1];
+        Ok(if r < self.width {
+            out.logprobs.f_constant_pad_nd([0, self.width - r])?
+        } else {
+            out.logprobs
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! From dataset rows to scored rollouts (spec §2.2, §3.2 steps 1–3): build each prompt the way
+//! EasyR1's dataset does, sample `n` responses per prompt with a shared prefill, decode them and
+//! score them with the reward in parallel.
+
+use image::DynamicImage;
+use tch::{Device, Kind, Tensor};
+
+use rewards::{LabelSimilarity, RewardInput, RewardScore};
+
+use super::{Result, TrainError};
+use crate::generate::{self, PromptBatch, SamplerRng, SamplingConfig};
+use crate::grpo::config::RewardKind;
+use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
+use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
+
+/// The image marker of the dataset's prompt column; EasyR1 removes every marker and puts one
+/// image before the text.
+pub const IMAGE_MARKER: &str = "<image>";
+
+/// One prompt ready for the model, with what its rollouts are scored against.
+#[derive(Debug)]
+pub struct PromptItem {
+    /// Prompt ids after the chat template, image pads expanded.
+    pub ids: Vec<i64>,
+    /// `[patches, 1176]` f32 pixel values of its image (CPU).
+    pub pixel_values: Tensor,
+    /// Patch grid of its image.
+    pub grid: [i64; 3],
+    /// The prompt column's text (the spatial reward reads `Image size: (W x H)` from it).
+    pub problem: String,
+    /// The reward's ground truth (the configured answer column).
+    pub ground_truth: String,
+    /// Target of the supervised warm-up, when the dataset has one.
+    pub reference_response: Option<String>,
+    /// Where the row came from, for messages.
+    pub row: String,
+}
+
+/// Builds model prompts from dataset rows.
+#[derive(Debug, Clone)]
+pub struct PromptBuilder {
+    /// EasyR1's `min_pixels` (images below are scaled up before the processor).
+    pub min_pixels: u64,
+    /// EasyR1's `max_pixels` (images above are scaled down).
+    pub max_pixels: u64,
+    /// Longest prompt in tokens; a longer row is an error naming it.
+    pub max_prompt_length: usize,
+    /// EasyR1's `format_prompt`, put before the prompt column's text.
+    pub format_prompt: Option<String>,
+}
+
+impl PromptBuilder {
+    /// Encodes one decoded dataset sample: the user turn is `[image, prompt without <image>
+    /// markers]` under the default system prompt, the image pre-resized as EasyR1 does.
+    pub fn encode(&self, processor: &Processor, sample: &data::Sample) -> Result<PromptItem> {
+        let record = &sample.record;
+        let row = record.source.to_string();
+        let prompt = match &self.format_prompt {
+            Some(prefix) => format!("{} {}", prefix.trim(), record.prompt),
+            None => record.prompt.clone(),
+        };
+        let text = prompt.replace(IMAGE_MARKER, "");
+        let messages = [ChatMessage::new(
+            "user",
+            vec![ContentPart::Image, ContentPart::Text(text)],
+        )];
+        let image = DynamicImage::ImageRgb8(sample.image.clone());
+        let resized = easyr1_pre_resize(&image, self.min_pixels, self.max_pixels);
+        let encoded = processor
+            .encode_prompt(&messages, &[DynamicImage::ImageRgb8(resized)])
+            .map_err(|e| TrainError::Row {
+                row: row.clone(),
+                msg: e.to_string(),
+            })?;
+        if encoded.input_ids.len() > self.max_prompt_length {
+            return Err(TrainError::Row {
+                row,
+                msg: format!(
+                    "prompt has {} tokens (image included), more than data.max_prompt_length = {}",
+                    encoded.input_ids.len(),
+                    self.max_prompt_length
+                ),
+            });
+        }
+        Ok(PromptItem {
+            ids: encoded.input_ids,
+            pixel_values: encoded.pixel_values,
+            grid: encoded.image_grid_thw[0],
+            problem: record.prompt.clone(),
+            ground_truth: record.ground_truth.clone(),
+            reference_response: record.reference_response.clone(),
+            row,
+        })
+    }
+
+    /// Encodes a batch of samples in order.
+    pub fn encode_all(
+        &self,
+        processor: &Processor,
+        samples: &[data::Sample],
+    ) -> Result<Vec<PromptItem>> {
+        samples.iter().map(|s| self.encode(processor, s)).collect()
+    }
+}
+
+/// The images of `prompts` (one per prompt, in order) as vision-tower input.
+pub fn vision_inputs(prompts: &[&PromptItem]) -> Result<VisionInputs> {
+    let pixels: Vec<&Tensor> = prompts.iter().map(|p| &p.pixel_values).collect();
+    Ok(VisionInputs {
+        pixel_values: Tensor::f_cat(&pixels, 0)?,
+        image_grid_thw: prompts.iter().map(|p| p.grid).collect(),
+    })
+}
+
+/// One sampled response.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// Index of its prompt.
+    pub prompt: usize,
+    /// Response ids, the stop id included when one ended it.
+    pub ids: Vec<i64>,
+    /// Decoded text (special tokens skipped), what the reward reads.
+    pub text: String,
+    /// Whether a stop id ended it (else the length limit).
+    pub stopped: bool,
+    /// Reward and its components.
+    pub score: RewardScore,
+}
+
+/// Samples `n` responses per prompt, `rows_per_call` sequences per generation call (prompts of a
+/// call share one prefill per prompt), rows in prompt-major order. `on_rows` is told how many
+/// responses are done after each call.
+pub fn sample_responses(
+    model: &Qwen2_5VLForConditionalGeneration,
+    prompts: &[PromptItem],
+    n: usize,
+    sampling: &SamplingConfig,
+    rows_per_call: usize,
+    rng: &mut SamplerRng,
+    on_rows: &mut dyn FnMut(usize),
+) -> Result<Vec<generate::Sample>> {
+    let prompts_per_call = (rows_per_call / n.max(1)).max(1);
+    let mut out = Vec::with_capacity(prompts.len() * n);
+    for (chunk_index, chunk) in prompts.chunks(prompts_per_call).enumerate() {
+        let refs: Vec<&PromptItem> = chunk.iter().collect();
+        let batch = PromptBatch {
+            input_ids: chunk.iter().map(|p| p.ids.clone()).collect(),
+            images: Some(vision_inputs(&refs)?),
+        };
+        let first = chunk_index * prompts_per_call;
+        for mut s in generate::generate(model, &batch, n, sampling, rng)? {
+            s.prompt_index += first;
+            out.push(s);
+        }
+        on_rows(out.len());
+    }
+    Ok(out)
+}
+
+/// Maps the config's reward kind to the reward crate's.
+pub fn reward_kind(kind: RewardKind) -> rewards::RewardKind {
+    match kind {
+        RewardKind::Spatial => rewards::RewardKind::Spatial,
+        RewardKind::R1v => rewards::RewardKind::R1v,
+    }
+}
+
+/// Decodes the samples and scores them in parallel. A reward error (e.g. a prompt without the
+/// `Image size` line) is an error naming the row.
+pub fn score_samples(
+    processor: &Processor,
+    prompts: &[PromptItem],
+    samples: Vec<generate::Sample>,
+    kind: RewardKind,
+    similarity: &dyn LabelSimilarity,
+) -> Result<Vec<Rollout>> {
+    let texts = samples
+        .iter()
+        .map(|s| {
+            let ids: Vec<u32> = s.ids.iter().map(|&i| i as u32).collect();
+            processor
+                .tokenizer
+                .decode(&ids, true)
+                .map_err(|e| TrainError::Config(format!("decoding a response: {e}")))
+        })
+        .collect::<Result<Vec<String>>>()?;
+    let inputs: Vec<RewardInput<'_>> = samples
+        .iter()
+        .zip(&texts)
+        .map(|(s, text)| {
+            let p = &prompts[s.prompt_index];
+            RewardInput {
+                response: text,
+                ground_truth: &p.ground_truth,
+                problem: &p.problem,
+            }
+        })
+        .collect();
+    let scores = rewards::score_batch(reward_kind(kind), &inputs, similarity);
+    samples
+        .into_iter()
+        .zip(texts)
+        .zip(scores)
+        .map(|((s, text), score)| {
+            let score = score.map_err(|e| TrainError::Row {
+                row: prompts[s.prompt_index].row.clone(),
+                msg: format!("reward: {e}"),
+            })?;
+            Ok(Rollout {
+                prompt: s.prompt_index,
+                ids: s.ids,
+                text,
+                stopped: s.stopped,
+                score,
+            })
+        })
+        .collect()
+}
+
+/// `[N, T]` f32 mask with 1 on the first `len_i` positions of row i (`T` = longest).
+pub fn response_mask(lengths: &[usize], device: Device) -> Result<Tensor> {
+    let t = lengths.iter().copied().max().unwrap_or(0);
+    let mut mask = vec![0f32; lengths.len() * t];
+    for (i, &len) in lengths.iter().enumerate() {
+        mask[i * t..i * t + len].fill(1.0);
+    }
+    Ok(Tensor::f_from_slice(&mask)?
+        .f_view([lengths.len() as i64, t as i64])?
+        .f_to_kind(Kind::Float)?
+        .f_to_device(device)?)
+}
