@@ -22,10 +22,14 @@ def main() -> None:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         ckpt, torch_dtype=torch.float32, attn_implementation="eager"
     ).eval()
+    ids = inputs["input_ids"]
+    # transformers 5 builds M-RoPE positions only when told which tokens are image tokens
+    mm_token_type_ids = (ids == model.config.image_token_id).int()
     with torch.no_grad():
         out = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=torch.ones_like(inputs["input_ids"]),
+            input_ids=ids,
+            mm_token_type_ids=mm_token_type_ids,
+            attention_mask=torch.ones_like(ids),
             pixel_values=inputs["pixel_values"],
             image_grid_thw=inputs["image_grid_thw"],
         )

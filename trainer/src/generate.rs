@@ -126,7 +126,7 @@ fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
 /// smallest prefix whose mass reaches `top_p`, and the id is found by inverse-CDF search with the
 /// row's draw from `rng`. The log-prob returned is that of the full temperature-scaled
 /// distribution.
-fn choose(
+pub fn choose(
     logits: &Tensor,
     cfg: &SamplingConfig,
     rng: &mut SamplerRng,
@@ -245,8 +245,9 @@ pub fn generate_with_cache(
         &mask_t,
         batch.images.as_ref(),
         Some(&mut prefill),
-        LogitsAt::Last,
+        LogitsAt::Hidden,
     )?;
+    let logits = model.compact_logits(&logits.f_narrow(1, width - 1, 1)?)?;
     cache.fill_repeated(&prefill, n)?;
     drop(prefill);
     let mut logits = logits
@@ -268,6 +269,10 @@ pub fn generate_with_cache(
         .collect();
     for step in 0..cfg.max_new_tokens {
         let (next, lps) = choose(&logits, cfg, rng)?;
+        let next: Vec<i64> = match model.output_vocab() {
+            Some(v) => next.iter().map(|&p| v.ids[p as usize]).collect(),
+            None => next,
+        };
         let mut feed = Vec::with_capacity(next.len());
         for (s, (id, lp)) in samples.iter_mut().zip(next.into_iter().zip(lps)) {
             if s.stopped {
@@ -288,9 +293,8 @@ pub fn generate_with_cache(
             .f_expand([3, prompts * n, 1], false)?;
         let ones = Tensor::f_ones([prompts * n, 1], (Kind::Int64, device))?;
         attn = Tensor::f_cat(&[&attn, &ones], 1)?;
-        logits = model
-            .forward(&input, &pos, &attn, None, Some(cache), LogitsAt::Last)?
-            .f_squeeze_dim(1)?;
+        let hidden = model.forward(&input, &pos, &attn, None, Some(cache), LogitsAt::Hidden)?;
+        logits = model.compact_logits(&hidden)?.f_squeeze_dim(1)?;
         next_pos.iter_mut().for_each(|p| *p += 1);
     }
     Ok(samples)
@@ -316,15 +320,28 @@ pub const GPU_LOGITS_CHUNK_BYTES: i64 = 1 << 30;
 /// (the untrained rows past them are −inf in [`Qwen2_5VLForConditionalGeneration::logits`], so
 /// leaving them out gives the same value). Logits are built for a chunk of positions at a time,
 /// so no full `[N, V]` log-softmax is ever stored; with grad on, autograd keeps each chunk's
-/// logits for the backward pass.
+/// logits for the backward pass. Under the model's [`crate::model::OutputVocab`] the
+/// normalisation runs over its ids only (targets outside it are the caller's error).
 pub fn target_logprobs(
     model: &Qwen2_5VLForConditionalGeneration,
     hidden: &Tensor,
     targets: &Tensor,
     temperature: f64,
 ) -> Result<Tensor, ModelError> {
-    let vocab = model.config.text.vocab_size.min(TOKENIZER_VOCAB);
-    let weight = model.lm_head.f_narrow(0, 0, vocab)?.f_tr()?;
+    let (weight, targets) = match model.output_vocab() {
+        Some(v) => (
+            model.lm_head.f_index_select(0, &v.ids_tensor)?.f_tr()?,
+            v.position.f_index_select(0, targets)?,
+        ),
+        None => {
+            let vocab = model.config.text.vocab_size.min(TOKENIZER_VOCAB);
+            (
+                model.lm_head.f_narrow(0, 0, vocab)?.f_tr()?,
+                targets.shallow_clone(),
+            )
+        }
+    };
+    let vocab = weight.size()[1];
     let n = hidden.size()[0];
     let budget = if model.device().is_cuda() {
         GPU_LOGITS_CHUNK_BYTES

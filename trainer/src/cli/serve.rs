@@ -4,10 +4,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use trainer::device::{DeviceArg, DtypeArg};
 use trainer::serve::api::Limits;
 use trainer::serve::engine::DecodeEngine;
 use trainer::serve::fake::FakeEngine;
+use trainer::serve::model_engine::load_engine;
 use trainer::serve::scheduler::SchedulerConfig;
 use trainer::serve::{run_server, shutdown_signal, ServerConfig};
 
@@ -44,6 +46,14 @@ pub struct Args {
     /// Largest `n`.
     #[arg(long, default_value_t = 8)]
     max_n: u32,
+    /// Longest context per sequence in tokens (prompt plus generated); the KV cache holds
+    /// `max_batch` rows of twice this.
+    #[arg(long, default_value_t = 8192)]
+    max_context: usize,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceArg,
+    #[arg(long, default_value = "f32")]
+    dtype: DtypeArg,
     /// Let `image_url` name absolute local file paths (only for trusted clients).
     #[arg(long)]
     allow_local_files: bool,
@@ -63,11 +73,17 @@ fn engine(args: &Args) -> Result<Box<dyn DecodeEngine>> {
             Duration::from_millis(args.fake_step_ms),
         )));
     }
-    let model = args.model.as_deref().unwrap_or(std::path::Path::new("?"));
-    bail!(
-        "cannot serve {}: the model is not available in this build yet (Qwen2.5-VL generation has not been connected to the server)",
-        model.display()
+    let model = args.model.as_deref().context("--model is required")?;
+    let dir = crate::cli::generate::model_dir(model)?;
+    let engine = load_engine(
+        &dir,
+        args.device.resolve()?,
+        args.dtype.kind(),
+        args.max_batch,
+        args.max_context,
     )
+    .with_context(|| format!("loading {}", dir.display()))?;
+    Ok(Box::new(engine))
 }
 
 /// Run the server until SIGINT/SIGTERM.

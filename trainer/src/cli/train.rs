@@ -54,6 +54,10 @@ pub struct Args {
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Only validate (the `--resume` checkpoint, else the starting model) and exit; e.g. with
+    /// `--set rollout.val_temperature=0` for greedy validation.
+    #[arg(long)]
+    pub validate_only: bool,
     /// No progress bars or per-step lines.
     #[arg(long, short)]
     pub quiet: bool,
@@ -101,11 +105,17 @@ pub fn run(args: Args) -> Result<()> {
             resume: args.resume,
             overwrite: args.overwrite,
             progress: !args.quiet,
+            dry: args.validate_only,
             ..Default::default()
         },
     )?;
     if trainer.resumed() && !args.quiet {
         eprintln!("resumed at RL step {}", trainer.rl_step());
+    }
+    if args.validate_only {
+        let v = trainer.validate()?;
+        println!("validation at step {}: {v}", trainer.rl_step());
+        return Ok(());
     }
     let summary = trainer.run()?;
     let fmt = |v: &Option<trainer::train::ValidationReport>| {

@@ -56,12 +56,29 @@ pub struct ModelConfig {
     /// Keep the vision tower frozen (the published run trains it: `false`).
     #[serde(default)]
     pub freeze_vision_tower: bool,
-    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
-    #[serde(default = "default_true")]
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (the published run's setting). Not implemented yet: `true` is refused.
+    #[serde(default)]
     pub gradient_checkpointing: bool,
     /// Keep the frozen reference model on the CPU and move it to the device only for its pass.
     #[serde(default)]
     pub offload_reference: bool,
+    /// Output distribution: `full` (every token id, the published setting) or `dataset` (only the
+    /// ids of the training split's reference responses and answers, plus the end tokens; a
+    /// speed device for tiny CPU runs, saved with checkpoints as `output_vocab.json`).
+    #[serde(default)]
+    pub output_vocab: OutputVocabMode,
+}
+
+/// Which token ids the policy may emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputVocabMode {
+    /// The whole vocabulary.
+    #[default]
+    Full,
+    /// Ids occurring in the training split's reference responses and ground truths.
+    Dataset,
 }
 
 /// `[data]`: datasets and prompt/response limits.
@@ -555,6 +572,9 @@ impl TrainConfig {
         }
         if self.data.min_pixels > self.data.max_pixels {
             return bad("data.min_pixels must not exceed data.max_pixels".into());
+        }
+        if self.model.gradient_checkpointing {
+            return bad("model.gradient_checkpointing = true: not implemented in this build (every layer's activations are kept); set it to false".into());
         }
         if self.trainer.save_limit == 0 {
             return bad("trainer.save_limit must be at least 1".into());

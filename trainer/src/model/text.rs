@@ -172,6 +172,60 @@ impl KvCache {
         Ok(())
     }
 
+    /// Sets the number of filled slots (slots up to it that were never written hold stale values;
+    /// the attention mask must keep them closed).
+    pub fn set_len(&mut self, len: i64) -> Result<(), ModelError> {
+        if len > self.capacity || len < 0 {
+            return Err(ModelError::CacheFull {
+                capacity: self.capacity,
+                needed: len,
+            });
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Copies the filled slots of the one-row cache `src` into row `row` at slots
+    /// `start..start + src.len()`.
+    pub fn write_row(&mut self, row: i64, start: i64, src: &KvCache) -> Result<(), ModelError> {
+        if src.batch != 1 || start + src.len > self.capacity || row >= self.batch {
+            return Err(ModelError::Input(format!(
+                "cannot place {} rows x {} slots at row {row}, slot {start} of {} x {}",
+                src.batch, src.len, self.batch, self.capacity
+            )));
+        }
+        let _guard = tch::no_grad_guard();
+        for (dst, s) in self
+            .keys
+            .iter_mut()
+            .zip(&src.keys)
+            .chain(self.values.iter_mut().zip(&src.values))
+        {
+            dst.f_narrow(0, row, 1)?
+                .f_narrow(2, start, src.len)?
+                .f_copy_(&s.f_narrow(2, 0, src.len)?)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the first `n` slots of every row, moving the rest to the front.
+    pub fn shift_left(&mut self, n: i64) -> Result<(), ModelError> {
+        let n = n.clamp(0, self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        let keep = self.len - n;
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let src = t.f_narrow(2, n, keep)?;
+            let mut moved = src.f_empty_like()?;
+            moved.f_copy_(&src)?;
+            t.f_narrow(2, 0, keep)?.f_copy_(&moved)?;
+        }
+        self.len = keep;
+        Ok(())
+    }
+
     /// Writes `k`, `v` `[B, kvh, q, hd]` of `layer` at slots `len..len+q` and returns the filled
     /// prefix `[B, kvh, len+q, hd]`.
     fn append(

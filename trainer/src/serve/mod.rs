@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod fake;
 pub mod http;
+pub mod model_engine;
 pub mod scheduler;
 
 use std::future::Future;

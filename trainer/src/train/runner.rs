@@ -24,12 +24,12 @@ use crate::generate::{SamplerRng, SamplingConfig, DEFAULT_STOP_IDS};
 use crate::grpo::checkpoint::{
     restore, CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
 };
-use crate::grpo::config::{RewardKind, TrainConfig, WeightDtype};
+use crate::grpo::config::{OutputVocabMode, RewardKind, TrainConfig, WeightDtype};
 use crate::grpo::memory::{peak_rss_bytes, MemoryPlan, ModelShape};
 use crate::grpo::metrics::{MetricsLogger, Sample as LoggedSample};
 use crate::grpo::optim::AnyPrecisionAdamW;
 use crate::grpo::step::{RlStep, RolloutBatch, UpdateMetrics};
-use crate::model::Qwen2_5VLForConditionalGeneration;
+use crate::model::{Qwen2_5VLForConditionalGeneration, OUTPUT_VOCAB_FILE};
 use crate::processor::Processor;
 use crate::tokenizer::ENDOFTEXT_ID;
 
@@ -336,6 +336,35 @@ fn model_side_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The token ids of every reference response and ground truth of the training split, plus the
+/// end tokens: the output vocabulary of `model.output_vocab = "dataset"`.
+fn dataset_vocab(cfg: &TrainConfig, files: &[PathBuf], processor: &Processor) -> Result<Vec<i64>> {
+    let mut loader = Loader::open(files, loader_config(cfg, 256, false, 0), Cursor::default())?;
+    let mut ids: std::collections::BTreeSet<i64> = DEFAULT_STOP_IDS.into_iter().collect();
+    loop {
+        let batch = loader.next_batch()?;
+        if batch.epoch > 0 {
+            break;
+        }
+        for s in &batch.samples {
+            let r = &s.record;
+            for text in [
+                r.reference_response.as_deref(),
+                Some(r.ground_truth.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                ids.extend(processor.tokenize(text)?);
+            }
+        }
+        if batch.cursor.epoch > 0 {
+            break;
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
 fn loader_config(cfg: &TrainConfig, batch_size: usize, shuffle: bool, seed: u64) -> LoaderConfig {
     LoaderConfig {
         batch_size,
@@ -431,15 +460,21 @@ impl Trainer {
         let plan = MemoryPlan::estimate(&cfg, &shape, capacity);
         if opts.progress {
             eprint!("{plan}");
-            if cfg.model.gradient_checkpointing {
-                eprintln!("  note: model.gradient_checkpointing is estimated above but this build keeps every layer's activations");
-            }
         }
         plan.check()?;
 
         let processor = Processor::from_model_dir(&model_dir)?;
         let kind = weight_kind(cfg.model.dtype);
-        let policy = Qwen2_5VLForConditionalGeneration::load(&model_dir, device, kind)?;
+        let mut policy = Qwen2_5VLForConditionalGeneration::load(&model_dir, device, kind)?;
+        let mut copy_files = model_side_files(&model_dir)?;
+        if cfg.model.output_vocab == OutputVocabMode::Dataset {
+            let ids = dataset_vocab(&cfg, &train_files, &processor)?;
+            let path = out_dir.join(OUTPUT_VOCAB_FILE);
+            fs::write(&path, serde_json::to_string(&ids)?).map_err(|e| TrainError::io(&path, e))?;
+            policy.restrict_output_vocab(&ids)?;
+            copy_files.retain(|p| !p.ends_with(OUTPUT_VOCAB_FILE));
+            copy_files.push(path);
+        }
         let trainable: Vec<(String, Tensor)> = policy
             .named_tensors()
             .into_iter()
@@ -506,7 +541,7 @@ impl Trainer {
             format_prompt: cfg.data.format_prompt.clone(),
         };
         Ok(Trainer {
-            copy_files: model_side_files(&model_dir)?,
+            copy_files,
             cfg,
             opts,
             device,
