@@ -79,41 +79,125 @@ fn infer_draws_the_scene_graph_of_a_saved_response() {
     assert!(text.contains("ball.1 --on top of--> box.1"), "{text}");
 }
 
+fn tiny_model() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen25vl/tiny3b")
+}
+
 #[test]
-fn commands_needing_the_model_say_so() {
+fn infer_and_eval_run_the_tiny_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
+    let overlay = dir.path().join("overlay.png");
     let run = bin()
-        .args(["infer", "--model", "ckpt", "--question", "q"])
+        .args([
+            "infer",
+            "--question",
+            "Where is the ball?",
+            "--options",
+            "left;right",
+        ])
+        .args(["--max-new-tokens", "8", "--json"])
+        .arg("--model")
+        .arg(tiny_model())
         .arg("--image")
         .arg(fixtures().join("scene.png"))
+        .arg("--overlay")
+        .arg(&overlay)
         .output()
         .unwrap();
-    assert!(!run.status.success());
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("model is not available in this build yet")
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(v["response"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    assert!(v["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("(A) left\n(B) right"));
+    assert!(overlay.exists());
+
+    // a missing checkpoint is named in the error
     let run = bin()
-        .args(["serve", "--model", "ckpt", "--port", "0"])
+        .args([
+            "infer",
+            "--model",
+            "no/such-checkpoint-dir",
+            "--question",
+            "q",
+        ])
+        .arg("--image")
+        .arg(fixtures().join("scene.png"))
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     assert!(!run.status.success());
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("model is not available in this build yet")
+        String::from_utf8_lossy(&run.stderr).contains("no/such-checkpoint-dir"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
 
+    // eval: two JSONL rows, then a rerun that finds both in the log
     let data = dir.path().join("bench.jsonl");
     std::fs::copy(fixtures().join("scene.png"), dir.path().join("scene.png")).unwrap();
-    std::fs::write(&data, "{\"id\":\"a\",\"question\":\"Q\",\"options\":[\"x\",\"y\"],\"answer\":\"B\",\"image\":\"scene.png\"}\n").unwrap();
+    std::fs::write(&data, "{\"id\":\"a\",\"question\":\"Q\",\"options\":[\"x\",\"y\"],\"answer\":\"B\",\"image\":\"scene.png\"}\n{\"id\":\"b\",\"question\":\"R\",\"options\":[\"x\",\"y\"],\"answer\":\"A\",\"image\":\"scene.png\"}\n").unwrap();
+    let out = dir.path().join("out");
+    for expected in ["2 to evaluate", "0 to evaluate"] {
+        let run = bin()
+            .args([
+                "eval",
+                "--max-new-tokens",
+                "6",
+                "--batch-size",
+                "2",
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+    let log = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    assert!(out.join("report.json").exists() && out.join("report.md").exists());
+
+    // eval on an STVQA-schema parquet split with the rows' own prompts
+    let synth = dir.path().join("synth");
+    data::synth::write_dataset(&data::synth::SynthConfig::default(), &synth, 4, 3).unwrap();
+    let out = dir.path().join("out-parquet");
     let run = bin()
-        .args(["eval", "--model", "ckpt", "--out"])
-        .arg(dir.path().join("out"))
+        .args([
+            "eval",
+            "--template",
+            "dataset",
+            "--max-new-tokens",
+            "4",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--model")
+        .arg(tiny_model())
         .arg("--data")
-        .arg(&data)
+        .arg(&synth)
         .output()
         .unwrap();
-    assert!(!run.status.success());
     assert!(
-        String::from_utf8_lossy(&run.stderr).contains("model is not available in this build yet")
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let log = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "the val split has 3 rows");
+    assert!(
+        log.contains("Image size: (112 x 112)"),
+        "the dataset prompt is used"
     );
 }
 

@@ -97,13 +97,22 @@ fn published_7b_hyper_parameters() {
 fn variants_differ_only_where_published() {
     let base = load("spatialthinker-7b.toml", &[]);
     let mut three = load("spatialthinker-3b.toml", &[]);
-    assert_eq!(three.model.path, "models/Qwen2.5-VL-3B-Instruct");
+    assert_eq!(three.model.path, "Qwen/Qwen2.5-VL-3B-Instruct");
     three.model.path = base.model.path.clone();
     three.trainer.output_dir = base.trainer.output_dir.clone();
     assert_eq!(three, base);
     let mut vanilla = load("vanilla-grpo-7b.toml", &[]);
     assert_eq!(vanilla.reward.kind, RewardKind::R1v);
+    // the vanilla script's prompt column, prefix, answer column and default prompt limit
+    assert_eq!(vanilla.data.prompt_key, "question_with_options");
+    assert_eq!(vanilla.data.answer_key, "answer_option_text_only");
+    assert_eq!(vanilla.data.max_prompt_length, 2048);
+    let prefix = vanilla.data.format_prompt.take().unwrap();
+    assert!(prefix.starts_with("<image> You FIRST think") && prefix.trim_end().ends_with("Q."));
     vanilla.reward.kind = RewardKind::Spatial;
+    vanilla.data.prompt_key = base.data.prompt_key.clone();
+    vanilla.data.answer_key = base.data.answer_key.clone();
+    vanilla.data.max_prompt_length = base.data.max_prompt_length;
     vanilla.trainer.output_dir = base.trainer.output_dir.clone();
     assert_eq!(vanilla, base);
     let tiny = load("tiny-cpu.toml", &[]);

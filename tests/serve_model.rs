@@ -24,7 +24,7 @@ fn tiny() -> PathBuf {
 fn request(i: usize, temperature: f32) -> GenerationRequest {
     let i = i % 6;
     let mut content = Vec::new();
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         content.push(ContentPart::Image(image::RgbImage::from_fn(
             56 + 28 * (i as u32 % 2),
             56,

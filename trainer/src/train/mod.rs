@@ -31,8 +31,9 @@ pub enum TrainError {
     Processor(#[from] crate::processor::ProcessorError),
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// Boxed: data errors carry the file, row and field, and are large.
     #[error("data: {0}")]
-    Data(#[from] data::DataError),
+    Data(Box<data::DataError>),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("json: {0}")]
@@ -47,6 +48,12 @@ pub enum TrainError {
     Row { row: String, msg: String },
     #[error("config: {0}")]
     Config(String),
+}
+
+impl From<data::DataError> for TrainError {
+    fn from(e: data::DataError) -> Self {
+        TrainError::Data(Box::new(e))
+    }
 }
 
 impl TrainError {

@@ -275,8 +275,8 @@ pub fn resolve_model_dir(cfg: &TrainConfig, out_dir: &Path) -> Result<PathBuf> {
         }
         return Ok(dir);
     }
-    Ok(crate::model::locate_checkpoint(path)
-        .map_err(|e| TrainError::Config(format!("model.path: {e}")))?)
+    crate::model::locate_checkpoint(path)
+        .map_err(|e| TrainError::Config(format!("model.path: {e}")))
 }
 
 /// Resolves a dataset value (`synthetic`, a parquet file or folder, or a hub id) to the files
@@ -937,7 +937,7 @@ impl Trainer {
         );
         logger.log(step, &s)?;
         let freq = self.cfg.trainer.sample_freq as u64;
-        if freq > 0 && step % freq == 0 {
+        if freq > 0 && step.is_multiple_of(freq) {
             let n = self.cfg.rollout.n;
             let picked: Vec<LoggedSample<'_>> = rollouts
                 .iter()
@@ -1020,14 +1020,14 @@ impl Trainer {
             self.say(&step_line(&r, max_steps));
             let step = self.rl_step;
             let val_freq = self.cfg.trainer.val_freq as u64;
-            if (val_freq > 0 && step % val_freq == 0) || step == max_steps {
+            if (val_freq > 0 && step.is_multiple_of(val_freq)) || step == max_steps {
                 let v = self.validate()?;
                 self.say(&format!("validation at step {step}: {v}"));
                 self.log_validation(&v)?;
                 summary.after = Some(v);
             }
             let save_freq = self.cfg.trainer.save_freq as u64;
-            if (save_freq > 0 && step % save_freq == 0) || step == max_steps {
+            if (save_freq > 0 && step.is_multiple_of(save_freq)) || step == max_steps {
                 let dir = self.save_checkpoint()?;
                 self.say(&format!("saved {}", dir.display()));
                 summary.checkpoint = Some(dir);
