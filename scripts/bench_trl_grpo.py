@@ -95,7 +95,7 @@ def main():
         img = Image.open(io.BytesIO(r["images"]["bytes"])).convert("RGB")
         text = r["problem"].replace("<image>", "")
         records.append({"prompt": [{"role": "user", "content": [
-            {"type": "image", "image": img}, {"type": "text", "text": text}]}]})
+            {"type": "image"}, {"type": "text", "text": text}]}], "image": img})
     dataset = Dataset.from_list(records)
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
