@@ -27,8 +27,11 @@ pub struct EvalSample {
     pub image: Option<PathBuf>,
     /// The image already decoded (parquet rows), used instead of `image`.
     pub pixels: Option<Arc<RgbImage>>,
-    /// The row's own prompt (STVQA `problem`), for [`super::super::infer::prompt::Template::Dataset`].
+    /// The row's own prompt (STVQA `problem`), for [`crate::infer::prompt::Template::Dataset`].
     pub prompt: Option<String>,
+    /// The spatial reward's ground truth (`answer_option_text`), to report the trainer's
+    /// validation accuracy next to the benchmark's.
+    pub reward_ground_truth: Option<String>,
 }
 
 /// Reads split `split` of an STVQA-schema parquet dataset (a file, a folder, or a hub id) in
@@ -90,6 +93,7 @@ pub fn read_stvqa_parquet(
                 category: r.category.clone(),
                 image: None,
                 pixels: Some(Arc::new(sample.image)),
+                reward_ground_truth: Some(r.ground_truth.clone()),
                 prompt: Some(r.prompt),
             });
         }
@@ -171,6 +175,7 @@ fn sample_from_json(
         image: string("image")?.map(|p| base.join(p)),
         pixels: None,
         prompt: None,
+        reward_ground_truth: None,
     })
 }
 

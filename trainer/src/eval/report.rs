@@ -32,6 +32,11 @@ pub struct SampleRecord {
     pub correct: bool,
     /// The matching rule that decided `pred`.
     pub rule: MatchRule,
+    /// The SpatialThinker reward's accuracy component for this response (format-gated exact match
+    /// of `(B) text`, what the trainer's validation reports), when the row has the reward's
+    /// ground truth (STVQA parquet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_accuracy: Option<f64>,
 }
 
 /// An append-only JSONL file of [`SampleRecord`]s.
@@ -147,6 +152,9 @@ pub struct EvalReport {
     pub overall: Accuracy,
     /// Accuracy per category (samples without one are counted only overall).
     pub categories: BTreeMap<String, Accuracy>,
+    /// Mean reward accuracy over the samples that have one (the trainer's validation metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_accuracy: Option<Accuracy>,
 }
 
 impl EvalReport {
@@ -154,6 +162,7 @@ impl EvalReport {
     pub fn from_records(records: &[SampleRecord], run: BTreeMap<String, String>) -> Self {
         let mut seen = HashSet::new();
         let mut overall = (0, 0);
+        let mut reward = (0, 0);
         let mut cats: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for r in records.iter().rev() {
             if !seen.insert(r.id.as_str()) {
@@ -161,6 +170,10 @@ impl EvalReport {
             }
             overall.0 += r.correct as usize;
             overall.1 += 1;
+            if let Some(a) = r.reward_accuracy {
+                reward.0 += (a > 0.5) as usize;
+                reward.1 += 1;
+            }
             if let Some(c) = &r.category {
                 let e = cats.entry(c.clone()).or_default();
                 e.0 += r.correct as usize;
@@ -170,6 +183,7 @@ impl EvalReport {
         Self {
             run,
             overall: Accuracy::new(overall.0, overall.1),
+            reward_accuracy: (reward.1 > 0).then(|| Accuracy::new(reward.0, reward.1)),
             categories: cats
                 .into_iter()
                 .map(|(k, (c, n))| (k, Accuracy::new(c, n)))
@@ -197,6 +211,16 @@ impl EvalReport {
         row("overall", &self.overall);
         for (k, a) in &self.categories {
             row(k, a);
+        }
+        if let Some(a) = &self.reward_accuracy {
+            let _ = writeln!(
+                md,
+                "\nReward accuracy (the SpatialThinker reward's format-gated exact answer match, as the trainer validates): {:.2}% ± {:.2}% ({} / {})",
+                a.accuracy * 100.0,
+                a.std_err * 100.0,
+                a.correct,
+                a.total
+            );
         }
         md
     }
@@ -233,7 +257,24 @@ mod tests {
             pred: "A".into(),
             correct,
             rule: MatchRule::LeadingLetter,
+            reward_accuracy: None,
         }
+    }
+
+    #[test]
+    fn reward_accuracy_is_reported_when_present() {
+        let mut a = rec("a", None, true);
+        a.reward_accuracy = Some(1.0);
+        let mut b = rec("b", None, true);
+        b.reward_accuracy = Some(0.0);
+        let c = rec("c", None, false);
+        let report = EvalReport::from_records(&[a, b, c], BTreeMap::new());
+        let r = report.reward_accuracy.unwrap();
+        assert_eq!((r.correct, r.total), (1, 2));
+        assert_eq!((report.overall.correct, report.overall.total), (2, 3));
+        assert!(report.to_markdown().contains("Reward accuracy"));
+        let plain = EvalReport::from_records(&[rec("d", None, true)], BTreeMap::new());
+        assert!(plain.reward_accuracy.is_none());
     }
 
     #[test]

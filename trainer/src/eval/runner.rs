@@ -98,6 +98,17 @@ pub fn score_response(
 ) -> SampleRecord {
     let answer = extract_answer(&response);
     let outcome = score(&sample.answer, answer.as_deref(), &sample.options, matching);
+    let reward_accuracy = sample.reward_ground_truth.as_ref().map(|gt| {
+        let problem = sample.prompt.as_deref().unwrap_or_default();
+        rewards::score(
+            rewards::RewardKind::Spatial,
+            &response,
+            gt,
+            problem,
+            &rewards::ExactLabelSimilarity,
+        )
+        .map_or(0.0, |s| s.accuracy)
+    });
     SampleRecord {
         id: sample.id.clone(),
         category: sample.category.clone(),
@@ -108,6 +119,7 @@ pub fn score_response(
         pred: outcome.pred,
         correct: outcome.correct,
         rule: outcome.rule,
+        reward_accuracy,
     }
 }
 
