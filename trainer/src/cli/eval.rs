@@ -10,7 +10,6 @@ use trainer::eval::dataset::{read_mcq_jsonl, read_stvqa_parquet, EvalSample};
 use trainer::eval::matching::MatchMode;
 use trainer::eval::report::{EvalReport, SampleLog};
 use trainer::eval::runner::{build_prompt, run_eval, EvalOptions, DEFAULT_MAX_NEW_TOKENS};
-use trainer::infer::generator::ModelGenerator;
 use trainer::infer::prompt::Template;
 
 /// Evaluate a checkpoint on a multiple-choice benchmark.
@@ -100,14 +99,12 @@ pub fn run(args: Args) -> Result<()> {
         args.max_new_tokens
     );
     if remaining > 0 {
-        let dir = crate::cli::generate::model_dir(&args.model)?;
-        let mut generator = ModelGenerator::load(
-            &dir,
-            args.device.resolve()?,
-            args.dtype.kind(),
+        let mut generator = crate::cli::generate::load_generator(
+            &args.model,
+            args.device,
+            args.dtype,
             args.max_new_tokens,
-        )
-        .with_context(|| format!("loading {}", dir.display()))?;
+        )?;
         let bar = indicatif::ProgressBar::new(remaining as u64);
         let new = run_eval(
             &samples,

@@ -51,6 +51,23 @@ pub fn model_dir(model: &Path) -> Result<PathBuf> {
     Ok(trainer::model::locate_checkpoint(&model.to_string_lossy())?)
 }
 
+/// Resolves `--model` and loads it as a batched answer generator (greedy, `max_new_tokens`).
+pub fn load_generator(
+    model: &Path,
+    device: DeviceArg,
+    dtype: DtypeArg,
+    max_new_tokens: usize,
+) -> Result<trainer::infer::generator::ModelGenerator> {
+    let dir = model_dir(model)?;
+    trainer::infer::generator::ModelGenerator::load(
+        &dir,
+        device.resolve()?,
+        dtype.kind(),
+        max_new_tokens,
+    )
+    .with_context(|| format!("loading {}", dir.display()))
+}
+
 /// Loads the processor of a checkpoint folder: its tokenizer (or the embedded one) and its
 /// `preprocessor_config.json` (or the published Qwen2.5-VL one).
 pub fn load_processor(dir: &Path) -> Result<Processor> {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::SamplingConfig;
-use trainer::infer::generator::ModelGenerator;
 use trainer::infer::overlay::draw_scene_graph;
 use trainer::infer::parse::{parse_response, ParsedResponse};
 use trainer::infer::prompt::{question_with_options, render, Template};
@@ -96,14 +95,12 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("reading response {}", path.display()))?,
         None => {
             let model = args.model.as_deref().context("--model is required")?;
-            let dir = crate::cli::generate::model_dir(model)?;
-            let mut generator = ModelGenerator::load(
-                &dir,
-                args.device.resolve()?,
-                args.dtype.kind(),
+            let mut generator = crate::cli::generate::load_generator(
+                model,
+                args.device,
+                args.dtype,
                 args.max_new_tokens,
-            )
-            .with_context(|| format!("loading {}", dir.display()))?;
+            )?;
             if args.temperature > 0.0 {
                 let sampling = SamplingConfig {
                     greedy: false,

@@ -157,12 +157,7 @@ impl KvCache {
             )));
         }
         let _guard = tch::no_grad_guard();
-        for (dst, s) in self
-            .keys
-            .iter_mut()
-            .zip(&src.keys)
-            .chain(self.values.iter_mut().zip(&src.values))
-        {
+        for (dst, s) in self.pairs_with(src) {
             let rep = s
                 .f_narrow(2, 0, src.len)?
                 .f_repeat_interleave_self_int(n, 0, None)?;
@@ -170,6 +165,17 @@ impl KvCache {
         }
         self.len = src.len;
         Ok(())
+    }
+
+    /// Every key and value tensor of this cache with the same layer's tensor of `src`.
+    fn pairs_with<'a>(
+        &'a mut self,
+        src: &'a KvCache,
+    ) -> impl Iterator<Item = (&'a mut Tensor, &'a Tensor)> {
+        self.keys
+            .iter_mut()
+            .zip(&src.keys)
+            .chain(self.values.iter_mut().zip(&src.values))
     }
 
     /// Sets the number of filled slots (slots up to it that were never written hold stale values;
@@ -195,12 +201,7 @@ impl KvCache {
             )));
         }
         let _guard = tch::no_grad_guard();
-        for (dst, s) in self
-            .keys
-            .iter_mut()
-            .zip(&src.keys)
-            .chain(self.values.iter_mut().zip(&src.values))
-        {
+        for (dst, s) in self.pairs_with(src) {
             dst.f_narrow(0, row, 1)?
                 .f_narrow(2, start, src.len)?
                 .f_copy_(&s.f_narrow(2, 0, src.len)?)?;
