@@ -299,4 +299,5 @@ fn transformers_loads_a_checkpoint_with_the_same_logits() {
         diff <= 1e-4,
         "max |logit difference| {diff} (max |logit| {scale})"
     );
+    eprintln!("transformers vs ours: max |logit difference| {diff:e} (max |logit| {scale})");
 }
