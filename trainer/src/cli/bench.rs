@@ -126,9 +126,9 @@ fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Resul
         &attn,
         None,
         Some(&mut cache),
-        LogitsAt::Last,
+        LogitsAt::Hidden,
     )?;
-    let mut next = sync(&logits)?;
+    let mut next = sync(&model.compact_logits(&logits.f_narrow(1, l - 1, 1)?)?)?;
     let prefill = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for step in 0..a.new_tokens.saturating_sub(1) {
@@ -138,8 +138,15 @@ fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Resul
             .f_expand([3, b, 1], false)?;
         attn = Tensor::f_cat(&[&attn, &Tensor::f_ones([b, 1], (Kind::Int64, device))?], 1)?;
         let input = Tensor::from_slice(&next).f_view([b, 1])?;
-        let logits = model.forward(&input, &pos, &attn, None, Some(&mut cache), LogitsAt::Last)?;
-        next = sync(&logits)?;
+        let hidden = model.forward(
+            &input,
+            &pos,
+            &attn,
+            None,
+            Some(&mut cache),
+            LogitsAt::Hidden,
+        )?;
+        next = sync(&model.compact_logits(&hidden)?)?;
     }
     Ok((prefill, start.elapsed().as_secs_f64()))
 }

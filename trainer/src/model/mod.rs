@@ -364,15 +364,19 @@ impl Qwen2_5VLForConditionalGeneration {
     }
 
     /// Logits over the output vocabulary only: `[..., K]` f32 in [`OutputVocab::ids`] order
-    /// under a restriction, else [`Self::logits`]. Sampling picks a column; map it back to a
-    /// token id through `OutputVocab::ids`.
+    /// under a restriction, else over the tokenizer's ids (`[..., 151665]`, column = token id).
+    /// Sampling picks a column; under a restriction map it back through `OutputVocab::ids`.
     pub fn compact_logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        match &self.output_vocab {
-            Some(v) => Ok(hidden
-                .f_matmul(&self.lm_head.f_index_select(0, &v.ids_tensor)?.f_tr()?)?
-                .f_to_kind(Kind::Float)?),
-            None => self.logits(hidden),
-        }
+        let weight = match &self.output_vocab {
+            Some(v) => self.lm_head.f_index_select(0, &v.ids_tensor)?,
+            // the tokenizer's ids are the first rows: column i is token i, and the untrained
+            // padding rows are left out instead of being masked
+            None => {
+                self.lm_head
+                    .f_narrow(0, 0, self.config.text.vocab_size.min(TOKENIZER_VOCAB))?
+            }
+        };
+        Ok(hidden.f_matmul(&weight.f_tr()?)?.f_to_kind(Kind::Float)?)
     }
 
     /// `lm_head` on final hidden states `[..., D]` -> f32 logits with untrained ids masked (and,
