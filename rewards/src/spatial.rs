@@ -42,41 +42,40 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     cell.get_or_init(|| Regex::new(pattern).expect("static regex"))
 }
 
-fn answer_re() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    regex(&RE, r"(?s)<answer>(.*?)</answer>")
+/// What `(?s)<tag>(.*?)</tag>` captures, found with plain substring search: the text between the
+/// first `open` and the first `close` after it. (The leftmost match of the regex starts at the
+/// first `open`: if no `close` follows it, none follows a later one either.)
+fn tag_block<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
 }
 
-fn scene_re() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    regex(&RE, r"(?s)<scene>(.*?)</scene>")
-}
+/// `(<tag>, </tag>)` of each of [`TAGS`].
+const TAG_PAIRS: [(&str, &str); 4] = [
+    ("<observe>", "</observe>"),
+    ("<think>", "</think>"),
+    ("<scene>", "</scene>"),
+    ("<answer>", "</answer>"),
+];
 
 fn id_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     regex(&RE, r"\A[a-zA-Z_]+\.\d+\z")
 }
 
-fn tag_pair_res() -> &'static [Regex; 4] {
-    static RE: OnceLock<[Regex; 4]> = OnceLock::new();
-    RE.get_or_init(|| {
-        TAGS.map(|t| Regex::new(&format!("(?s)<{t}>.*?</{t}>")).expect("static regex"))
-    })
-}
-
 /// Text inside the first `<answer>…</answer>` (non-greedy, across lines), stripped; `""` if absent.
 pub fn extract_answer(text: &str) -> String {
-    answer_re()
-        .captures(text)
-        .map(|c| py_strip(&c[1]).to_string())
+    tag_block(text, "<answer>", "</answer>")
+        .map(|c| py_strip(c).to_string())
         .unwrap_or_default()
 }
 
 /// The first `<scene>…</scene>` block parsed as a JSON object (Python `json.loads` semantics);
 /// `None` if the tag is missing, the JSON is invalid or it is not an object (the reference's `{}`).
 pub fn extract_scene(text: &str) -> Option<PyValue> {
-    let c = scene_re().captures(text)?;
-    match pyjson::loads(py_strip(&c[1])) {
+    let c = tag_block(text, "<scene>", "</scene>")?;
+    match pyjson::loads(py_strip(c)) {
         Ok(v @ PyValue::Dict(_)) => Some(v),
         _ => None,
     }
@@ -114,19 +113,36 @@ impl ImageSize {
 
 /// Parse the first `Image size: (W x H)` in the prompt with Python's `int()` on each group.
 pub fn parse_image_size(problem: &str) -> Result<ImageSize, RewardError> {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    let re = regex(&RE, r"Image size: \((.*?) x (.*?)\)");
-    let c = re.captures(problem).ok_or(RewardError::ImageSizeMissing)?;
-    let group = |k: usize, which: &'static str| {
-        py_int(&c[k]).ok_or_else(|| RewardError::ImageSizeInvalid {
+    let (w, h) = image_size_groups(problem).ok_or(RewardError::ImageSizeMissing)?;
+    let group = |v: &str, which: &'static str| {
+        py_int(v).ok_or_else(|| RewardError::ImageSizeInvalid {
             which,
-            value: c[k].to_string(),
+            value: v.to_string(),
         })
     };
     Ok(ImageSize {
-        width: group(1, "width")?,
-        height: group(2, "height")?,
+        width: group(w, "width")?,
+        height: group(h, "height")?,
     })
+}
+
+/// The two groups of the first match of `Image size: \((.*?) x (.*?)\)` (`.` not matching a
+/// newline), found with substring search: at each `Image size: (` from the left, the shortest
+/// text up to ` x ` and then up to `)`, both on the same line.
+fn image_size_groups(text: &str) -> Option<(&str, &str)> {
+    const PREFIX: &str = "Image size: (";
+    let mut from = 0;
+    while let Some(at) = text[from..].find(PREFIX) {
+        let start = from + at + PREFIX.len();
+        let line = &text[start..text[start..].find('\n').map_or(text.len(), |n| start + n)];
+        if let Some(x) = line.find(" x ") {
+            if let Some(close) = line[x + 3..].find(')') {
+                return Some((&line[..x], &line[x + 3..x + 3 + close]));
+            }
+        }
+        from += at + 1;
+    }
+    None
 }
 
 /// `[a-zA-Z_]+\.\d+` full match (`\d` = any Unicode decimal digit, as in Python's `re`).
@@ -165,7 +181,10 @@ pub fn is_valid_relation(rel: &PyValue) -> bool {
 /// Format reward F ∈ {0, 1}: all four tag pairs present, each opening tag exactly once, and a
 /// non-empty scene object whose objects and relationships are valid with no duplicate ids.
 pub fn format_reward(text: &str) -> f64 {
-    if !tag_pair_res().iter().all(|re| re.is_match(text)) {
+    if !TAG_PAIRS
+        .iter()
+        .all(|(open, close)| tag_block(text, open, close).is_some())
+    {
         return 0.0;
     }
     if TAGS
