@@ -227,3 +227,30 @@ fn a_saved_cursor_resumes_with_the_same_batches() {
         assert_eq!(ids(&resumed.next_batch().unwrap()), expected);
     }
 }
+
+#[test]
+fn one_pass_stops_at_the_end_of_the_epoch_without_reading_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = synth(dir.path(), 24, 0);
+    let paths = train_files(&files);
+    // 24 rows in batches of 8 end exactly on the boundary; batches of 10 leave a short one
+    for (batch_size, batches) in [(8usize, 3usize), (10, 3)] {
+        let mut loader =
+            Loader::open(&paths, config(batch_size, false), Cursor::default()).unwrap();
+        let mut seen = Vec::new();
+        let mut count = 0;
+        while let Some(b) = loader.next_batch_of(0).unwrap() {
+            assert_eq!(b.epoch, 0);
+            seen.extend(ids(&b));
+            count += 1;
+        }
+        assert_eq!(count, batches, "batch size {batch_size}");
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 24, "every row once, batch size {batch_size}");
+        assert!(loader.next_batch_of(0).unwrap().is_none());
+        // the next epoch is still whole
+        let next = loader.next_batch().unwrap();
+        assert_eq!((next.epoch, next.samples.len()), (1, batch_size));
+    }
+}

@@ -186,6 +186,18 @@ impl Loader {
         &self.config
     }
 
+    /// One pass over epoch `epoch`: its next batch, or `None` once it is exhausted (nothing of the
+    /// following epoch is read). `while let Some(b) = loader.next_batch_of(e)? { … }` with
+    /// `e = loader.cursor().epoch` visits every good row of the epoch once, then stops.
+    pub fn next_batch_of(&mut self, epoch: u64) -> Result<Option<Batch>> {
+        let c = self.cursor;
+        if c.epoch > epoch || (c.epoch == epoch && c.position >= self.total_rows) {
+            return Ok(None);
+        }
+        let batch = self.next_batch()?;
+        Ok((batch.epoch == epoch).then_some(batch))
+    }
+
     /// The next batch, moving to the next epoch when this one is exhausted (iteration never
     /// ends). Fails under the `error` policy at the first bad row, and when a whole epoch
     /// yields no batch.

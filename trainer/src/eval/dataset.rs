@@ -62,11 +62,7 @@ pub fn read_stvqa_parquet(
     let mut loader =
         data::Loader::open(&files, config, data::Cursor::default()).map_err(data_err)?;
     let mut rows = Vec::new();
-    loop {
-        let batch = loader.next_batch().map_err(data_err)?;
-        if batch.epoch > 0 {
-            break;
-        }
+    while let Some(batch) = loader.next_batch_of(0).map_err(data_err)? {
         for sample in batch.samples {
             let r = sample.record;
             let file = r
@@ -96,9 +92,6 @@ pub fn read_stvqa_parquet(
                 reward_ground_truth: Some(r.ground_truth.clone()),
                 prompt: Some(r.prompt),
             });
-        }
-        if batch.cursor.epoch > 0 {
-            break;
         }
     }
     Ok((rows, loader.report().clone()))

@@ -341,11 +341,7 @@ fn model_side_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn dataset_vocab(cfg: &TrainConfig, files: &[PathBuf], processor: &Processor) -> Result<Vec<i64>> {
     let mut loader = Loader::open(files, loader_config(cfg, 256, false, 0), Cursor::default())?;
     let mut ids: std::collections::BTreeSet<i64> = DEFAULT_STOP_IDS.into_iter().collect();
-    loop {
-        let batch = loader.next_batch()?;
-        if batch.epoch > 0 {
-            break;
-        }
+    while let Some(batch) = loader.next_batch_of(0)? {
         for s in &batch.samples {
             let r = &s.record;
             for text in [
@@ -357,9 +353,6 @@ fn dataset_vocab(cfg: &TrainConfig, files: &[PathBuf], processor: &Processor) ->
             {
                 ids.extend(processor.tokenize(text)?);
             }
-        }
-        if batch.cursor.epoch > 0 {
-            break;
         }
     }
     Ok(ids.into_iter().collect())
@@ -737,11 +730,7 @@ impl Trainer {
             self.opts.progress,
         );
         let mut all = Vec::new();
-        loop {
-            let batch = loader.next_batch()?;
-            if batch.epoch > 0 {
-                break;
-            }
+        while let Some(batch) = loader.next_batch_of(0)? {
             let prompts = self.builder.encode_all(&self.processor, &batch.samples)?;
             let samples = sample_responses(
                 &self.policy,
@@ -760,9 +749,6 @@ impl Trainer {
                 self.cfg.reward.kind,
                 self.similarity.as_ref(),
             )?);
-            if batch.cursor.epoch > 0 {
-                break;
-            }
         }
         pb.finish_and_clear();
         Ok(ValidationReport::from_rollouts(&all))
