@@ -85,13 +85,32 @@ pub fn encode_user_turn(
     Ok(processor.encode_prompt(&messages, &[img])?)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let dir = model_dir(&args.model)?;
-    let device = args.device.resolve()?;
+/// Resolves `--model`, encodes the `[image, prompt]` user turn with its processor (so a bad image
+/// fails before the weights are read), then loads the weights on `device` as `dtype`.
+pub fn load_with_turn(
+    model: &Path,
+    device: DeviceArg,
+    dtype: DtypeArg,
+    image: &Path,
+    prompt: &str,
+) -> Result<(Processor, EncodedPrompt, Qwen2_5VLForConditionalGeneration)> {
+    let dir = model_dir(model)?;
+    let device = device.resolve()?;
     let processor = load_processor(&dir)?;
-    let encoded = encode_user_turn(&processor, &args.image, &args.prompt)?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, args.dtype.kind())
+    let encoded = encode_user_turn(&processor, image, prompt)?;
+    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, dtype.kind())
         .with_context(|| format!("loading {}", dir.display()))?;
+    Ok((processor, encoded, model))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (processor, encoded, model) = load_with_turn(
+        &args.model,
+        args.device,
+        args.dtype,
+        &args.image,
+        &args.prompt,
+    )?;
     let batch = PromptBatch {
         input_ids: vec![encoded.input_ids],
         images: Some(VisionInputs {

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::{response_logprobs, ResponseBatch};
-use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
+use trainer::model::VisionInputs;
 use trainer::processor::PAD_ID;
 
-use super::generate::{encode_user_turn, load_processor, model_dir};
+use super::generate::load_with_turn;
 
 /// Log-probs of each response token given the prompt (the quantity GRPO uses).
 #[derive(Debug, clap::Args)]
@@ -35,13 +35,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = model_dir(&args.model)?;
-    let device = args.device.resolve()?;
-    let processor = load_processor(&dir)?;
-    let encoded = encode_user_turn(&processor, &args.image, &args.prompt)?;
+    let (processor, encoded, model) = load_with_turn(
+        &args.model,
+        args.device,
+        args.dtype,
+        &args.image,
+        &args.prompt,
+    )?;
     let response = processor.tokenize(&args.response)?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, args.dtype.kind())
-        .with_context(|| format!("loading {}", dir.display()))?;
     let prompt_tokens = encoded.input_ids.len();
     let batch = ResponseBatch {
         prompts: vec![encoded.input_ids],
