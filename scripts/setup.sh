@@ -29,6 +29,24 @@ done
 
 say() { printf '[setup] %s\n' "$*"; }
 
+# Registry downloads on a shared network sometimes stall mid-file. Each pip call already retries
+# and resumes (PIP_FLAGS); `retry` re-runs the whole call with back-off on top of that, so one
+# dropped connection does not fail a fresh set-up. Finished wheels are reused from pip's cache.
+DOWNLOAD_ATTEMPTS="${SETUP_DOWNLOAD_ATTEMPTS:-5}"
+PIP_FLAGS=(--retries 10 --timeout 60)
+retry() {
+  local attempt=1
+  until "$@"; do
+    if (( attempt >= DOWNLOAD_ATTEMPTS )); then
+      say "giving up after $attempt attempts: $*"
+      return 1
+    fi
+    say "attempt $attempt of $DOWNLOAD_ATTEMPTS failed; retrying in $((attempt * 20)) s"
+    sleep $((attempt * 20))
+    attempt=$((attempt + 1))
+  done
+}
+
 install_libtorch() {
   local stamp="$LIBTORCH_DIR/.complete-$TORCH_VERSION"
   if [[ -f "$stamp" ]]; then
@@ -39,7 +57,7 @@ install_libtorch() {
   mkdir -p "$wheels"
   say "downloading torch==$TORCH_VERSION wheel (+ CUDA runtime and CUPTI) from PyPI into $wheels"
   # Platform flags make the download independent of the local Python version.
-  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
+  retry "$PYTHON" -m pip download --quiet "${PIP_FLAGS[@]}" --no-deps --only-binary=:all: \
     --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$wheels" "torch==$TORCH_VERSION" "$CUDA_RUNTIME" "$CUDA_CUPTI"
@@ -84,8 +102,8 @@ install_python() {
     "$PYTHON" -m venv "$venv"
   fi
   say "installing pinned Python packages from $req (torch with its CUDA wheels is ~2.7 GB)"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -r "$req"
+  retry "$venv/bin/python" -m pip install --quiet "${PIP_FLAGS[@]}" --upgrade pip
+  retry "$venv/bin/python" -m pip install --quiet "${PIP_FLAGS[@]}" --resume-retries 20 -r "$req"
   rm -f "$venv"/.complete-*
   touch "$stamp"
   say "python env ready: $("$venv/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
