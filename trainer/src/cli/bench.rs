@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 use trainer::device::{DeviceArg, DtypeArg};
-use trainer::generate::{left_pad, SamplingConfig};
+use trainer::generate::{greedy_ids, left_pad, SamplingConfig};
 use trainer::model::{get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration};
 
 /// Benchmarks.
@@ -112,13 +112,8 @@ fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Resul
     )?;
     let flat: Vec<i64> = ids.concat();
     let mut attn = Tensor::f_ones([b, l], (Kind::Int64, device))?;
-    let sync = |t: &Tensor| -> Result<Vec<i64>> {
-        Ok(Vec::<i64>::try_from(
-            t.f_argmax(-1, false)?
-                .f_flatten(0, -1)?
-                .f_to_device(tch::Device::Cpu)?,
-        )?)
-    };
+    // the greedy pick generation uses; it also waits for the device
+    let sync = |logits: &Tensor| -> Result<Vec<i64>> { Ok(greedy_ids(&logits.f_flatten(0, -2)?)?) };
     let start = Instant::now();
     let logits = model.forward(
         &Tensor::from_slice(&flat).f_view([b, l])?,

@@ -7,6 +7,7 @@
 //! attach_to_var_store`] registers them (shared, not copied) in an `nn::VarStore` for training.
 
 pub mod config;
+pub mod cpu_head;
 pub mod rope;
 pub mod text;
 pub mod vision;
@@ -376,6 +377,9 @@ impl Qwen2_5VLForConditionalGeneration {
                     .f_narrow(0, 0, self.config.text.vocab_size.min(TOKENIZER_VOCAB))?
             }
         };
+        if let Some(logits) = skinny_head(hidden, &weight)? {
+            return Ok(logits);
+        }
         Ok(hidden.f_matmul(&weight.f_tr()?)?.f_to_kind(Kind::Float)?)
     }
 
@@ -404,5 +408,59 @@ impl Qwen2_5VLForConditionalGeneration {
         }
         let ids = Tensor::f_arange(vocab, (Kind::Int64, self.device))?;
         Ok(logits.f_masked_fill(&ids.f_ge(TOKENIZER_VOCAB)?, f64::NEG_INFINITY)?)
+    }
+}
+
+/// `hidden [..., D] x weight [V, D]^T` through [`cpu_head::matmul_transposed`] when it applies
+/// (f32 on the CPU, at most [`cpu_head::MAX_ROWS`] rows, no autograd graph to record); `None`
+/// leaves the product to libtorch.
+fn skinny_head(hidden: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, ModelError> {
+    let mut shape = hidden.size();
+    let (Some(&dim), Some(&vocab)) = (shape.last(), weight.size().first()) else {
+        return Ok(None);
+    };
+    let rows = if dim > 0 {
+        hidden.numel() as i64 / dim
+    } else {
+        0
+    };
+    let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    if !cpu_f32(hidden)
+        || !cpu_f32(weight)
+        || rows == 0
+        || rows as usize > cpu_head::MAX_ROWS
+        || weight.size() != [vocab, dim]
+        || (grad_enabled() && (hidden.requires_grad() || weight.requires_grad()))
+    {
+        return Ok(None);
+    }
+    let hidden = hidden.f_contiguous()?;
+    let weight = weight.f_contiguous()?;
+    let last = shape.len() - 1;
+    shape[last] = vocab;
+    let out = Tensor::f_empty(&shape, (Kind::Float, Device::Cpu))?;
+    let (rows, dim, vocab) = (rows as usize, dim as usize, vocab as usize);
+    // SAFETY: all three are contiguous f32 CPU tensors of exactly these element counts, alive
+    // for the whole call; `out` is freshly allocated and aliases neither input.
+    unsafe {
+        cpu_head::matmul_transposed(
+            std::slice::from_raw_parts(hidden.data_ptr() as *const f32, rows * dim),
+            rows,
+            std::slice::from_raw_parts(weight.data_ptr() as *const f32, vocab * dim),
+            dim,
+            std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * vocab),
+            tch::get_num_threads().max(1) as usize,
+        );
+    }
+    Ok(Some(out))
+}
+
+/// Whether autograd records operations on this thread right now.
+fn grad_enabled() -> bool {
+    // SAFETY: reads the thread-local grad mode by setting it and putting the old value back.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
     }
 }
