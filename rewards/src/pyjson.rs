@@ -8,10 +8,14 @@
 //! Known deviation: Rust strings cannot hold lone UTF-16 surrogates, which Python strings can; an
 //! escaped lone surrogate (`"\ud800"`) decodes to U+FFFD here.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Python's default `sys.get_int_max_str_digits()`: longer integer literals make `json.loads` raise.
 pub const INT_MAX_STR_DIGITS: usize = 4300;
+
+/// Integer literals with at most this many characters (sign included) always fit in an `i64`.
+const MAX_EXACT_DIGITS: usize = 18;
 
 /// Nesting depth at which CPython's scanner hits its recursion limit when called from the reward
 /// (measured with the reference: ~990 nested containers pass at top level, 1000 fail).
@@ -58,9 +62,10 @@ impl PyInt {
     }
 }
 
-/// A value as Python's `json.loads` returns it.
+/// A value as Python's `json.loads` returns it. Strings borrow from the parsed text unless they
+/// contain escapes, so parsing a typical scene allocates only its lists and dicts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PyValue {
+pub enum PyValue<'a> {
     /// `null` → `None`.
     Null,
     /// `true` / `false`.
@@ -70,18 +75,26 @@ pub enum PyValue {
     /// A literal with a fraction or exponent, or `NaN` / `Infinity` / `-Infinity`.
     Float(f64),
     /// A string.
-    Str(String),
+    Str(Cow<'a, str>),
     /// An array.
-    List(Vec<PyValue>),
+    List(Vec<PyValue<'a>>),
     /// An object: keys in first-insertion order, the last duplicate's value wins (like `dict`).
-    Dict(Vec<(String, PyValue)>),
+    Dict(Vec<(Cow<'a, str>, PyValue<'a>)>),
 }
 
-impl PyValue {
+impl<'a> PyValue<'a> {
     /// `dict.get(key)` for a `Dict`; `None` for other values or a missing key.
-    pub fn get(&self, key: &str) -> Option<&PyValue> {
+    pub fn get(&self, key: &str) -> Option<&PyValue<'a>> {
         match self {
             PyValue::Dict(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The text of a `Str`, else `None`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            PyValue::Str(s) => Some(s),
             _ => None,
         }
     }
@@ -136,90 +149,101 @@ pub enum PyJsonError {
 }
 
 /// Parse `text` exactly as Python's `json.loads(text)` would.
-pub fn loads(text: &str) -> Result<PyValue, PyJsonError> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut p = Parser { s: &chars, i: 0 };
+pub fn loads(text: &str) -> Result<PyValue<'_>, PyJsonError> {
+    let mut p = Parser {
+        text,
+        s: text.as_bytes(),
+        i: 0,
+    };
     p.skip_ws();
     let value = p.value(0)?;
     p.skip_ws();
-    if p.i != chars.len() {
+    if p.i != p.s.len() {
         return Err(p.err("Extra data"));
     }
     Ok(value)
 }
 
+/// A scanner over the UTF-8 bytes of the text. Every token JSON defines is ASCII and UTF-8 never
+/// uses ASCII bytes inside a multi-byte character, so byte-wise scanning finds the same tokens as
+/// Python's scan over code points; positions are converted to code points only for errors.
 struct Parser<'a> {
-    s: &'a [char],
+    text: &'a str,
+    s: &'a [u8],
     i: usize,
 }
 
 impl fmt::Debug for Parser<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Parser at {}", self.i)
+        write!(f, "Parser at byte {}", self.i)
     }
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    /// An error at the current position, counted in code points as Python reports it.
     fn err(&self, msg: &'static str) -> PyJsonError {
-        PyJsonError::Syntax { msg, pos: self.i }
+        let pos = self.s[..self.i.min(self.s.len())]
+            .iter()
+            .filter(|&&b| b & 0xC0 != 0x80)
+            .count();
+        PyJsonError::Syntax { msg, pos }
     }
 
-    fn peek(&self) -> Option<char> {
+    fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
 
     fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(' ' | '\t' | '\n' | '\r')) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
     }
 
     fn eat_word(&mut self, word: &str) -> bool {
-        let n = word.chars().count();
-        if self.s.len() >= self.i + n && self.s[self.i..self.i + n].iter().copied().eq(word.chars())
-        {
-            self.i += n;
+        if self.s[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
             true
         } else {
             false
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+    fn value(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         match self.peek() {
-            Some('"') => {
+            Some(b'"') => {
                 self.i += 1;
                 Ok(PyValue::Str(self.string()?))
             }
-            Some('{') => self.object(depth + 1),
-            Some('[') => self.array(depth + 1),
-            Some('n') if self.eat_word("null") => Ok(PyValue::Null),
-            Some('t') if self.eat_word("true") => Ok(PyValue::Bool(true)),
-            Some('f') if self.eat_word("false") => Ok(PyValue::Bool(false)),
-            Some('N') if self.eat_word("NaN") => Ok(PyValue::Float(f64::NAN)),
-            Some('I') if self.eat_word("Infinity") => Ok(PyValue::Float(f64::INFINITY)),
-            Some('-') if self.eat_word("-Infinity") => Ok(PyValue::Float(f64::NEG_INFINITY)),
-            Some('-' | '0'..='9') => self.number(),
+            Some(b'{') => self.object(depth + 1),
+            Some(b'[') => self.array(depth + 1),
+            Some(b'n') if self.eat_word("null") => Ok(PyValue::Null),
+            Some(b't') if self.eat_word("true") => Ok(PyValue::Bool(true)),
+            Some(b'f') if self.eat_word("false") => Ok(PyValue::Bool(false)),
+            Some(b'N') if self.eat_word("NaN") => Ok(PyValue::Float(f64::NAN)),
+            Some(b'I') if self.eat_word("Infinity") => Ok(PyValue::Float(f64::INFINITY)),
+            Some(b'-') if self.eat_word("-Infinity") => Ok(PyValue::Float(f64::NEG_INFINITY)),
+            Some(b'-' | b'0'..=b'9') => self.number(),
             _ => Err(self.err("Expecting value")),
         }
     }
 
     fn digits(&mut self) -> usize {
         let start = self.i;
-        while matches!(self.peek(), Some('0'..='9')) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
         self.i - start
     }
 
-    fn number(&mut self) -> Result<PyValue, PyJsonError> {
+    fn number(&mut self) -> Result<PyValue<'a>, PyJsonError> {
         let start = self.i;
-        if self.peek() == Some('-') {
+        let negative = self.peek() == Some(b'-');
+        if negative {
             self.i += 1;
         }
         match self.peek() {
-            Some('0') => self.i += 1,
-            Some('1'..='9') => {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
                 self.digits();
             }
             _ => {
@@ -229,15 +253,15 @@ impl Parser<'_> {
         }
         let int_end = self.i;
         let mut is_float = false;
-        if self.peek() == Some('.') && matches!(self.s.get(self.i + 1), Some('0'..='9')) {
+        if self.peek() == Some(b'.') && matches!(self.s.get(self.i + 1), Some(b'0'..=b'9')) {
             self.i += 1;
             self.digits();
             is_float = true;
         }
-        if matches!(self.peek(), Some('e' | 'E')) {
+        if matches!(self.peek(), Some(b'e' | b'E')) {
             let save = self.i;
             self.i += 1;
-            if matches!(self.peek(), Some('+' | '-')) {
+            if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.i += 1;
             }
             if self.digits() == 0 {
@@ -246,17 +270,26 @@ impl Parser<'_> {
                 is_float = true;
             }
         }
-        let text: String = self.s[start..self.i].iter().collect();
+        // ASCII only, so these are character boundaries
+        let text = &self.text[start..self.i];
+        if !is_float && int_end - start <= MAX_EXACT_DIGITS {
+            // up to 18 digits cannot overflow an i64: accumulate instead of re-parsing
+            let digits = &self.s[start + usize::from(negative)..int_end];
+            let v = digits
+                .iter()
+                .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+            return Ok(PyValue::Int(PyInt::Small(if negative { -v } else { v })));
+        }
         if is_float {
             // Rust's float parsing is correctly rounded like Python's `float(str)`; overflow → ±inf.
             let v: f64 = text.parse().map_err(|_| self.err("Invalid number"))?;
             Ok(PyValue::Float(v))
         } else {
-            let n_digits = int_end - start - usize::from(text.starts_with('-'));
+            let n_digits = int_end - start - usize::from(negative);
             if n_digits > INT_MAX_STR_DIGITS {
                 return Err(PyJsonError::IntTooLong(n_digits));
             }
-            Ok(PyValue::Int(PyInt::from_decimal(&text)))
+            Ok(PyValue::Int(PyInt::from_decimal(text)))
         }
     }
 
@@ -266,7 +299,7 @@ impl Parser<'_> {
         }
         let mut v = 0u32;
         for k in 0..4 {
-            let d = self.s[self.i + k]
+            let d = char::from(self.s[self.i + k])
                 .to_digit(16)
                 .ok_or_else(|| self.err("Invalid \\uXXXX escape"))?;
             v = v * 16 + d;
@@ -275,32 +308,49 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    /// Body of a string; the opening quote is consumed.
-    fn string(&mut self) -> Result<String, PyJsonError> {
-        let mut out = String::new();
+    /// Body of a string; the opening quote is consumed. Borrowed when it has no escapes.
+    fn string(&mut self) -> Result<Cow<'a, str>, PyJsonError> {
+        let start = self.i;
+        loop {
+            match self.peek() {
+                None => return Err(self.err("Unterminated string")),
+                Some(b'"') => {
+                    let body = &self.text[start..self.i];
+                    self.i += 1;
+                    return Ok(Cow::Borrowed(body));
+                }
+                Some(b'\\') => break,
+                Some(c) if c < 0x20 => return Err(self.err("Invalid control character")),
+                Some(_) => self.i += 1,
+            }
+        }
+        let mut out = String::from(&self.text[start..self.i]);
         loop {
             let c = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
-            self.i += 1;
             match c {
-                '"' => return Ok(out),
-                '\\' => {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(Cow::Owned(out));
+                }
+                b'\\' => {
+                    self.i += 1;
                     let e = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
                     self.i += 1;
                     match e {
-                        '"' => out.push('"'),
-                        '\\' => out.push('\\'),
-                        '/' => out.push('/'),
-                        'b' => out.push('\u{8}'),
-                        'f' => out.push('\u{c}'),
-                        'n' => out.push('\n'),
-                        'r' => out.push('\r'),
-                        't' => out.push('\t'),
-                        'u' => {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
                             let hi = self.hex4()?;
                             let mut code = hi;
                             if (0xD800..0xDC00).contains(&hi)
-                                && self.s.get(self.i) == Some(&'\\')
-                                && self.s.get(self.i + 1) == Some(&'u')
+                                && self.s.get(self.i) == Some(&b'\\')
+                                && self.s.get(self.i + 1) == Some(&b'u')
                             {
                                 let save = self.i;
                                 self.i += 2;
@@ -319,23 +369,27 @@ impl Parser<'_> {
                         }
                     }
                 }
-                c if (c as u32) < 0x20 => {
-                    self.i -= 1;
-                    return Err(self.err("Invalid control character"));
+                c if c < 0x20 => return Err(self.err("Invalid control character")),
+                _ => {
+                    // copy the run up to the next quote, backslash or control byte at once
+                    let run = self.i;
+                    while matches!(self.peek(), Some(b) if b != b'"' && b != b'\\' && b >= 0x20) {
+                        self.i += 1;
+                    }
+                    out.push_str(&self.text[run..self.i]);
                 }
-                c => out.push(c),
             }
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+    fn array(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         if depth > MAX_DEPTH {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
         let mut items = Vec::new();
         self.skip_ws();
-        if self.peek() == Some(']') {
+        if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(PyValue::List(items));
         }
@@ -343,11 +397,11 @@ impl Parser<'_> {
             items.push(self.value(depth)?);
             self.skip_ws();
             match self.peek() {
-                Some(']') => {
+                Some(b']') => {
                     self.i += 1;
                     return Ok(PyValue::List(items));
                 }
-                Some(',') => {
+                Some(b',') => {
                     self.i += 1;
                     self.skip_ws();
                 }
@@ -356,25 +410,25 @@ impl Parser<'_> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<PyValue, PyJsonError> {
+    fn object(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         if depth > MAX_DEPTH {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
-        let mut entries: Vec<(String, PyValue)> = Vec::new();
+        let mut entries: Vec<(Cow<'a, str>, PyValue<'a>)> = Vec::new();
         self.skip_ws();
-        if self.peek() == Some('}') {
+        if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(PyValue::Dict(entries));
         }
         loop {
-            if self.peek() != Some('"') {
+            if self.peek() != Some(b'"') {
                 return Err(self.err("Expecting property name enclosed in double quotes"));
             }
             self.i += 1;
             let key = self.string()?;
             self.skip_ws();
-            if self.peek() != Some(':') {
+            if self.peek() != Some(b':') {
                 return Err(self.err("Expecting ':' delimiter"));
             }
             self.i += 1;
@@ -386,11 +440,11 @@ impl Parser<'_> {
             }
             self.skip_ws();
             match self.peek() {
-                Some('}') => {
+                Some(b'}') => {
                     self.i += 1;
                     return Ok(PyValue::Dict(entries));
                 }
-                Some(',') => {
+                Some(b',') => {
                     self.i += 1;
                     self.skip_ws();
                 }
@@ -424,7 +478,7 @@ mod tests {
         );
         assert_eq!(loads(&"9".repeat(4300)).map(|_| ()), Ok(()));
         assert_eq!(loads(&"9".repeat(4301)), Err(PyJsonError::IntTooLong(4301)));
-        assert_eq!(loads(r#""\ud83d\ude00""#), Ok(PyValue::Str("😀".into())));
+        assert_eq!(loads(r#""\ud83d\ude00""#), Ok(PyValue::Str(Cow::Borrowed("😀"))));
     }
 
     #[test]

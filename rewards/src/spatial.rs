@@ -4,14 +4,16 @@
 //! `R = 0.1·F + 0.2·C + 0.5·A + 0.2·S`, gated lexicographically: count C and accuracy A only if the
 //! format F passes, spatial S only if the answer is also correct.
 
+use std::borrow::Cow;
 use std::f64::consts::PI;
 use std::sync::OnceLock;
 
+use memchr::memmem::Finder;
 use regex::Regex;
 
 use crate::lsap::linear_sum_assignment;
 use crate::pyjson::{self, PyInt, PyValue};
-use crate::pystr::{py_int, py_lower, py_strip};
+use crate::pystr::{py_int, py_isspace, py_lower, py_strip};
 use crate::similarity::LabelSimilarity;
 use crate::{RewardError, RewardScore};
 
@@ -45,19 +47,47 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 /// What `(?s)<tag>(.*?)</tag>` captures, found with plain substring search: the text between the
 /// first `open` and the first `close` after it. (The leftmost match of the regex starts at the
 /// first `open`: if no `close` follows it, none follows a later one either.)
-fn tag_block<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    let len = text[start..].find(close)?;
+fn tag_block(text: &str, tag: usize) -> Option<&str> {
+    let n = needles();
+    let start = find(text, &n.open[tag])? + n.open[tag].needle().len();
+    let len = find(&text[start..], &n.close[tag])?;
     Some(&text[start..start + len])
 }
 
-/// `(<tag>, </tag>)` of each of [`TAGS`].
-const TAG_PAIRS: [(&str, &str); 4] = [
-    ("<observe>", "</observe>"),
-    ("<think>", "</think>"),
-    ("<scene>", "</scene>"),
-    ("<answer>", "</answer>"),
-];
+/// Byte offset of the first match of `needle` in `text` (SIMD substring search; the needles are
+/// ASCII, so the offsets are character boundaries).
+fn find(text: &str, needle: &Finder<'_>) -> Option<usize> {
+    needle.find(text.as_bytes())
+}
+
+/// Index of `<scene>` in [`TAGS`].
+const SCENE: usize = 2;
+/// Index of `<answer>` in [`TAGS`].
+const ANSWER: usize = 3;
+/// What the image-size line starts with in the prompt.
+const IMAGE_SIZE_PREFIX: &str = "Image size: (";
+
+/// Searchers for the fixed needles, built once (building one costs about as much as a search).
+struct Needles {
+    /// `<tag>` for each of [`TAGS`].
+    open: [Finder<'static>; 4],
+    /// `</tag>` for each of [`TAGS`].
+    close: [Finder<'static>; 4],
+    /// [`IMAGE_SIZE_PREFIX`].
+    image_size: Finder<'static>,
+}
+
+fn needles() -> &'static Needles {
+    static NEEDLES: OnceLock<Needles> = OnceLock::new();
+    NEEDLES.get_or_init(|| {
+        let finder = |s: String| Finder::new(s.as_bytes()).into_owned();
+        Needles {
+            open: TAGS.map(|t| finder(format!("<{t}>"))),
+            close: TAGS.map(|t| finder(format!("</{t}>"))),
+            image_size: finder(IMAGE_SIZE_PREFIX.to_string()),
+        }
+    })
+}
 
 fn id_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -66,15 +96,18 @@ fn id_re() -> &'static Regex {
 
 /// Text inside the first `<answer>…</answer>` (non-greedy, across lines), stripped; `""` if absent.
 pub fn extract_answer(text: &str) -> String {
-    tag_block(text, "<answer>", "</answer>")
-        .map(|c| py_strip(c).to_string())
-        .unwrap_or_default()
+    answer_text(text).to_string()
+}
+
+/// [`extract_answer`] without the copy.
+fn answer_text(text: &str) -> &str {
+    tag_block(text, ANSWER).map_or("", py_strip)
 }
 
 /// The first `<scene>…</scene>` block parsed as a JSON object (Python `json.loads` semantics);
 /// `None` if the tag is missing, the JSON is invalid or it is not an object (the reference's `{}`).
-pub fn extract_scene(text: &str) -> Option<PyValue> {
-    let c = tag_block(text, "<scene>", "</scene>")?;
+pub fn extract_scene(text: &str) -> Option<PyValue<'_>> {
+    let c = tag_block(text, SCENE)?;
     match pyjson::loads(py_strip(c)) {
         Ok(v @ PyValue::Dict(_)) => Some(v),
         _ => None,
@@ -130,10 +163,9 @@ pub fn parse_image_size(problem: &str) -> Result<ImageSize, RewardError> {
 /// newline), found with substring search: at each `Image size: (` from the left, the shortest
 /// text up to ` x ` and then up to `)`, both on the same line.
 fn image_size_groups(text: &str) -> Option<(&str, &str)> {
-    const PREFIX: &str = "Image size: (";
     let mut from = 0;
-    while let Some(at) = text[from..].find(PREFIX) {
-        let start = from + at + PREFIX.len();
+    while let Some(at) = find(&text[from..], &needles().image_size) {
+        let start = from + at + IMAGE_SIZE_PREFIX.len();
         let line = &text[start..text[start..].find('\n').map_or(text.len(), |n| start + n)];
         if let Some(x) = line.find(" x ") {
             if let Some(close) = line[x + 3..].find(')') {
@@ -145,14 +177,30 @@ fn image_size_groups(text: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// `[a-zA-Z_]+\.\d+` full match (`\d` = any Unicode decimal digit, as in Python's `re`).
+/// `[a-zA-Z_]+\.\d+` full match (`\d` = any Unicode decimal digit, as in Python's `re`). ASCII
+/// ids are checked by hand; the regex decides only when non-ASCII digits may be involved.
 pub fn is_valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    let letters = b
+        .iter()
+        .take_while(|c| c.is_ascii_alphabetic() || **c == b'_')
+        .count();
+    if letters == 0 || b.get(letters) != Some(&b'.') || b.len() == letters + 1 {
+        return false;
+    }
+    let digits = &b[letters + 1..];
+    if digits.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    if digits.iter().any(|c| c.is_ascii() && !c.is_ascii_digit()) {
+        return false;
+    }
     id_re().is_match(s)
 }
 
 /// A predicted object: a dict with exactly the keys `id` and `bbox`, a valid id, 4 numbers
 /// (`bool` included, as Python's `isinstance(x, int)` says).
-pub fn is_valid_object(obj: &PyValue) -> bool {
+pub fn is_valid_object(obj: &PyValue<'_>) -> bool {
     let PyValue::Dict(entries) = obj else {
         return false;
     };
@@ -169,7 +217,7 @@ pub fn is_valid_object(obj: &PyValue) -> bool {
 
 /// A predicted relationship: a dict with string `subject`, `predicate`, `object` (extra keys
 /// allowed) whose subject and object are valid ids.
-pub fn is_valid_relation(rel: &PyValue) -> bool {
+pub fn is_valid_relation(rel: &PyValue<'_>) -> bool {
     match (rel.get("subject"), rel.get("predicate"), rel.get("object")) {
         (Some(PyValue::Str(s)), Some(PyValue::Str(_)), Some(PyValue::Str(o))) => {
             is_valid_id(s) && is_valid_id(o)
@@ -181,19 +229,22 @@ pub fn is_valid_relation(rel: &PyValue) -> bool {
 /// Format reward F ∈ {0, 1}: all four tag pairs present, each opening tag exactly once, and a
 /// non-empty scene object whose objects and relationships are valid with no duplicate ids.
 pub fn format_reward(text: &str) -> f64 {
-    if !TAG_PAIRS
+    format_of(text, extract_scene(text).as_ref())
+}
+
+/// [`format_reward`] with the response's scene already parsed by [`extract_scene`].
+fn format_of(text: &str, scene: Option<&PyValue<'_>>) -> f64 {
+    if !(0..TAGS.len()).all(|t| tag_block(text, t).is_some()) {
+        return 0.0;
+    }
+    if needles()
+        .open
         .iter()
-        .all(|(open, close)| tag_block(text, open, close).is_some())
+        .any(|open| open.find_iter(text.as_bytes()).count() != 1)
     {
         return 0.0;
     }
-    if TAGS
-        .iter()
-        .any(|t| text.matches(&format!("<{t}>")).count() != 1)
-    {
-        return 0.0;
-    }
-    let Some(scene) = extract_scene(text) else {
+    let Some(scene) = scene else {
         return 0.0;
     };
     if !scene.is_truthy() {
@@ -209,12 +260,13 @@ pub fn format_reward(text: &str) -> f64 {
     if !objs.iter().all(is_valid_object) || !rels.iter().all(is_valid_relation) {
         return 0.0;
     }
-    let mut ids: Vec<&PyValue> = objs.iter().filter_map(|o| o.get("id")).collect();
+    // every object passed `is_valid_object`, so every id is a string
+    let mut ids: Vec<&str> = objs
+        .iter()
+        .filter_map(|o| o.get("id").and_then(PyValue::as_str))
+        .collect();
     let n = ids.len();
-    ids.sort_by(|a, b| match (a, b) {
-        (PyValue::Str(a), PyValue::Str(b)) => a.cmp(b),
-        _ => std::cmp::Ordering::Equal,
-    });
+    ids.sort_unstable();
     ids.dedup();
     if ids.len() != n {
         return 0.0;
@@ -224,11 +276,18 @@ pub fn format_reward(text: &str) -> f64 {
 
 /// Accuracy reward A: case-insensitive exact match after stripping.
 pub fn acc_reward(pred: &str, gt: &str) -> f64 {
-    f64::from(u8::from(py_lower(py_strip(pred)) == py_lower(py_strip(gt))))
+    let (pred, gt) = (py_strip(pred), py_strip(gt));
+    let same = if pred.is_ascii() && gt.is_ascii() {
+        // ASCII lower-casing maps byte to byte, so no copies are needed
+        pred.eq_ignore_ascii_case(gt)
+    } else {
+        py_lower(pred) == py_lower(gt)
+    };
+    f64::from(u8::from(same))
 }
 
 /// `value or []` as the reference writes it.
-fn or_empty<'a>(value: Option<&'a PyValue>, empty: &'a PyValue) -> &'a PyValue {
+fn or_empty<'v, 'a>(value: Option<&'v PyValue<'a>>, empty: &'v PyValue<'a>) -> &'v PyValue<'a> {
     match value {
         Some(v) if v.is_truthy() => v,
         _ => empty,
@@ -273,7 +332,7 @@ fn py_sq(x: f64, what: &'static str) -> Result<f64, RewardError> {
 }
 
 /// Count reward C ∈ [0, 1] from the number of objects and relationships.
-pub fn count_reward(pred: &PyValue, gt: &PyValue) -> Result<f64, RewardError> {
+pub fn count_reward(pred: &PyValue<'_>, gt: &PyValue<'_>) -> Result<f64, RewardError> {
     let empty = PyValue::List(Vec::new());
     let pred_rels = or_empty(pred.get("relationships"), &empty);
     let gt_rels = or_empty(gt.get("relationships"), &empty);
@@ -297,29 +356,82 @@ pub fn count_reward(pred: &PyValue, gt: &PyValue) -> Result<f64, RewardError> {
 }
 
 /// The reference's `refine_node_edge`: `_` and `-` become spaces, then strip and lower-case.
-pub fn refine_node_edge(label: &str) -> String {
-    py_lower(py_strip(&label.replace(['_', '-'], " ")))
+/// Borrows when that changes nothing (lower-case ASCII without `_`, `-` or outer whitespace).
+pub fn refine_node_edge(label: &str) -> Cow<'_, str> {
+    let b = label.as_bytes();
+    let unchanged = b
+        .iter()
+        .all(|&c| c.is_ascii() && !c.is_ascii_uppercase() && c != b'_' && c != b'-')
+        && !b.first().is_some_and(|&c| py_isspace(char::from(c)))
+        && !b.last().is_some_and(|&c| py_isspace(char::from(c)));
+    if unchanged {
+        Cow::Borrowed(label)
+    } else {
+        Cow::Owned(py_lower(py_strip(&label.replace(['_', '-'], " "))))
+    }
 }
 
 /// The label compared by `sem_sim`: the refined text before the first `.` of a (refined) id.
-pub fn sim_label(id: &str) -> String {
+pub fn sim_label(id: &str) -> Cow<'_, str> {
     refine_node_edge(id.split('.').next().unwrap_or(""))
+}
+
+/// [`sim_label`] of the refined id, from the raw id: what matching compares for an object.
+fn object_label(raw_id: &str) -> Cow<'_, str> {
+    match refine_node_edge(raw_id) {
+        Cow::Borrowed(id) => sim_label(id),
+        Cow::Owned(id) => Cow::Owned(sim_label(&id).into_owned()),
+    }
 }
 
 /// Complete IoU of two `[x1, y1, x2, y2]` boxes mapped to `(CIoU + 1) / 2`, exactly as the
 /// reference computes it (no sanitising of inverted boxes; Python's errors on division by zero
 /// and on `**` overflow). Not symmetric for NaN inputs, so argument order follows the reference.
 pub fn ciou01(a: &[f64; 4], b: &[f64; 4]) -> Result<f64, RewardError> {
-    let (wa, ha) = (a[2] - a[0], a[3] - a[1]);
-    let (wb, hb) = (b[2] - b[0], b[3] - b[1]);
-    let (area_a, area_b) = (wa * ha, wb * hb);
+    ciou01_prepared(&PreparedBox::new(*a), &PreparedBox::new(*b))
+}
+
+/// A box with the per-box terms of [`ciou01`] computed once (the same operations, so the same
+/// values): each box meets every box of the other scene during matching.
+#[derive(Debug, Clone, Copy)]
+struct PreparedBox {
+    b: [f64; 4],
+    area: f64,
+    cx: f64,
+    cy: f64,
+    /// `atan(w / (h + eps))`; `None` where the division raises.
+    aspect_atan: Option<f64>,
+}
+
+impl PreparedBox {
+    fn new(b: [f64; 4]) -> Self {
+        let (w, h) = (b[2] - b[0], b[3] - b[1]);
+        PreparedBox {
+            b,
+            area: w * h,
+            cx: (b[0] + b[2]) / 2.0,
+            cy: (b[1] + b[3]) / 2.0,
+            aspect_atan: py_div(w, h + CIOU_EPS, "").ok().map(f64::atan),
+        }
+    }
+
+    fn aspect_atan(&self) -> Result<f64, RewardError> {
+        self.aspect_atan
+            .ok_or(RewardError::ZeroDivision("CIoU aspect ratio"))
+    }
+}
+
+/// [`ciou01`] on prepared boxes, with the reference's order of operations and of errors.
+fn ciou01_prepared(pa: &PreparedBox, pb: &PreparedBox) -> Result<f64, RewardError> {
+    let (a, b) = (&pa.b, &pb.b);
+    let (area_a, area_b) = (pa.area, pb.area);
     let inter_w = py_max(0.0, py_min(a[2], b[2]) - py_max(a[0], b[0]));
     let inter_h = py_max(0.0, py_min(a[3], b[3]) - py_max(a[1], b[1]));
     let inter = inter_w * inter_h;
     let union = area_a + area_b - inter + CIOU_EPS;
     let iou = py_div(inter, union, "CIoU union")?;
-    let (cxa, cya) = ((a[0] + a[2]) / 2.0, (a[1] + a[3]) / 2.0);
-    let (cxb, cyb) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+    let (cxa, cya) = (pa.cx, pa.cy);
+    let (cxb, cyb) = (pb.cx, pb.cy);
     let center_dist_sq =
         py_sq(cxa - cxb, "CIoU centre distance")? + py_sq(cya - cyb, "CIoU centre distance")?;
     let (ex1, ey1) = (py_min(a[0], b[0]), py_min(a[1], b[1]));
@@ -327,8 +439,8 @@ pub fn ciou01(a: &[f64; 4], b: &[f64; 4]) -> Result<f64, RewardError> {
     let diag_sq = py_sq(ex2 - ex1, "CIoU enclosing box")?
         + py_sq(ey2 - ey1, "CIoU enclosing box")?
         + CIOU_EPS;
-    let atan_b = py_div(wb, hb + CIOU_EPS, "CIoU aspect ratio")?.atan();
-    let atan_a = py_div(wa, ha + CIOU_EPS, "CIoU aspect ratio")?.atan();
+    let atan_b = pb.aspect_atan()?;
+    let atan_a = pa.aspect_atan()?;
     let v = (4.0 / (PI * PI)) * py_sq(atan_b - atan_a, "CIoU aspect ratio")?;
     let with_v = (1.0 - iou) + v;
     let alpha = if with_v != 0.0 { v / with_v } else { 0.0 };
@@ -336,22 +448,26 @@ pub fn ciou01(a: &[f64; 4], b: &[f64; 4]) -> Result<f64, RewardError> {
     Ok((ciou + 1.0) / 2.0)
 }
 
-/// An object after the reference's preprocessing: refined id, box divided by the image size.
+/// An object after the reference's preprocessing (refined id, box divided by the image size),
+/// kept as what matching uses: the label of the refined id and the prepared box.
 #[derive(Debug, Clone)]
-struct SceneObject {
-    id: String,
-    bbox: [f64; 4],
+struct SceneObject<'a> {
+    label: Cow<'a, str>,
+    bbox: PreparedBox,
 }
 
 /// Preprocess one object as `{**o, "id": refine(o["id"]), "bbox": scale_box(o["bbox"], (1/W, 1/H))}`.
 /// Ground-truth objects are not validated by the reference, so anything it would raise on is an error.
-fn preprocess_object(o: &PyValue, size: &ImageSize) -> Result<SceneObject, RewardError> {
+fn preprocess_object<'a>(
+    o: &'a PyValue<'_>,
+    size: &ImageSize,
+) -> Result<SceneObject<'a>, RewardError> {
     let gt_err = |m: &str| RewardError::GroundTruth(m.to_string());
     if !matches!(o, PyValue::Dict(_)) {
         return Err(gt_err("object is not a dict"));
     }
-    let id = match o.get("id") {
-        Some(PyValue::Str(s)) => refine_node_edge(s),
+    let label = match o.get("id") {
+        Some(PyValue::Str(s)) => object_label(s),
         Some(_) => return Err(gt_err("object id is not a string")),
         None => return Err(gt_err("object without `id`")),
     };
@@ -377,12 +493,15 @@ fn preprocess_object(o: &PyValue, size: &ImageSize) -> Result<SceneObject, Rewar
         };
         *slot = x * if k % 2 == 0 { sw } else { sh };
     }
-    Ok(SceneObject { id, bbox: out })
+    Ok(SceneObject {
+        label,
+        bbox: PreparedBox::new(out),
+    })
 }
 
 /// Check a GT relationship the way the reference's preprocessing touches it (`{**r, "subject":
 /// refine(r["subject"]), "object": refine(r["object"])}`).
-fn check_relation(r: &PyValue) -> Result<(), RewardError> {
+fn check_relation(r: &PyValue<'_>) -> Result<(), RewardError> {
     if !matches!(r, PyValue::Dict(_)) {
         return Err(RewardError::GroundTruth(
             "relationship is not a dict".into(),
@@ -409,8 +528,8 @@ fn check_relation(r: &PyValue) -> Result<(), RewardError> {
 /// Object score: Hungarian matching (rows = predictions padded with [`PAD_COST`] rows, cost
 /// `2·(1−sim) + (1−CIoU01)`), then Σ matched CIoU01 / #GT.
 fn compute_obj_score(
-    gt: &[SceneObject],
-    pred: &[SceneObject],
+    gt: &[SceneObject<'_>],
+    pred: &[SceneObject<'_>],
     sim: &dyn LabelSimilarity,
 ) -> Result<f64, RewardError> {
     let (p, g) = (pred.len(), gt.len());
@@ -419,12 +538,10 @@ fn compute_obj_score(
     }
     let rows = p + g.saturating_sub(p);
     let mut cost = vec![PAD_COST; rows * g];
-    let gt_labels: Vec<String> = gt.iter().map(|o| sim_label(&o.id)).collect();
     for (i, po) in pred.iter().enumerate() {
-        let label = sim_label(&po.id);
         for (j, go) in gt.iter().enumerate() {
-            let iou = ciou01(&po.bbox, &go.bbox)?;
-            let s = sim.similarity(&label, &gt_labels[j]);
+            let iou = ciou01_prepared(&po.bbox, &go.bbox)?;
+            let s = sim.similarity(&po.label, &go.label);
             cost[i * g + j] = SEM_W * (1.0 - s) + IOU_W * (1.0 - iou);
         }
     }
@@ -438,7 +555,7 @@ fn compute_obj_score(
     let mut total = 0.0;
     for (j, m) in mapping.iter().enumerate() {
         if let Some(i) = m {
-            total += ciou01(&gt[j].bbox, &pred[*i].bbox)?;
+            total += ciou01_prepared(&gt[j].bbox, &pred[*i].bbox)?;
         }
     }
     Ok(total / g as f64)
@@ -446,8 +563,8 @@ fn compute_obj_score(
 
 /// Spatial reward S (`relaxed_spatial_reward` with `threshold=0`, `rel_gating=False`).
 pub fn spatial_reward(
-    pred: &PyValue,
-    gt: &PyValue,
+    pred: &PyValue<'_>,
+    gt: &PyValue<'_>,
     size: &ImageSize,
     sim: &dyn LabelSimilarity,
 ) -> Result<f64, RewardError> {
@@ -506,16 +623,16 @@ pub fn compute_score(
     problem: &str,
     sim: &dyn LabelSimilarity,
 ) -> Result<RewardScore, RewardError> {
-    let empty = PyValue::Dict(Vec::new());
-    let pred_answer = extract_answer(response);
-    let gt_answer = extract_answer(ground_truth);
-    let pred_scene = extract_scene(response).unwrap_or_else(|| empty.clone());
-    let gt_scene = extract_scene(ground_truth).unwrap_or(empty);
+    let pred_answer = answer_text(response);
+    let gt_answer = answer_text(ground_truth);
+    let pred_scene = extract_scene(response);
+    let gt_scene = extract_scene(ground_truth).unwrap_or(PyValue::Dict(Vec::new()));
     let size = parse_image_size(problem)?;
-    let format = format_reward(response);
+    let format = format_of(response, pred_scene.as_ref());
+    let pred_scene = pred_scene.unwrap_or(PyValue::Dict(Vec::new()));
     let (count, accuracy, spatial) = if format == 1.0 {
         let count = count_reward(&pred_scene, &gt_scene)?;
-        let accuracy = acc_reward(&pred_answer, &gt_answer);
+        let accuracy = acc_reward(pred_answer, gt_answer);
         let spatial = if accuracy == 1.0 {
             spatial_reward(&pred_scene, &gt_scene, &size, sim)?
         } else {
