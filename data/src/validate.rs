@@ -149,7 +149,7 @@ pub fn ground_truth_scene(
     let value: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         // Python's json.loads (which the reward uses) also accepts NaN, Infinity and the like.
-        Err(_) if rewards::extract_scene(ground_truth).is_some() => {
+        Err(_) if rewards::has_scene_object(ground_truth) => {
             return Ok(serde_json::Map::new());
         }
         Err(e) => return Err(format!("scene is not JSON: {e}")),

@@ -16,9 +16,10 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
+pub use bumpalo::Bump;
 pub use pyjson::{PyInt, PyValue};
 pub use similarity::{ExactLabelSimilarity, LabelSimilarity, WordVectorSimilarity};
-pub use spatial::{extract_answer, extract_scene, parse_image_size, ImageSize};
+pub use spatial::{extract_answer, extract_scene, has_scene_object, parse_image_size, ImageSize};
 
 /// A reward and its components (all 0 for the ones a reward does not have, e.g. count in `r1v`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]

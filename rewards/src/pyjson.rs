@@ -8,8 +8,10 @@
 //! Known deviation: Rust strings cannot hold lone UTF-16 surrogates, which Python strings can; an
 //! escaped lone surrogate (`"\ud800"`) decodes to U+FFFD here.
 
-use std::borrow::Cow;
 use std::fmt;
+
+use bumpalo::collections::{String as BumpString, Vec as BumpVec};
+use bumpalo::Bump;
 
 /// Python's default `sys.get_int_max_str_digits()`: longer integer literals make `json.loads` raise.
 pub const INT_MAX_STR_DIGITS: usize = 4300;
@@ -62,37 +64,41 @@ impl PyInt {
     }
 }
 
-/// A value as Python's `json.loads` returns it. Strings borrow from the parsed text unless they
-/// contain escapes, so parsing a typical scene allocates only its lists and dicts.
-#[derive(Debug, Clone, PartialEq)]
+/// A value as Python's `json.loads` returns it, allocated in an arena ([`bumpalo::Bump`]) that
+/// outlives it: strings borrow from the parsed text (or from the arena when they contain
+/// escapes) and lists and dicts are arena slices, so a value owns nothing, is `Copy`, and
+/// parsing a scene costs no heap allocation once the arena has grown to size.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PyValue<'a> {
     /// `null` → `None`.
     Null,
     /// `true` / `false`.
     Bool(bool),
-    /// An integer literal (no fraction, no exponent).
-    Int(PyInt),
+    /// An integer literal that fits in an `i64`.
+    Int(i64),
+    /// A larger integer literal: its text (`-?[1-9][0-9]*`, as JSON writes integers).
+    BigInt(&'a str),
     /// A literal with a fraction or exponent, or `NaN` / `Infinity` / `-Infinity`.
     Float(f64),
     /// A string.
-    Str(Cow<'a, str>),
+    Str(&'a str),
     /// An array.
-    List(Vec<PyValue<'a>>),
+    List(&'a [PyValue<'a>]),
     /// An object: keys in first-insertion order, the last duplicate's value wins (like `dict`).
-    Dict(Vec<(Cow<'a, str>, PyValue<'a>)>),
+    Dict(&'a [(&'a str, PyValue<'a>)]),
 }
 
 impl<'a> PyValue<'a> {
     /// `dict.get(key)` for a `Dict`; `None` for other values or a missing key.
-    pub fn get(&self, key: &str) -> Option<&PyValue<'a>> {
+    pub fn get(&self, key: &str) -> Option<&'a PyValue<'a>> {
         match self {
-            PyValue::Dict(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            PyValue::Dict(entries) => entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
             _ => None,
         }
     }
 
     /// The text of a `Str`, else `None`.
-    pub fn as_str(&self) -> Option<&str> {
+    pub fn as_str(&self) -> Option<&'a str> {
         match self {
             PyValue::Str(s) => Some(s),
             _ => None,
@@ -104,7 +110,8 @@ impl<'a> PyValue<'a> {
         match self {
             PyValue::Null => false,
             PyValue::Bool(b) => *b,
-            PyValue::Int(i) => !i.is_zero(),
+            PyValue::Int(i) => *i != 0,
+            PyValue::BigInt(_) => true,
             PyValue::Float(f) => *f != 0.0,
             PyValue::Str(s) => !s.is_empty(),
             PyValue::List(l) => !l.is_empty(),
@@ -114,7 +121,10 @@ impl<'a> PyValue<'a> {
 
     /// `isinstance(value, (int, float))`, which includes `bool`.
     pub fn is_number(&self) -> bool {
-        matches!(self, PyValue::Bool(_) | PyValue::Int(_) | PyValue::Float(_))
+        matches!(
+            self,
+            PyValue::Bool(_) | PyValue::Int(_) | PyValue::BigInt(_) | PyValue::Float(_)
+        )
     }
 
     /// `len(value)` for the types that have one (`str` counts code points); `None` where Python
@@ -124,6 +134,18 @@ impl<'a> PyValue<'a> {
             PyValue::Str(s) => Some(s.chars().count()),
             PyValue::List(l) => Some(l.len()),
             PyValue::Dict(d) => Some(d.len()),
+            _ => None,
+        }
+    }
+
+    /// Python's `float(value)` for a number (`bool` included); `None` for other values and where
+    /// Python raises `OverflowError` (an integer beyond the float range).
+    pub fn to_f64(&self) -> Option<f64> {
+        match self {
+            PyValue::Bool(b) => Some(f64::from(u8::from(*b))),
+            PyValue::Int(i) => Some(*i as f64),
+            PyValue::BigInt(text) => text.parse::<f64>().ok().filter(|x| x.is_finite()),
+            PyValue::Float(f) => Some(*f),
             _ => None,
         }
     }
@@ -148,12 +170,13 @@ pub enum PyJsonError {
     TooDeep,
 }
 
-/// Parse `text` exactly as Python's `json.loads(text)` would.
-pub fn loads(text: &str) -> Result<PyValue<'_>, PyJsonError> {
+/// Parse `text` exactly as Python's `json.loads(text)` would, allocating in `arena`.
+pub fn loads<'a>(text: &'a str, arena: &'a Bump) -> Result<PyValue<'a>, PyJsonError> {
     let mut p = Parser {
         text,
         s: text.as_bytes(),
         i: 0,
+        arena,
     };
     p.skip_ws();
     let value = p.value(0)?;
@@ -171,6 +194,7 @@ struct Parser<'a> {
     text: &'a str,
     s: &'a [u8],
     i: usize,
+    arena: &'a Bump,
 }
 
 impl fmt::Debug for Parser<'_> {
@@ -278,7 +302,7 @@ impl<'a> Parser<'a> {
             let v = digits
                 .iter()
                 .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
-            return Ok(PyValue::Int(PyInt::Small(if negative { -v } else { v })));
+            return Ok(PyValue::Int(if negative { -v } else { v }));
         }
         if is_float {
             // Rust's float parsing is correctly rounded like Python's `float(str)`; overflow → ±inf.
@@ -289,7 +313,11 @@ impl<'a> Parser<'a> {
             if n_digits > INT_MAX_STR_DIGITS {
                 return Err(PyJsonError::IntTooLong(n_digits));
             }
-            Ok(PyValue::Int(PyInt::from_decimal(text)))
+            // JSON integers have no leading zeros or `+`, so the text is already canonical
+            Ok(match text.parse::<i64>() {
+                Ok(v) => PyValue::Int(v),
+                Err(_) => PyValue::BigInt(text),
+            })
         }
     }
 
@@ -309,7 +337,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Body of a string; the opening quote is consumed. Borrowed when it has no escapes.
-    fn string(&mut self) -> Result<Cow<'a, str>, PyJsonError> {
+    fn string(&mut self) -> Result<&'a str, PyJsonError> {
         let start = self.i;
         loop {
             match self.peek() {
@@ -317,20 +345,20 @@ impl<'a> Parser<'a> {
                 Some(b'"') => {
                     let body = &self.text[start..self.i];
                     self.i += 1;
-                    return Ok(Cow::Borrowed(body));
+                    return Ok(body);
                 }
                 Some(b'\\') => break,
                 Some(c) if c < 0x20 => return Err(self.err("Invalid control character")),
                 Some(_) => self.i += 1,
             }
         }
-        let mut out = String::from(&self.text[start..self.i]);
+        let mut out = BumpString::from_str_in(&self.text[start..self.i], self.arena);
         loop {
             let c = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
             match c {
                 b'"' => {
                     self.i += 1;
-                    return Ok(Cow::Owned(out));
+                    return Ok(out.into_bump_str());
                 }
                 b'\\' => {
                     self.i += 1;
@@ -387,11 +415,11 @@ impl<'a> Parser<'a> {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
-        let mut items = Vec::new();
+        let mut items = BumpVec::new_in(self.arena);
         self.skip_ws();
         if self.peek() == Some(b']') {
             self.i += 1;
-            return Ok(PyValue::List(items));
+            return Ok(PyValue::List(items.into_bump_slice()));
         }
         loop {
             items.push(self.value(depth)?);
@@ -399,7 +427,7 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 Some(b']') => {
                     self.i += 1;
-                    return Ok(PyValue::List(items));
+                    return Ok(PyValue::List(items.into_bump_slice()));
                 }
                 Some(b',') => {
                     self.i += 1;
@@ -415,11 +443,11 @@ impl<'a> Parser<'a> {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
-        let mut entries: Vec<(Cow<'a, str>, PyValue<'a>)> = Vec::new();
+        let mut entries: BumpVec<(&'a str, PyValue<'a>)> = BumpVec::new_in(self.arena);
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
-            return Ok(PyValue::Dict(entries));
+            return Ok(PyValue::Dict(entries.into_bump_slice()));
         }
         loop {
             if self.peek() != Some(b'"') {
@@ -442,7 +470,7 @@ impl<'a> Parser<'a> {
             match self.peek() {
                 Some(b'}') => {
                     self.i += 1;
-                    return Ok(PyValue::Dict(entries));
+                    return Ok(PyValue::Dict(entries.into_bump_slice()));
                 }
                 Some(b',') => {
                     self.i += 1;
@@ -458,6 +486,11 @@ impl<'a> Parser<'a> {
 mod tests {
     use super::*;
 
+    /// `loads` with a fresh arena, leaked for the test's duration.
+    fn loads(text: &str) -> Result<PyValue<'_>, PyJsonError> {
+        super::loads(text, Box::leak(Box::new(Bump::new())))
+    }
+
     #[test]
     fn python_extensions() {
         assert!(matches!(loads("NaN"), Ok(PyValue::Float(x)) if x.is_nan()));
@@ -465,20 +498,18 @@ mod tests {
         assert_eq!(loads("1e400"), Ok(PyValue::Float(f64::INFINITY)));
         assert_eq!(
             loads(r#"{"a": 1, "b": 2, "a": 3}"#),
-            Ok(PyValue::Dict(vec![
-                ("a".into(), PyValue::Int(PyInt::Small(3))),
-                ("b".into(), PyValue::Int(PyInt::Small(2)))
+            Ok(PyValue::Dict(&[
+                ("a", PyValue::Int(3)),
+                ("b", PyValue::Int(2))
             ]))
         );
         assert_eq!(
             loads("-123456789012345678901234567890"),
-            Ok(PyValue::Int(PyInt::Big(
-                "-123456789012345678901234567890".into()
-            )))
+            Ok(PyValue::BigInt("-123456789012345678901234567890"))
         );
         assert_eq!(loads(&"9".repeat(4300)).map(|_| ()), Ok(()));
         assert_eq!(loads(&"9".repeat(4301)), Err(PyJsonError::IntTooLong(4301)));
-        assert_eq!(loads(r#""\ud83d\ude00""#), Ok(PyValue::Str(Cow::Borrowed("😀"))));
+        assert_eq!(loads(r#""\ud83d\ude00""#), Ok(PyValue::Str("😀")));
     }
 
     #[test]
@@ -515,14 +546,11 @@ mod tests {
 
     #[test]
     fn numbers_keep_int_float_distinction() {
-        assert_eq!(loads("-0"), Ok(PyValue::Int(PyInt::Small(0))));
+        assert_eq!(loads("-0"), Ok(PyValue::Int(0)));
         assert_eq!(loads("2E+2"), Ok(PyValue::Float(200.0)));
         assert_eq!(
             loads("[1.5e-3, 7]"),
-            Ok(PyValue::List(vec![
-                PyValue::Float(0.0015),
-                PyValue::Int(PyInt::Small(7))
-            ]))
+            Ok(PyValue::List(&[PyValue::Float(0.0015), PyValue::Int(7)]))
         );
     }
 }

@@ -13,9 +13,12 @@ use regex::Regex;
 
 use crate::lsap::linear_sum_assignment;
 use crate::pyjson::{self, PyInt, PyValue};
+
 use crate::pystr::{py_int, py_isspace, py_lower, py_strip};
 use crate::similarity::LabelSimilarity;
 use crate::{RewardError, RewardScore};
+use bumpalo::Bump;
+use std::cell::RefCell;
 
 /// Weight of the format reward F.
 pub const FORMAT_WEIGHT: f64 = 0.1;
@@ -44,14 +47,59 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     cell.get_or_init(|| Regex::new(pattern).expect("static regex"))
 }
 
-/// What `(?s)<tag>(.*?)</tag>` captures, found with plain substring search: the text between the
-/// first `open` and the first `close` after it. (The leftmost match of the regex starts at the
-/// first `open`: if no `close` follows it, none follows a later one either.)
-fn tag_block(text: &str, tag: usize) -> Option<&str> {
-    let n = needles();
-    let start = find(text, &n.open[tag])? + n.open[tag].needle().len();
-    let len = find(&text[start..], &n.close[tag])?;
-    Some(&text[start..start + len])
+/// The four tags of a text, located in one pass over its `<` characters: what
+/// `(?s)<tag>(.*?)</tag>` captures for each (the text between the first `<tag>` and the first
+/// `</tag>` after it — the regex's leftmost match starts at the first `<tag>`, and if no
+/// `</tag>` follows it none follows a later one either) and how often each `<tag>` occurs.
+#[derive(Debug)]
+struct TagScan<'t> {
+    text: &'t str,
+    /// Number of `<tag>` occurrences per tag.
+    opens: [usize; 4],
+    /// Byte offset just past the first `<tag>`.
+    body_start: [Option<usize>; 4],
+    /// Byte range of the captured block.
+    block: [Option<(usize, usize)>; 4],
+}
+
+impl<'t> TagScan<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut scan = TagScan {
+            text,
+            opens: [0; 4],
+            body_start: [None; 4],
+            block: [None; 4],
+        };
+        let bytes = text.as_bytes();
+        for at in memchr::memchr_iter(b'<', bytes) {
+            let rest = &bytes[at + 1..];
+            let (closing, name) = match rest.strip_prefix(b"/") {
+                Some(name) => (true, name),
+                None => (false, rest),
+            };
+            for (t, tag) in TAGS.iter().enumerate() {
+                let tag = tag.as_bytes();
+                if !(name.starts_with(tag) && name.get(tag.len()) == Some(&b'>')) {
+                    continue;
+                }
+                let end = at + 1 + usize::from(closing) + tag.len() + 1;
+                if !closing {
+                    scan.opens[t] += 1;
+                    scan.body_start[t].get_or_insert(end);
+                } else if let (Some(start), None) = (scan.body_start[t], scan.block[t]) {
+                    if at >= start {
+                        scan.block[t] = Some((start, at));
+                    }
+                }
+            }
+        }
+        scan
+    }
+
+    /// The captured text of tag `t` (an index into [`TAGS`]).
+    fn block(&self, t: usize) -> Option<&'t str> {
+        self.block[t].map(|(a, b)| &self.text[a..b])
+    }
 }
 
 /// Byte offset of the first match of `needle` in `text` (SIMD substring search; the needles are
@@ -67,26 +115,11 @@ const ANSWER: usize = 3;
 /// What the image-size line starts with in the prompt.
 const IMAGE_SIZE_PREFIX: &str = "Image size: (";
 
-/// Searchers for the fixed needles, built once (building one costs about as much as a search).
-struct Needles {
-    /// `<tag>` for each of [`TAGS`].
-    open: [Finder<'static>; 4],
-    /// `</tag>` for each of [`TAGS`].
-    close: [Finder<'static>; 4],
-    /// [`IMAGE_SIZE_PREFIX`].
-    image_size: Finder<'static>,
-}
-
-fn needles() -> &'static Needles {
-    static NEEDLES: OnceLock<Needles> = OnceLock::new();
-    NEEDLES.get_or_init(|| {
-        let finder = |s: String| Finder::new(s.as_bytes()).into_owned();
-        Needles {
-            open: TAGS.map(|t| finder(format!("<{t}>"))),
-            close: TAGS.map(|t| finder(format!("</{t}>"))),
-            image_size: finder(IMAGE_SIZE_PREFIX.to_string()),
-        }
-    })
+/// The searcher for [`IMAGE_SIZE_PREFIX`], built once (building one costs about as much as a
+/// search).
+fn image_size_finder() -> &'static Finder<'static> {
+    static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| Finder::new(IMAGE_SIZE_PREFIX))
 }
 
 fn id_re() -> &'static Regex {
@@ -96,19 +129,30 @@ fn id_re() -> &'static Regex {
 
 /// Text inside the first `<answer>…</answer>` (non-greedy, across lines), stripped; `""` if absent.
 pub fn extract_answer(text: &str) -> String {
-    answer_text(text).to_string()
+    answer_text(&TagScan::new(text)).to_string()
 }
 
-/// [`extract_answer`] without the copy.
-fn answer_text(text: &str) -> &str {
-    tag_block(text, ANSWER).map_or("", py_strip)
+/// [`extract_answer`] from a scan, without the copy.
+fn answer_text<'t>(tags: &TagScan<'t>) -> &'t str {
+    tags.block(ANSWER).map_or("", py_strip)
 }
 
 /// The first `<scene>…</scene>` block parsed as a JSON object (Python `json.loads` semantics);
 /// `None` if the tag is missing, the JSON is invalid or it is not an object (the reference's `{}`).
-pub fn extract_scene(text: &str) -> Option<PyValue<'_>> {
-    let c = tag_block(text, SCENE)?;
-    match pyjson::loads(py_strip(c)) {
+pub fn extract_scene<'a>(text: &'a str, arena: &'a Bump) -> Option<PyValue<'a>> {
+    scene_of(&TagScan::new(text), arena)
+}
+
+/// Whether the first `<scene>` block parses as a JSON object (what [`extract_scene`] returns
+/// `Some` for), without keeping the parse.
+pub fn has_scene_object(text: &str) -> bool {
+    extract_scene(text, &Bump::new()).is_some()
+}
+
+/// [`extract_scene`] from a scan.
+fn scene_of<'a>(tags: &TagScan<'a>, arena: &'a Bump) -> Option<PyValue<'a>> {
+    let c = tags.block(SCENE)?;
+    match pyjson::loads(py_strip(c), arena) {
         Ok(v @ PyValue::Dict(_)) => Some(v),
         _ => None,
     }
@@ -164,7 +208,7 @@ pub fn parse_image_size(problem: &str) -> Result<ImageSize, RewardError> {
 /// text up to ` x ` and then up to `)`, both on the same line.
 fn image_size_groups(text: &str) -> Option<(&str, &str)> {
     let mut from = 0;
-    while let Some(at) = find(&text[from..], &needles().image_size) {
+    while let Some(at) = find(&text[from..], image_size_finder()) {
         let start = from + at + IMAGE_SIZE_PREFIX.len();
         let line = &text[start..text[start..].find('\n').map_or(text.len(), |n| start + n)];
         if let Some(x) = line.find(" x ") {
@@ -229,19 +273,16 @@ pub fn is_valid_relation(rel: &PyValue<'_>) -> bool {
 /// Format reward F ∈ {0, 1}: all four tag pairs present, each opening tag exactly once, and a
 /// non-empty scene object whose objects and relationships are valid with no duplicate ids.
 pub fn format_reward(text: &str) -> f64 {
-    format_of(text, extract_scene(text).as_ref())
+    let (tags, arena) = (TagScan::new(text), Bump::new());
+    format_of(&tags, scene_of(&tags, &arena).as_ref())
 }
 
 /// [`format_reward`] with the response's scene already parsed by [`extract_scene`].
-fn format_of(text: &str, scene: Option<&PyValue<'_>>) -> f64 {
-    if !(0..TAGS.len()).all(|t| tag_block(text, t).is_some()) {
+fn format_of(tags: &TagScan<'_>, scene: Option<&PyValue<'_>>) -> f64 {
+    if !(0..TAGS.len()).all(|t| tags.block(t).is_some()) {
         return 0.0;
     }
-    if needles()
-        .open
-        .iter()
-        .any(|open| open.find_iter(text.as_bytes()).count() != 1)
-    {
+    if tags.opens.iter().any(|&n| n != 1) {
         return 0.0;
     }
     let Some(scene) = scene else {
@@ -250,10 +291,9 @@ fn format_of(text: &str, scene: Option<&PyValue<'_>>) -> f64 {
     if !scene.is_truthy() {
         return 0.0;
     }
-    let empty = PyValue::List(Vec::new());
     let (PyValue::List(objs), PyValue::List(rels)) = (
-        scene.get("objects").unwrap_or(&empty),
-        scene.get("relationships").unwrap_or(&empty),
+        scene.get("objects").unwrap_or(&EMPTY_LIST),
+        scene.get("relationships").unwrap_or(&EMPTY_LIST),
     ) else {
         return 0.0;
     };
@@ -287,12 +327,15 @@ pub fn acc_reward(pred: &str, gt: &str) -> f64 {
 }
 
 /// `value or []` as the reference writes it.
-fn or_empty<'v, 'a>(value: Option<&'v PyValue<'a>>, empty: &'v PyValue<'a>) -> &'v PyValue<'a> {
+fn or_empty<'a>(value: Option<&'a PyValue<'a>>) -> &'a PyValue<'a> {
     match value {
         Some(v) if v.is_truthy() => v,
-        _ => empty,
+        _ => &EMPTY_LIST,
     }
 }
+
+/// `[]`.
+const EMPTY_LIST: PyValue<'static> = PyValue::List(&[]);
 
 /// `max(0.0, x)` / `max(a, b)` with Python's rule: the first argument unless the second is greater.
 fn py_max(a: f64, b: f64) -> f64 {
@@ -332,10 +375,9 @@ fn py_sq(x: f64, what: &'static str) -> Result<f64, RewardError> {
 }
 
 /// Count reward C ∈ [0, 1] from the number of objects and relationships.
-pub fn count_reward(pred: &PyValue<'_>, gt: &PyValue<'_>) -> Result<f64, RewardError> {
-    let empty = PyValue::List(Vec::new());
-    let pred_rels = or_empty(pred.get("relationships"), &empty);
-    let gt_rels = or_empty(gt.get("relationships"), &empty);
+pub fn count_reward<'a>(pred: &PyValue<'a>, gt: &PyValue<'a>) -> Result<f64, RewardError> {
+    let pred_rels = or_empty(pred.get("relationships"));
+    let gt_rels = or_empty(gt.get("relationships"));
     let (Some(PyValue::List(pred_objs)), Some(PyValue::List(gt_objs))) =
         (pred.get("objects"), gt.get("objects"))
     else {
@@ -459,7 +501,7 @@ struct SceneObject<'a> {
 /// Preprocess one object as `{**o, "id": refine(o["id"]), "bbox": scale_box(o["bbox"], (1/W, 1/H))}`.
 /// Ground-truth objects are not validated by the reference, so anything it would raise on is an error.
 fn preprocess_object<'a>(
-    o: &'a PyValue<'_>,
+    o: &PyValue<'a>,
     size: &ImageSize,
 ) -> Result<SceneObject<'a>, RewardError> {
     let gt_err = |m: &str| RewardError::GroundTruth(m.to_string());
@@ -483,13 +525,11 @@ fn preprocess_object<'a>(
     }
     let mut out = [0.0; 4];
     for (k, slot) in out.iter_mut().enumerate() {
-        let x = match &items[k] {
-            PyValue::Bool(b) => f64::from(u8::from(*b)),
-            PyValue::Int(i) => i.to_f64().ok_or(RewardError::Overflow(
+        let x = match items[k] {
+            v if !v.is_number() => return Err(gt_err("bbox value is not a number")),
+            v => v.to_f64().ok_or(RewardError::Overflow(
                 "bbox int too large to convert to float",
             ))?,
-            PyValue::Float(f) => *f,
-            _ => return Err(gt_err("bbox value is not a number")),
         };
         *slot = x * if k % 2 == 0 { sw } else { sh };
     }
@@ -562,23 +602,22 @@ fn compute_obj_score(
 }
 
 /// Spatial reward S (`relaxed_spatial_reward` with `threshold=0`, `rel_gating=False`).
-pub fn spatial_reward(
-    pred: &PyValue<'_>,
-    gt: &PyValue<'_>,
+pub fn spatial_reward<'a>(
+    pred: &PyValue<'a>,
+    gt: &PyValue<'a>,
     size: &ImageSize,
     sim: &dyn LabelSimilarity,
 ) -> Result<f64, RewardError> {
-    let empty = PyValue::List(Vec::new());
     let (
         PyValue::List(gt_objs),
         PyValue::List(pr_objs),
         PyValue::List(gt_rels),
         PyValue::List(pr_rels),
     ) = (
-        or_empty(gt.get("objects"), &empty),
-        or_empty(pred.get("objects"), &empty),
-        or_empty(gt.get("relationships"), &empty),
-        or_empty(pred.get("relationships"), &empty),
+        or_empty(gt.get("objects")),
+        or_empty(pred.get("objects")),
+        or_empty(gt.get("relationships")),
+        or_empty(pred.get("relationships")),
     )
     else {
         return Ok(0.0);
@@ -605,7 +644,7 @@ pub fn spatial_reward(
     // is discarded; only its failure mode matters: each GT predicate is read as a string as soon as
     // there is a predicted relationship to compare it with.
     if !pr_rels.is_empty() {
-        for r in gt_rels {
+        for r in gt_rels.iter() {
             if !matches!(r.get("predicate"), Some(PyValue::Str(_))) {
                 return Err(RewardError::GroundTruth(
                     "relationship predicate missing or not a string".into(),
@@ -616,6 +655,15 @@ pub fn spatial_reward(
     compute_obj_score(&gt_objs, &pr_objs, sim)
 }
 
+/// Arenas larger than this after a score are dropped instead of kept for the next one (a huge
+/// adversarial scene should not pin its memory to the thread).
+const ARENA_KEEP_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// The arena scenes are parsed into, reset for every response scored on this thread.
+    static ARENA: RefCell<Bump> = RefCell::new(Bump::new());
+}
+
 /// Score one response against its ground truth (`<scene>…</scene><answer>…</answer>`) and prompt.
 pub fn compute_score(
     response: &str,
@@ -623,13 +671,37 @@ pub fn compute_score(
     problem: &str,
     sim: &dyn LabelSimilarity,
 ) -> Result<RewardScore, RewardError> {
-    let pred_answer = answer_text(response);
-    let gt_answer = answer_text(ground_truth);
-    let pred_scene = extract_scene(response);
-    let gt_scene = extract_scene(ground_truth).unwrap_or(PyValue::Dict(Vec::new()));
+    ARENA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut arena) => {
+            arena.reset();
+            let result = score_in(&arena, response, ground_truth, problem, sim);
+            if arena.allocated_bytes() > ARENA_KEEP_BYTES {
+                *arena = Bump::new();
+            }
+            result
+        }
+        // only if a similarity implementation scores from inside a score
+        Err(_) => score_in(&Bump::new(), response, ground_truth, problem, sim),
+    })
+}
+
+/// [`compute_score`] with the scenes parsed into `arena`.
+fn score_in(
+    arena: &Bump,
+    response: &str,
+    ground_truth: &str,
+    problem: &str,
+    sim: &dyn LabelSimilarity,
+) -> Result<RewardScore, RewardError> {
+    let empty = PyValue::Dict(&[]);
+    let (pred_tags, gt_tags) = (TagScan::new(response), TagScan::new(ground_truth));
+    let pred_answer = answer_text(&pred_tags);
+    let gt_answer = answer_text(&gt_tags);
+    let pred_scene = scene_of(&pred_tags, arena);
+    let gt_scene = scene_of(&gt_tags, arena).unwrap_or(empty);
     let size = parse_image_size(problem)?;
-    let format = format_of(response, pred_scene.as_ref());
-    let pred_scene = pred_scene.unwrap_or(PyValue::Dict(Vec::new()));
+    let format = format_of(&pred_tags, pred_scene.as_ref());
+    let pred_scene = pred_scene.unwrap_or(empty);
     let (count, accuracy, spatial) = if format == 1.0 {
         let count = count_reward(&pred_scene, &gt_scene)?;
         let accuracy = acc_reward(pred_answer, gt_answer);
