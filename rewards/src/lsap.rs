@@ -30,35 +30,85 @@ pub fn linear_sum_assignment(
     if cost.iter().any(|c| c.is_nan() || *c == f64::NEG_INFINITY) {
         return Err(LsapError::Invalid);
     }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => assign(nr, nc, cost, &mut scratch),
+        Err(_) => assign(nr, nc, cost, &mut Scratch::default()),
+    })
+}
+
+/// Working memory of the solver, kept per thread so a reward costs no allocation here.
+#[derive(Debug, Default)]
+struct Scratch {
+    transposed: Vec<f64>,
+    floats: Vec<f64>,
+    indices: Vec<usize>,
+    flags: Vec<bool>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// [`linear_sum_assignment`] for a non-empty matrix without NaN / −inf.
+fn assign(
+    nr: usize,
+    nc: usize,
+    cost: &[f64],
+    scratch: &mut Scratch,
+) -> Result<Vec<Option<usize>>, LsapError> {
     if nc < nr {
-        let mut t = vec![0.0; nr * nc];
+        let mut t = std::mem::take(&mut scratch.transposed);
+        t.clear();
+        t.resize(nr * nc, 0.0);
         for i in 0..nr {
             for j in 0..nc {
                 t[j * nr + i] = cost[i * nc + j];
             }
         }
-        let col4row = solve(nc, nr, &t)?; // col4row[gt] = pred
         let mut out = vec![None; nr];
-        for (j, i) in col4row.into_iter().enumerate() {
-            out[i] = Some(j);
-        }
+        // col4row[gt] = pred
+        let solved = solve(nc, nr, &t, scratch).map(|col4row| {
+            for (j, &i) in col4row.iter().enumerate() {
+                out[i] = Some(j);
+            }
+        });
+        scratch.transposed = t;
+        solved?;
         return Ok(out);
     }
-    Ok(solve(nr, nc, cost)?.into_iter().map(Some).collect())
+    Ok(solve(nr, nc, cost, scratch)?
+        .iter()
+        .map(|&j| Some(j))
+        .collect())
 }
 
-/// scipy's `solve` for `nr <= nc`; returns `col4row`.
-fn solve(nr: usize, nc: usize, cost: &[f64]) -> Result<Vec<usize>, LsapError> {
+/// scipy's `solve` for `nr <= nc`; returns `col4row` (borrowed from `scratch`).
+fn solve<'s>(
+    nr: usize,
+    nc: usize,
+    cost: &[f64],
+    scratch: &'s mut Scratch,
+) -> Result<&'s [usize], LsapError> {
     const NONE: usize = usize::MAX;
-    let mut u = vec![0.0f64; nr];
-    let mut v = vec![0.0f64; nc];
-    let mut shortest = vec![f64::INFINITY; nc];
-    let mut path = vec![NONE; nc];
-    let mut col4row = vec![NONE; nr];
-    let mut row4col = vec![NONE; nc];
-    let mut sr = vec![false; nr];
-    let mut sc = vec![false; nc];
-    let mut remaining = vec![0usize; nc];
+    let Scratch {
+        floats,
+        indices,
+        flags,
+        ..
+    } = scratch;
+    floats.clear();
+    floats.resize(nr + nc, 0.0);
+    floats.resize(nr + 2 * nc, f64::INFINITY);
+    let (u, rest) = floats.split_at_mut(nr);
+    let (v, shortest) = rest.split_at_mut(nc);
+    indices.clear();
+    indices.resize(nr + 3 * nc, NONE);
+    let (col4row, rest) = indices.split_at_mut(nr);
+    let (path, rest) = rest.split_at_mut(nc);
+    let (row4col, remaining) = rest.split_at_mut(nc);
+    flags.clear();
+    flags.resize(nr + nc, false);
+    let (sr, sc) = flags.split_at_mut(nr);
 
     for cur_row in 0..nr {
         // Shortest augmenting path from cur_row.

@@ -16,6 +16,10 @@ use bumpalo::Bump;
 /// Python's default `sys.get_int_max_str_digits()`: longer integer literals make `json.loads` raise.
 pub const INT_MAX_STR_DIGITS: usize = 4300;
 
+/// Room reserved up front for a list's or dict's items: a box has four numbers, an object two or
+/// three keys (space is arena space, so over-reserving costs nothing to free).
+const TYPICAL_LEN: usize = 4;
+
 /// Integer literals with at most this many characters (sign included) always fit in an `i64`.
 const MAX_EXACT_DIGITS: usize = 18;
 
@@ -232,6 +236,9 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// One value. Inlined into the array and object loops (which are the recursion), so scalars
+    /// are built in registers instead of returned through memory.
+    #[inline(always)]
     fn value(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         match self.peek() {
             Some(b'"') => {
@@ -259,6 +266,36 @@ impl<'a> Parser<'a> {
         self.i - start
     }
 
+    /// The common case of [`Self::number`] on its own: an integer literal short enough for an
+    /// `i64` and not followed by `.`, `e` or `E` (those take the general path). Returning the
+    /// value in a register, rather than a `Result<PyValue>` through memory, is what makes it
+    /// worth having: boxes are mostly such integers.
+    #[inline(always)]
+    fn small_int(&mut self) -> Option<i64> {
+        let s = self.s;
+        let mut j = self.i;
+        let negative = s.get(j) == Some(&b'-');
+        j += usize::from(negative);
+        let first = *s.get(j).filter(|c| c.is_ascii_digit())?;
+        let mut v = i64::from(first - b'0');
+        j += 1;
+        if first != b'0' {
+            while let Some(&d) = s.get(j).filter(|c| c.is_ascii_digit()) {
+                if j - self.i >= MAX_EXACT_DIGITS {
+                    return None;
+                }
+                v = v * 10 + i64::from(d - b'0');
+                j += 1;
+            }
+        }
+        if matches!(s.get(j), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        self.i = j;
+        Some(if negative { -v } else { v })
+    }
+
+    #[inline(always)]
     fn number(&mut self) -> Result<PyValue<'a>, PyJsonError> {
         let start = self.i;
         let negative = self.peek() == Some(b'-');
@@ -410,19 +447,23 @@ impl<'a> Parser<'a> {
         }
     }
 
+    #[inline(never)]
     fn array(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         if depth > MAX_DEPTH {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
-        let mut items = BumpVec::new_in(self.arena);
+        let mut items = BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
         if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(PyValue::List(items.into_bump_slice()));
         }
         loop {
-            items.push(self.value(depth)?);
+            match self.small_int() {
+                Some(v) => items.push(PyValue::Int(v)),
+                None => items.push(self.value(depth)?),
+            }
             self.skip_ws();
             match self.peek() {
                 Some(b']') => {
@@ -438,12 +479,14 @@ impl<'a> Parser<'a> {
         }
     }
 
+    #[inline(never)]
     fn object(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         if depth > MAX_DEPTH {
             return Err(PyJsonError::TooDeep);
         }
         self.i += 1;
-        let mut entries: BumpVec<(&'a str, PyValue<'a>)> = BumpVec::new_in(self.arena);
+        let mut entries: BumpVec<(&'a str, PyValue<'a>)> =
+            BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -461,7 +504,10 @@ impl<'a> Parser<'a> {
             }
             self.i += 1;
             self.skip_ws();
-            let value = self.value(depth)?;
+            let value = match self.small_int() {
+                Some(v) => PyValue::Int(v),
+                None => self.value(depth)?,
+            };
             match entries.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
                 None => entries.push((key, value)),

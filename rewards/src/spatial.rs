@@ -17,6 +17,7 @@ use crate::pyjson::{self, PyInt, PyValue};
 use crate::pystr::{py_int, py_isspace, py_lower, py_strip};
 use crate::similarity::LabelSimilarity;
 use crate::{RewardError, RewardScore};
+use bumpalo::collections::Vec as BumpVec;
 use bumpalo::Bump;
 use std::cell::RefCell;
 
@@ -571,13 +572,14 @@ fn compute_obj_score(
     gt: &[SceneObject<'_>],
     pred: &[SceneObject<'_>],
     sim: &dyn LabelSimilarity,
+    arena: &Bump,
 ) -> Result<f64, RewardError> {
     let (p, g) = (pred.len(), gt.len());
     if g == 0 {
         return Ok(1.0);
     }
     let rows = p + g.saturating_sub(p);
-    let mut cost = vec![PAD_COST; rows * g];
+    let mut cost = bumpalo::vec![in arena; PAD_COST; rows * g];
     for (i, po) in pred.iter().enumerate() {
         for (j, go) in gt.iter().enumerate() {
             let iou = ciou01_prepared(&po.bbox, &go.bbox)?;
@@ -586,7 +588,7 @@ fn compute_obj_score(
         }
     }
     let assignment = linear_sum_assignment(rows, g, &cost)?;
-    let mut mapping: Vec<Option<usize>> = vec![None; g];
+    let mut mapping = bumpalo::vec![in arena; None::<usize>; g];
     for (r, c) in assignment.into_iter().enumerate() {
         if let (Some(c), true) = (c, r < p) {
             mapping[c] = Some(r);
@@ -607,6 +609,7 @@ pub fn spatial_reward<'a>(
     gt: &PyValue<'a>,
     size: &ImageSize,
     sim: &dyn LabelSimilarity,
+    arena: &'a Bump,
 ) -> Result<f64, RewardError> {
     let (
         PyValue::List(gt_objs),
@@ -625,20 +628,21 @@ pub fn spatial_reward<'a>(
     if !pr_objs.iter().all(is_valid_object) || !pr_rels.iter().all(is_valid_relation) {
         return Ok(0.0);
     }
-    let gt_objs: Vec<SceneObject> = gt_objs
-        .iter()
-        .map(|o| preprocess_object(o, size))
-        .collect::<Result<_, _>>()?;
-    let pr_objs: Vec<SceneObject> = pr_objs
-        .iter()
-        .map(|o| preprocess_object(o, size))
-        .collect::<Result<_, _>>()?;
+    let preprocess = |objs: &[PyValue<'a>]| {
+        let mut out = BumpVec::with_capacity_in(objs.len(), arena);
+        for o in objs {
+            out.push(preprocess_object(o, size)?);
+        }
+        Ok::<_, RewardError>(out)
+    };
+    let gt_objs = preprocess(gt_objs)?;
+    let pr_objs = preprocess(pr_objs)?;
     gt_rels.iter().try_for_each(check_relation)?;
     if gt_rels.is_empty() {
         if gt_objs.is_empty() {
             return Ok(if pr_objs.is_empty() { 1.0 } else { 0.0 });
         }
-        return compute_obj_score(&gt_objs, &pr_objs, sim);
+        return compute_obj_score(&gt_objs, &pr_objs, sim, arena);
     }
     // The reference also matches relationship triplets here, but with `rel_gating=False` the result
     // is discarded; only its failure mode matters: each GT predicate is read as a string as soon as
@@ -652,7 +656,7 @@ pub fn spatial_reward<'a>(
             }
         }
     }
-    compute_obj_score(&gt_objs, &pr_objs, sim)
+    compute_obj_score(&gt_objs, &pr_objs, sim, arena)
 }
 
 /// Arenas larger than this after a score are dropped instead of kept for the next one (a huge
@@ -706,7 +710,7 @@ fn score_in(
         let count = count_reward(&pred_scene, &gt_scene)?;
         let accuracy = acc_reward(pred_answer, gt_answer);
         let spatial = if accuracy == 1.0 {
-            spatial_reward(&pred_scene, &gt_scene, &size, sim)?
+            spatial_reward(&pred_scene, &gt_scene, &size, sim, arena)?
         } else {
             0.0
         };
