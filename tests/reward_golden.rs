@@ -266,3 +266,52 @@ fn reference_raises_become_errors() {
         "{r:?}"
     );
 }
+
+/// `score_batch` parses each group's ground truth once; every response must still get exactly
+/// what scoring it alone gives, including a ground-truth error that only the responses reaching
+/// the spatial term raise (here an object id that is not a string), and a prompt without the
+/// image-size line (every response of that group raises).
+#[test]
+fn grouped_batch_scores_equal_single_scores() {
+    use rewards::{score_batch, RewardError, RewardInput};
+    let good = gt();
+    let bad_gt = "<scene>{\"objects\": [{\"id\": 7, \"bbox\": [0, 0, 10, 10]}], \"relationships\": []}</scene>\n<answer>(B) behind</answer>";
+    let scene = r#"{"objects": [{"id": "man.1", "bbox": [0, 160, 40, 280]}], "relationships": []}"#;
+    let correct = response(scene, "(B) behind");
+    let wrong = response(scene, "(A) in front of");
+    let malformed = "<answer>(B) behind</answer>".to_string();
+    let no_size = "Q. Where is the man?";
+    let mut rows = Vec::new();
+    for (truth, problem) in [
+        (good.as_str(), PROBLEM),
+        (bad_gt, PROBLEM),
+        (good.as_str(), no_size),
+    ] {
+        for resp in [&correct, &wrong, &malformed, &correct] {
+            rows.push(RewardInput {
+                response: resp,
+                ground_truth: truth,
+                problem,
+            });
+        }
+    }
+    let batch = score_batch(RewardKind::Spatial, &rows, &ExactLabelSimilarity);
+    for (i, (row, got)) in rows.iter().zip(&batch).enumerate() {
+        let alone = score(
+            RewardKind::Spatial,
+            row.response,
+            row.ground_truth,
+            row.problem,
+            &ExactLabelSimilarity,
+        );
+        assert_eq!(got, &alone, "row {i}");
+    }
+    // the first group scores; in the second only the two correct answers reach the bad object
+    assert!(batch[..4].iter().all(Result::is_ok));
+    let raised: Vec<bool> = batch[4..8].iter().map(Result::is_err).collect();
+    assert_eq!(raised, [true, false, false, true]);
+    assert!(matches!(batch[4], Err(RewardError::GroundTruth(_))));
+    assert!(batch[8..]
+        .iter()
+        .all(|r| matches!(r, Err(RewardError::ImageSizeMissing))));
+}

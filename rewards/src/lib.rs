@@ -123,13 +123,33 @@ pub fn score(
 }
 
 /// Score many responses in parallel (rayon's global pool); results are in input order.
+///
+/// For the spatial reward, consecutive items with the same ground truth and prompt (the n
+/// responses of a GRPO group, as the trainer lays them out) share one [`spatial::GroundTruth`]:
+/// the ground truth is parsed and preprocessed once per group instead of once per response.
 pub fn score_batch(
     kind: RewardKind,
     items: &[RewardInput<'_>],
     sim: &dyn LabelSimilarity,
 ) -> Vec<Result<RewardScore, RewardError>> {
+    if kind != RewardKind::Spatial {
+        return items
+            .par_iter()
+            .map(|it| score(kind, it.response, it.ground_truth, it.problem, sim))
+            .collect();
+    }
+    let same_truth = |a: &RewardInput<'_>, b: &RewardInput<'_>| {
+        a.ground_truth == b.ground_truth && a.problem == b.problem
+    };
     items
-        .par_iter()
-        .map(|it| score(kind, it.response, it.ground_truth, it.problem, sim))
+        .par_chunk_by(same_truth)
+        .flat_map_iter(|group| {
+            let arena = Bump::new();
+            let truth = spatial::GroundTruth::new(group[0].ground_truth, group[0].problem, &arena);
+            group
+                .iter()
+                .map(|it| truth.score(it.response, sim))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }

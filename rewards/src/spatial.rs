@@ -19,7 +19,7 @@ use crate::similarity::LabelSimilarity;
 use crate::{RewardError, RewardScore};
 use bumpalo::collections::Vec as BumpVec;
 use bumpalo::Bump;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 
 /// Weight of the format reward F.
 pub const FORMAT_WEIGHT: f64 = 0.1;
@@ -420,10 +420,14 @@ pub fn sim_label(id: &str) -> Cow<'_, str> {
 }
 
 /// [`sim_label`] of the refined id, from the raw id: what matching compares for an object.
-fn object_label(raw_id: &str) -> Cow<'_, str> {
+/// Labels that had to be rewritten are copied into `arena`.
+fn object_label<'a>(raw_id: &'a str, arena: &'a Bump) -> &'a str {
     match refine_node_edge(raw_id) {
-        Cow::Borrowed(id) => sim_label(id),
-        Cow::Owned(id) => Cow::Owned(sim_label(&id).into_owned()),
+        Cow::Borrowed(id) => match sim_label(id) {
+            Cow::Borrowed(label) => label,
+            Cow::Owned(label) => arena.alloc_str(&label),
+        },
+        Cow::Owned(id) => arena.alloc_str(&sim_label(&id)),
     }
 }
 
@@ -493,9 +497,9 @@ fn ciou01_prepared(pa: &PreparedBox, pb: &PreparedBox) -> Result<f64, RewardErro
 
 /// An object after the reference's preprocessing (refined id, box divided by the image size),
 /// kept as what matching uses: the label of the refined id and the prepared box.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct SceneObject<'a> {
-    label: Cow<'a, str>,
+    label: &'a str,
     bbox: PreparedBox,
 }
 
@@ -504,13 +508,14 @@ struct SceneObject<'a> {
 fn preprocess_object<'a>(
     o: &PyValue<'a>,
     size: &ImageSize,
+    arena: &'a Bump,
 ) -> Result<SceneObject<'a>, RewardError> {
     let gt_err = |m: &str| RewardError::GroundTruth(m.to_string());
     if !matches!(o, PyValue::Dict(_)) {
         return Err(gt_err("object is not a dict"));
     }
     let label = match o.get("id") {
-        Some(PyValue::Str(s)) => object_label(s),
+        Some(PyValue::Str(s)) => object_label(s, arena),
         Some(_) => return Err(gt_err("object id is not a string")),
         None => return Err(gt_err("object without `id`")),
     };
@@ -583,7 +588,7 @@ fn compute_obj_score(
     for (i, po) in pred.iter().enumerate() {
         for (j, go) in gt.iter().enumerate() {
             let iou = ciou01_prepared(&po.bbox, &go.bbox)?;
-            let s = sim.similarity(&po.label, &go.label);
+            let s = sim.similarity(po.label, go.label);
             cost[i * g + j] = SEM_W * (1.0 - s) + IOU_W * (1.0 - iou);
         }
     }
@@ -604,13 +609,14 @@ fn compute_obj_score(
 }
 
 /// Spatial reward S (`relaxed_spatial_reward` with `threshold=0`, `rel_gating=False`).
-pub fn spatial_reward<'a>(
+fn spatial_reward<'a>(
     pred: &PyValue<'a>,
-    gt: &PyValue<'a>,
+    truth: &GroundTruth<'_>,
     size: &ImageSize,
     sim: &dyn LabelSimilarity,
     arena: &'a Bump,
 ) -> Result<f64, RewardError> {
+    let gt = &truth.scene;
     let (
         PyValue::List(gt_objs),
         PyValue::List(pr_objs),
@@ -628,21 +634,14 @@ pub fn spatial_reward<'a>(
     if !pr_objs.iter().all(is_valid_object) || !pr_rels.iter().all(is_valid_relation) {
         return Ok(0.0);
     }
-    let preprocess = |objs: &[PyValue<'a>]| {
-        let mut out = BumpVec::with_capacity_in(objs.len(), arena);
-        for o in objs {
-            out.push(preprocess_object(o, size)?);
-        }
-        Ok::<_, RewardError>(out)
-    };
-    let gt_objs = preprocess(gt_objs)?;
-    let pr_objs = preprocess(pr_objs)?;
+    let gt_objs = truth.objects(gt_objs, size)?;
+    let pr_objs = preprocess_objects(pr_objs, size, arena)?;
     gt_rels.iter().try_for_each(check_relation)?;
     if gt_rels.is_empty() {
         if gt_objs.is_empty() {
             return Ok(if pr_objs.is_empty() { 1.0 } else { 0.0 });
         }
-        return compute_obj_score(&gt_objs, &pr_objs, sim, arena);
+        return compute_obj_score(gt_objs, pr_objs, sim, arena);
     }
     // The reference also matches relationship triplets here, but with `rel_gating=False` the result
     // is discarded; only its failure mode matters: each GT predicate is read as a string as soon as
@@ -656,7 +655,20 @@ pub fn spatial_reward<'a>(
             }
         }
     }
-    compute_obj_score(&gt_objs, &pr_objs, sim, arena)
+    compute_obj_score(gt_objs, pr_objs, sim, arena)
+}
+
+/// [`preprocess_object`] of each object, in order, stopping at the first error.
+fn preprocess_objects<'a>(
+    objs: &[PyValue<'a>],
+    size: &ImageSize,
+    arena: &'a Bump,
+) -> Result<&'a [SceneObject<'a>], RewardError> {
+    let mut out = BumpVec::with_capacity_in(objs.len(), arena);
+    for o in objs {
+        out.push(preprocess_object(o, size, arena)?);
+    }
+    Ok(out.into_bump_slice())
 }
 
 /// Arenas larger than this after a score are dropped instead of kept for the next one (a huge
@@ -664,8 +676,109 @@ pub fn spatial_reward<'a>(
 const ARENA_KEEP_BYTES: usize = 1 << 20;
 
 thread_local! {
-    /// The arena scenes are parsed into, reset for every response scored on this thread.
+    /// The arena responses are parsed into, reset for every response scored on this thread.
     static ARENA: RefCell<Bump> = RefCell::new(Bump::new());
+}
+
+/// `f` with this thread's arena, emptied first.
+fn with_arena<R>(f: impl FnOnce(&Bump) -> R) -> R {
+    ARENA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut arena) => {
+            arena.reset();
+            let result = f(&arena);
+            if arena.allocated_bytes() > ARENA_KEEP_BYTES {
+                *arena = Bump::new();
+            }
+            result
+        }
+        // only if a similarity implementation scores from inside a score
+        Err(_) => f(&Bump::new()),
+    })
+}
+
+/// A ground truth and its prompt, parsed once and shared by every response scored against them
+/// (the n responses of a GRPO group). What the reference computes only for some responses (the
+/// preprocessed objects) is computed when first needed, and its error, if any, is returned to
+/// every response that reaches it, so each response gets exactly its own result.
+#[derive(Debug)]
+pub struct GroundTruth<'g> {
+    answer: &'g str,
+    scene: PyValue<'g>,
+    size: Result<ImageSize, RewardError>,
+    objects: OnceCell<Result<&'g [SceneObject<'g>], RewardError>>,
+    arena: &'g Bump,
+}
+
+impl<'g> GroundTruth<'g> {
+    /// Parse `ground_truth` (`<scene>…</scene><answer>…</answer>`) and the prompt's image size
+    /// into `arena`.
+    pub fn new(ground_truth: &'g str, problem: &str, arena: &'g Bump) -> Self {
+        let tags = TagScan::new(ground_truth);
+        GroundTruth {
+            answer: answer_text(&tags),
+            scene: scene_of(&tags, arena).unwrap_or(PyValue::Dict(&[])),
+            size: parse_image_size(problem),
+            objects: OnceCell::new(),
+            arena,
+        }
+    }
+
+    /// The preprocessed ground-truth objects (`list` is the scene's `objects`).
+    fn objects(
+        &self,
+        list: &[PyValue<'g>],
+        size: &ImageSize,
+    ) -> Result<&'g [SceneObject<'g>], RewardError> {
+        self.objects
+            .get_or_init(|| preprocess_objects(list, size, self.arena))
+            .clone()
+    }
+
+    /// Score one response against this ground truth (what [`compute_score`] returns).
+    pub fn score(
+        &self,
+        response: &str,
+        sim: &dyn LabelSimilarity,
+    ) -> Result<RewardScore, RewardError> {
+        with_arena(|arena| self.score_in(response, sim, arena))
+    }
+
+    /// [`Self::score`] with the response parsed into `arena`.
+    fn score_in(
+        &self,
+        response: &str,
+        sim: &dyn LabelSimilarity,
+        arena: &Bump,
+    ) -> Result<RewardScore, RewardError> {
+        let tags = TagScan::new(response);
+        let pred_scene = scene_of(&tags, arena);
+        let size = self.size.as_ref().map_err(Clone::clone)?;
+        let format = format_of(&tags, pred_scene.as_ref());
+        let pred_scene = pred_scene.unwrap_or(PyValue::Dict(&[]));
+        let (count, accuracy, spatial) = if format == 1.0 {
+            let count = count_reward(&pred_scene, &self.scene)?;
+            let accuracy = acc_reward(answer_text(&tags), self.answer);
+            let spatial = if accuracy == 1.0 {
+                spatial_reward(&pred_scene, self, size, sim, arena)?
+            } else {
+                0.0
+            };
+            (count, accuracy, spatial)
+        } else {
+            (0.0, 0.0, 0.0)
+        };
+        let overall = format * FORMAT_WEIGHT
+            + count * COUNT_WEIGHT
+            + accuracy * ACCURACY_WEIGHT
+            + spatial * SPATIAL_WEIGHT;
+        Ok(RewardScore {
+            overall,
+            format,
+            count,
+            accuracy,
+            spatial,
+        })
+    }
 }
 
 /// Score one response against its ground truth (`<scene>…</scene><answer>…</answer>`) and prompt.
@@ -675,58 +788,7 @@ pub fn compute_score(
     problem: &str,
     sim: &dyn LabelSimilarity,
 ) -> Result<RewardScore, RewardError> {
-    ARENA.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut arena) => {
-            arena.reset();
-            let result = score_in(&arena, response, ground_truth, problem, sim);
-            if arena.allocated_bytes() > ARENA_KEEP_BYTES {
-                *arena = Bump::new();
-            }
-            result
-        }
-        // only if a similarity implementation scores from inside a score
-        Err(_) => score_in(&Bump::new(), response, ground_truth, problem, sim),
-    })
-}
-
-/// [`compute_score`] with the scenes parsed into `arena`.
-fn score_in(
-    arena: &Bump,
-    response: &str,
-    ground_truth: &str,
-    problem: &str,
-    sim: &dyn LabelSimilarity,
-) -> Result<RewardScore, RewardError> {
-    let empty = PyValue::Dict(&[]);
-    let (pred_tags, gt_tags) = (TagScan::new(response), TagScan::new(ground_truth));
-    let pred_answer = answer_text(&pred_tags);
-    let gt_answer = answer_text(&gt_tags);
-    let pred_scene = scene_of(&pred_tags, arena);
-    let gt_scene = scene_of(&gt_tags, arena).unwrap_or(empty);
-    let size = parse_image_size(problem)?;
-    let format = format_of(&pred_tags, pred_scene.as_ref());
-    let pred_scene = pred_scene.unwrap_or(empty);
-    let (count, accuracy, spatial) = if format == 1.0 {
-        let count = count_reward(&pred_scene, &gt_scene)?;
-        let accuracy = acc_reward(pred_answer, gt_answer);
-        let spatial = if accuracy == 1.0 {
-            spatial_reward(&pred_scene, &gt_scene, &size, sim, arena)?
-        } else {
-            0.0
-        };
-        (count, accuracy, spatial)
-    } else {
-        (0.0, 0.0, 0.0)
-    };
-    let overall = format * FORMAT_WEIGHT
-        + count * COUNT_WEIGHT
-        + accuracy * ACCURACY_WEIGHT
-        + spatial * SPATIAL_WEIGHT;
-    Ok(RewardScore {
-        overall,
-        format,
-        count,
-        accuracy,
-        spatial,
+    with_arena(|arena| {
+        GroundTruth::new(ground_truth, problem, arena).score_in(response, sim, arena)
     })
 }
