@@ -68,10 +68,10 @@ impl Case<'_> {
         &self.g[&format!("{}.{key}", self.name)]
     }
     fn images(&self) -> VisionInputs {
-        VisionInputs {
-            pixel_values: self.t("pixel_values").shallow_clone(),
-            image_grid_thw: grids(self.t("image_grid_thw")),
-        }
+        VisionInputs::new(
+            self.t("pixel_values").shallow_clone(),
+            grids(self.t("image_grid_thw")),
+        )
     }
 }
 
@@ -419,10 +419,7 @@ fn sampling_is_seeded_and_stops() {
             .flat_map(|p| std::iter::repeat_n(p.clone(), 3))
             .collect(),
         responses: a.iter().map(|s| s.ids.clone()).collect(),
-        images: Some(VisionInputs {
-            pixel_values: Tensor::cat(&pv, 0),
-            image_grid_thw: grid_rep,
-        }),
+        images: Some(VisionInputs::new(Tensor::cat(&pv, 0), grid_rep)),
     };
     let lp = tch::no_grad(|| response_logprobs(&model, &rb, 0.9, 0)).unwrap();
     let sampled: Vec<f32> = a.iter().flat_map(|s| s.logprobs.clone()).collect();
@@ -432,4 +429,24 @@ fn sampling_is_seeded_and_stops() {
         d <= 1e-4,
         "sampled log-probs differ from teacher-forced ones by {d}"
     );
+
+    // the same pass with each distinct image encoded once and its features reused per response
+    let mut sources = Vec::new();
+    for imgs in per_prompt {
+        for _ in 0..3 {
+            sources.extend_from_slice(imgs);
+        }
+    }
+    let shared = ResponseBatch {
+        images: Some(VisionInputs {
+            pixel_values: c.t("pixel_values").shallow_clone(),
+            image_grid_thw: rb.images.as_ref().unwrap().image_grid_thw.clone(),
+            sources,
+        }),
+        ..rb
+    };
+    let lp_shared = tch::no_grad(|| response_logprobs(&model, &shared, 0.9, 0)).unwrap();
+    let d = max_diff(&lp_shared.logprobs, &lp.logprobs);
+    println!("shared vs repeated image encodings: max |diff| {d:.2e}");
+    assert!(d <= 1e-6, "reusing image features changed log-probs by {d}");
 }

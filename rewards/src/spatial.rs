@@ -5,21 +5,20 @@
 //! format F passes, spatial S only if the answer is also correct.
 
 use std::borrow::Cow;
+use std::cell::{OnceCell, RefCell};
 use std::f64::consts::PI;
 use std::sync::OnceLock;
 
+use bumpalo::collections::Vec as BumpVec;
+use bumpalo::Bump;
 use memchr::memmem::Finder;
 use regex::Regex;
 
 use crate::lsap::linear_sum_assignment;
 use crate::pyjson::{self, PyInt, PyValue};
-
 use crate::pystr::{py_int, py_isspace, py_lower, py_strip};
 use crate::similarity::LabelSimilarity;
 use crate::{RewardError, RewardScore};
-use bumpalo::collections::Vec as BumpVec;
-use bumpalo::Bump;
-use std::cell::{OnceCell, RefCell};
 
 /// Weight of the format reward F.
 pub const FORMAT_WEIGHT: f64 = 0.1;

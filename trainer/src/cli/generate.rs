@@ -113,10 +113,10 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let batch = PromptBatch {
         input_ids: vec![encoded.input_ids],
-        images: Some(VisionInputs {
-            pixel_values: encoded.pixel_values,
-            image_grid_thw: encoded.image_grid_thw,
-        }),
+        images: Some(VisionInputs::new(
+            encoded.pixel_values,
+            encoded.image_grid_thw,
+        )),
     };
     let cfg = SamplingConfig {
         max_new_tokens: args.max_new_tokens,

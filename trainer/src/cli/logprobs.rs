@@ -47,10 +47,10 @@ pub fn run(args: Args) -> Result<()> {
     let batch = ResponseBatch {
         prompts: vec![encoded.input_ids],
         responses: vec![response.clone()],
-        images: Some(VisionInputs {
-            pixel_values: encoded.pixel_values,
-            image_grid_thw: encoded.image_grid_thw,
-        }),
+        images: Some(VisionInputs::new(
+            encoded.pixel_values,
+            encoded.image_grid_thw,
+        )),
     };
     let lp = tch::no_grad(|| response_logprobs(&model, &batch, args.temperature, PAD_ID))?;
     let values = Vec::<f32>::try_from(

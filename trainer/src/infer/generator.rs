@@ -101,10 +101,7 @@ impl ModelGenerator {
         let images = if grids.is_empty() {
             None
         } else {
-            Some(VisionInputs {
-                pixel_values: Tensor::f_cat(&pixels, 0)?,
-                image_grid_thw: grids,
-            })
+            Some(VisionInputs::new(Tensor::f_cat(&pixels, 0)?, grids))
         };
         let batch = PromptBatch {
             input_ids: ids,

@@ -71,10 +71,60 @@ pub enum ModelError {
 
 /// Images of a batch: `pixel_values [sum N_i, 1176]` (f32 from the processor) and one
 /// `[t, h, w]` patch grid per image, in the order their `<|image_pad|>` blocks appear.
+///
+/// When the same image occurs several times (the n responses of a GRPO group in one log-prob
+/// pass), `sources` says, for each occurrence, which image of `pixel_values` it is; the vision
+/// tower then runs once per distinct image and its features are reused. Empty: every
+/// occurrence is its own image in `pixel_values`.
 #[derive(Debug)]
 pub struct VisionInputs {
     pub pixel_values: Tensor,
+    /// One grid per occurrence (what M-RoPE positions are computed from).
     pub image_grid_thw: Vec<[i64; 3]>,
+    /// Per occurrence, the index of its image in `pixel_values` (see above).
+    pub sources: Vec<usize>,
+}
+
+impl VisionInputs {
+    /// One image per occurrence (no reuse).
+    pub fn new(pixel_values: Tensor, image_grid_thw: Vec<[i64; 3]>) -> Self {
+        VisionInputs {
+            pixel_values,
+            image_grid_thw,
+            sources: Vec::new(),
+        }
+    }
+
+    /// The grids of the images in `pixel_values`, checking `sources` against the occurrences.
+    pub fn distinct_grids(&self) -> Result<Vec<[i64; 3]>, ModelError> {
+        if self.sources.is_empty() {
+            return Ok(self.image_grid_thw.clone());
+        }
+        if self.sources.len() != self.image_grid_thw.len() {
+            return Err(ModelError::Input(format!(
+                "{} image sources for {} images",
+                self.sources.len(),
+                self.image_grid_thw.len()
+            )));
+        }
+        let n = self.sources.iter().max().map_or(0, |m| m + 1);
+        let mut grids: Vec<Option<[i64; 3]>> = vec![None; n];
+        for (&source, &grid) in self.sources.iter().zip(&self.image_grid_thw) {
+            match grids[source] {
+                Some(g) if g != grid => {
+                    return Err(ModelError::Input(format!(
+                        "image {source} occurs with grids {g:?} and {grid:?}"
+                    )))
+                }
+                _ => grids[source] = Some(grid),
+            }
+        }
+        grids
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| g.ok_or_else(|| ModelError::Input(format!("image {i} never occurs"))))
+            .collect()
+    }
 }
 
 /// Which positions of a forward get logits.
@@ -307,9 +357,7 @@ impl Qwen2_5VLForConditionalGeneration {
         };
         let is_image = ids.f_eq(self.config.image_token_id)?;
         let n_tokens = i64::try_from(is_image.f_sum(Kind::Int64)?)?;
-        let features = self
-            .visual
-            .forward(&images.pixel_values, &images.image_grid_thw)?;
+        let features = self.image_features(images)?;
         let n_features = features.size()[0];
         if n_tokens != n_features {
             return Err(ModelError::ImageTokenMismatch {
@@ -319,6 +367,21 @@ impl Qwen2_5VLForConditionalGeneration {
         }
         let mask = is_image.f_unsqueeze(-1)?.f_expand_as(&embeds)?;
         Ok(embeds.f_masked_scatter(&mask, &features.f_to_kind(embeds.kind())?)?)
+    }
+
+    /// Vision-tower features of every image occurrence, in order: the tower runs once per
+    /// distinct image and reused images get copies of its features (gradients add up).
+    pub fn image_features(&self, images: &VisionInputs) -> Result<Tensor, ModelError> {
+        let grids = images.distinct_grids()?;
+        let features = self.visual.forward(&images.pixel_values, &grids)?;
+        if images.sources.is_empty() {
+            return Ok(features);
+        }
+        let merge = self.config.vision.spatial_merge_size.pow(2);
+        let sizes: Vec<i64> = grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect();
+        let per_image = features.f_split_with_sizes(&sizes, 0)?;
+        let occurrences: Vec<&Tensor> = images.sources.iter().map(|&s| &per_image[s]).collect();
+        Ok(Tensor::f_cat(&occurrences, 0)?)
     }
 
     /// One forward pass.

@@ -190,10 +190,8 @@ impl DecodeEngine for ModelEngine {
             )));
         }
         let grids = enc.image_grid_thw.clone();
-        let vision = (!grids.is_empty()).then(|| VisionInputs {
-            pixel_values: enc.pixel_values.shallow_clone(),
-            image_grid_thw: grids.clone(),
-        });
+        let vision = (!grids.is_empty())
+            .then(|| VisionInputs::new(enc.pixel_values.shallow_clone(), grids.clone()));
         let ids = vec![enc.input_ids.clone()];
         let mask = vec![vec![1i64; prompt_len as usize]];
         let rope = get_rope_index(&self.model.config, &ids, &mask, &grids).map_err(internal)?;

@@ -105,10 +105,29 @@ impl PromptBuilder {
 
 /// The images of `prompts` (one per prompt, in order) as vision-tower input.
 pub fn vision_inputs(prompts: &[&PromptItem]) -> Result<VisionInputs> {
-    let pixels: Vec<&Tensor> = prompts.iter().map(|p| &p.pixel_values).collect();
+    // a prompt that occurs several times (one per response of its group) is encoded once
+    let mut distinct: Vec<&PromptItem> = Vec::new();
+    let sources: Vec<usize> = prompts
+        .iter()
+        .map(
+            |&p| match distinct.iter().position(|&d| std::ptr::eq(d, p)) {
+                Some(i) => i,
+                None => {
+                    distinct.push(p);
+                    distinct.len() - 1
+                }
+            },
+        )
+        .collect();
+    let pixels: Vec<&Tensor> = distinct.iter().map(|p| &p.pixel_values).collect();
     Ok(VisionInputs {
         pixel_values: Tensor::f_cat(&pixels, 0)?,
         image_grid_thw: prompts.iter().map(|p| p.grid).collect(),
+        sources: if distinct.len() < prompts.len() {
+            sources
+        } else {
+            Vec::new()
+        },
     })
 }
 
