@@ -478,6 +478,28 @@ pub fn restore(
         Ok(())
     })?;
     if let Some(opt) = optimizer {
+        restore_optimizer(dir, &state, opt)?;
+    }
+    Ok(state)
+}
+
+/// What [`restore`] does besides the weights, for a model already loaded from the checkpoint
+/// folder itself (a checkpoint is a complete model folder): the trainer state and, given one,
+/// the optimiser.
+pub fn restore_state(
+    dir: &Path,
+    optimizer: Option<&mut AnyPrecisionAdamW>,
+) -> Result<TrainerState> {
+    let state = load_trainer_state(dir)?;
+    if let Some(opt) = optimizer {
+        restore_optimizer(dir, &state, opt)?;
+    }
+    Ok(state)
+}
+
+/// The optimiser buffers and per-parameter step counts saved in `dir`.
+fn restore_optimizer(dir: &Path, state: &TrainerState, opt: &mut AnyPrecisionAdamW) -> Result<()> {
+    {
         let path = dir.join(OPTIMIZER_FILE);
         let tensors = if path.exists() {
             read_tensors(&path)?
@@ -490,5 +512,5 @@ pub fn restore(
                 msg: e.to_string(),
             })?;
     }
-    Ok(state)
+    Ok(())
 }

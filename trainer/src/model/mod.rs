@@ -253,6 +253,11 @@ impl Qwen2_5VLForConditionalGeneration {
         Ok(())
     }
 
+    /// Lifts an output restriction (the full vocabulary again).
+    pub fn clear_output_vocab(&mut self) {
+        self.output_vocab = None;
+    }
+
     /// The output restriction, if any.
     pub fn output_vocab(&self) -> Option<&OutputVocab> {
         self.output_vocab.as_ref()

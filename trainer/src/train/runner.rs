@@ -22,7 +22,7 @@ use super::tiny::{write_tiny_random, TinyShape, TINY_RANDOM};
 use super::{Result, TrainError};
 use crate::generate::{SamplerRng, SamplingConfig, DEFAULT_STOP_IDS};
 use crate::grpo::checkpoint::{
-    restore, CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
+    restore_state, CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
 };
 use crate::grpo::config::{OutputVocabMode, RewardKind, TrainConfig, WeightDtype};
 use crate::grpo::memory::{peak_rss_bytes, MemoryPlan, ModelShape};
@@ -458,7 +458,9 @@ impl Trainer {
 
         let processor = Processor::from_model_dir(&model_dir)?;
         let kind = weight_kind(cfg.model.dtype);
-        let mut policy = Qwen2_5VLForConditionalGeneration::load(&model_dir, device, kind)?;
+        // a checkpoint is a complete model folder: resuming loads the weights from it directly
+        let weights_dir = resume_dir.as_deref().unwrap_or(&model_dir);
+        let mut policy = Qwen2_5VLForConditionalGeneration::load(weights_dir, device, kind)?;
         let mut copy_files = model_side_files(&model_dir)?;
         if cfg.model.output_vocab == OutputVocabMode::Dataset {
             let ids = dataset_vocab(&cfg, &train_files, &processor)?;
@@ -467,6 +469,9 @@ impl Trainer {
             policy.restrict_output_vocab(&ids)?;
             copy_files.retain(|p| !p.ends_with(OUTPUT_VOCAB_FILE));
             copy_files.push(path);
+        } else {
+            // a resumed checkpoint's own restriction does not outlive a switch to the full vocabulary
+            policy.clear_output_vocab();
         }
         let trainable: Vec<(String, Tensor)> = policy
             .named_tensors()
@@ -484,7 +489,7 @@ impl Trainer {
         let mut optimizer_steps = 0;
         let mut reference_dir = model_dir.clone();
         if let Some(dir) = &resume_dir {
-            let state = restore(dir, &policy.named_tensors(), Some(&mut optimizer))?;
+            let state = restore_state(dir, Some(&mut optimizer))?;
             rl_step = state.rl_step;
             optimizer_steps = state.optimizer_step;
             cursor = serde_json::from_value(state.data_cursor.clone())
