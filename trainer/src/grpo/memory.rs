@@ -12,6 +12,7 @@ use std::fmt;
 use super::config::{TrainConfig, WeightDtype};
 use super::optim::StateDtype;
 use super::{GrpoError, Result};
+use crate::generate::GPU_LOGITS_CHUNK_BYTES;
 
 /// Share of device memory kept free for the allocator and workspace buffers.
 pub const HEADROOM_FRACTION: f64 = 0.10;
@@ -167,9 +168,12 @@ impl MemoryPlan {
         } else {
             shape.num_hidden_layers * layer_per_token
         };
-        // f32 logits + log-softmax (and their grads) at response positions only.
-        let logits = resp * shape.vocab_size * 4 * 3;
-        let activations = micro * (seq * per_token + logits);
+        // f32 logits at response positions only, kept for the backward of the chunked
+        // logsumexp (`generate::target_logprobs`; no log-softmax is stored), plus one chunk's
+        // logits gradient in flight during backward.
+        let logits = resp * shape.vocab_size * 4;
+        let logits_grad_chunk = (resp * shape.vocab_size * 4).min(GPU_LOGITS_CHUNK_BYTES as u64);
+        let activations = micro * (seq * per_token + logits) + logits_grad_chunk;
         MemoryPlan {
             weights: total * wb,
             grads: trainable * wb,
