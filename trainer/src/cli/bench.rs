@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::{greedy_ids, left_pad, SamplingConfig};
 use trainer::model::{get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration};
 
@@ -68,10 +67,8 @@ struct GenerateArgs {
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -147,8 +144,8 @@ fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Resul
 }
 
 fn bench_generate(a: GenerateArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&a.model, device, a.dtype.kind())
+    let device = a.placement.device.resolve()?;
+    let model = Qwen2_5VLForConditionalGeneration::load(&a.model, device, a.placement.dtype.kind())
         .with_context(|| format!("loading {}", a.model.display()))?;
     for _ in 0..a.warmup {
         one_run(&model, &a)?;
@@ -160,7 +157,7 @@ fn bench_generate(a: GenerateArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "batch": a.batch, "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-            "device": a.device.to_string(), "threads": tch::get_num_threads(),
+            "device": a.placement.device.to_string(), "threads": tch::get_num_threads(),
             "prefill_s": prefill, "decode_s": decode,
             "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps,
         })

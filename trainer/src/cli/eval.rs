@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::eval::dataset::{read_mcq_jsonl, read_stvqa_parquet, EvalSample};
 use trainer::eval::matching::MatchMode;
 use trainer::eval::report::{EvalReport, SampleLog};
@@ -42,10 +41,8 @@ pub struct Args {
     /// Reproduce the authors' matcher, including its bug that scores bare letters as `A`.
     #[arg(long)]
     legacy_matching: bool,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
 }
 
 /// Load the benchmark rows.
@@ -101,8 +98,8 @@ pub fn run(args: Args) -> Result<()> {
     if remaining > 0 {
         let mut generator = crate::cli::generate::load_generator(
             &args.model,
-            args.device,
-            args.dtype,
+            args.placement.device,
+            args.placement.dtype,
             args.max_new_tokens,
         )?;
         let bar = indicatif::ProgressBar::new(remaining as u64);

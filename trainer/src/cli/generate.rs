@@ -37,10 +37,8 @@ pub struct Args {
     /// Samples for the prompt (sharing one prefill).
     #[arg(long, default_value_t = 1)]
     samples: usize,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
     /// Print `{"samples":[{"ids":[...],"text":"..."}]}`.
     #[arg(long)]
     json: bool,
@@ -106,8 +104,8 @@ pub fn load_with_turn(
 pub fn run(args: Args) -> Result<()> {
     let (processor, encoded, model) = load_with_turn(
         &args.model,
-        args.device,
-        args.dtype,
+        args.placement.device,
+        args.placement.dtype,
         &args.image,
         &args.prompt,
     )?;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::SamplingConfig;
 use trainer::infer::overlay::draw_scene_graph;
 use trainer::infer::parse::{parse_response, ParsedResponse};
@@ -43,10 +42,8 @@ pub struct Args {
     /// Seed of the sampler (with --temperature > 0).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
 }
 
 /// Print the sections as text.
@@ -97,8 +94,8 @@ pub fn run(args: Args) -> Result<()> {
             let model = args.model.as_deref().context("--model is required")?;
             let mut generator = crate::cli::generate::load_generator(
                 model,
-                args.device,
-                args.dtype,
+                args.placement.device,
+                args.placement.dtype,
                 args.max_new_tokens,
             )?;
             if args.temperature > 0.0 {

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::{response_logprobs, ResponseBatch};
 use trainer::model::VisionInputs;
 use trainer::processor::PAD_ID;
@@ -25,10 +24,8 @@ pub struct Args {
     /// Softmax temperature applied to the logits.
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
     /// Print `{"prompt_tokens": n, "response_ids": [...], "logprobs": [...]}`.
     #[arg(long)]
     json: bool,
@@ -37,8 +34,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let (processor, encoded, model) = load_with_turn(
         &args.model,
-        args.device,
-        args.dtype,
+        args.placement.device,
+        args.placement.dtype,
         &args.image,
         &args.prompt,
     )?;

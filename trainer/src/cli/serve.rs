@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::serve::api::Limits;
 use trainer::serve::engine::DecodeEngine;
 use trainer::serve::fake::FakeEngine;
@@ -50,10 +49,8 @@ pub struct Args {
     /// `max_batch` rows of twice this.
     #[arg(long, default_value_t = 8192)]
     max_context: usize,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceArg,
-    #[arg(long, default_value = "f32")]
-    dtype: DtypeArg,
+    #[command(flatten)]
+    placement: super::Placement,
     /// Let `image_url` name absolute local file paths (only for trusted clients).
     #[arg(long)]
     allow_local_files: bool,
@@ -77,8 +74,8 @@ fn engine(args: &Args) -> Result<Box<dyn DecodeEngine>> {
     let dir = crate::cli::generate::model_dir(model)?;
     let engine = load_engine(
         &dir,
-        args.device.resolve()?,
-        args.dtype.kind(),
+        args.placement.device.resolve()?,
+        args.placement.dtype.kind(),
         args.max_batch,
         args.max_context,
     )
