@@ -238,7 +238,7 @@ impl<'a> Parser<'a> {
 
     /// One value. Inlined into the array and object loops (which are the recursion), so scalars
     /// are built in registers instead of returned through memory.
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn value(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
         match self.peek() {
             Some(b'"') => {
@@ -270,7 +270,7 @@ impl<'a> Parser<'a> {
     /// `i64` and not followed by `.`, `e` or `E` (those take the general path). Returning the
     /// value in a register, rather than a `Result<PyValue>` through memory, is what makes it
     /// worth having: boxes are mostly such integers.
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn small_int(&mut self) -> Option<i64> {
         let s = self.s;
         let mut j = self.i;
@@ -295,7 +295,7 @@ impl<'a> Parser<'a> {
         Some(if negative { -v } else { v })
     }
 
-    #[inline(always)]
+    #[cfg_attr(not(debug_assertions), inline(always))]
     fn number(&mut self) -> Result<PyValue<'a>, PyJsonError> {
         let start = self.i;
         let negative = self.peek() == Some(b'-');

@@ -41,7 +41,14 @@ pub fn matmul_transposed(
     let vocab = weight.len() / dim;
     assert_eq!(hidden.len(), rows * dim, "hidden is not [{rows}, {dim}]");
     assert_eq!(out.len(), rows * vocab, "out is not [{rows}, {vocab}]");
-    let out = SharedMut(out.as_mut_ptr());
+    let operands = kernel::Operands {
+        hidden,
+        rows,
+        weight,
+        dim,
+        vocab,
+        out: SharedMut(out.as_mut_ptr()),
+    };
     team::run(threads, &|part, parts| {
         // contiguous vocabulary ranges, aligned to the kernel's block of weight rows
         let blocks = vocab.div_ceil(kernel::V_BLOCK);
@@ -49,7 +56,7 @@ pub fn matmul_transposed(
         let end = (blocks * (part + 1) / parts * kernel::V_BLOCK).min(vocab);
         // SAFETY: the parts' `[start, end)` ranges are disjoint, so each output element is
         // written by one thread only, and `out` outlives `team::run`.
-        unsafe { kernel::columns(hidden, rows, weight, dim, vocab, start..end, out) };
+        unsafe { kernel::columns(operands, start..end) };
     });
 }
 
@@ -130,44 +137,47 @@ mod kernel {
     /// Weight rows handled together: each hidden-row load is shared by this many products.
     pub const V_BLOCK: usize = 4;
 
+    /// One product: `hidden [rows, dim]`, `weight [vocab, dim]`, `out [rows, vocab]`.
+    #[derive(Clone, Copy)]
+    pub struct Operands<'a> {
+        pub hidden: &'a [f32],
+        pub rows: usize,
+        pub weight: &'a [f32],
+        pub dim: usize,
+        pub vocab: usize,
+        pub out: SharedOut,
+    }
+
     /// Computes output columns `cols` of every row.
     ///
     /// # Safety
     /// No other thread may write these columns of `out`, which must hold `rows * vocab` floats.
-    pub unsafe fn columns(
-        hidden: &[f32],
-        rows: usize,
-        weight: &[f32],
-        dim: usize,
-        vocab: usize,
-        cols: Range<usize>,
-        out: SharedOut,
-    ) {
+    pub unsafe fn columns(p: Operands<'_>, cols: Range<usize>) {
         #[cfg(target_arch = "x86_64")]
         {
-            if dim.is_multiple_of(8)
+            if p.dim.is_multiple_of(8)
                 && std::is_x86_feature_detected!("avx2")
                 && std::is_x86_feature_detected!("fma")
             {
-                return avx2::columns(hidden, rows, weight, dim, vocab, cols, out);
+                return avx2::columns(p, cols);
             }
         }
-        portable(hidden, rows, weight, dim, vocab, cols, out)
+        portable(p, cols)
     }
 
     /// Plain loops with eight partial sums per dot product, which compilers vectorise.
     ///
     /// # Safety
     /// As [`columns`].
-    pub unsafe fn portable(
-        hidden: &[f32],
-        rows: usize,
-        weight: &[f32],
-        dim: usize,
-        vocab: usize,
-        cols: Range<usize>,
-        out: SharedOut,
-    ) {
+    pub unsafe fn portable(p: Operands<'_>, cols: Range<usize>) {
+        let Operands {
+            hidden,
+            rows,
+            weight,
+            dim,
+            vocab,
+            out,
+        } = p;
         for v in cols {
             let w = &weight[v * dim..(v + 1) * dim];
             for r in 0..rows {
@@ -200,7 +210,7 @@ mod kernel {
         use std::arch::x86_64::*;
         use std::ops::Range;
 
-        use super::{dot, SharedOut, V_BLOCK};
+        use super::{portable, Operands, V_BLOCK};
 
         /// AVX2/FMA register blocking: two hidden rows × four weight rows = eight 8-lane
         /// accumulators (eight independent FMA chains) per 8-wide slice of `dim`; the eight
@@ -209,15 +219,15 @@ mod kernel {
         /// # Safety
         /// As [`super::columns`]; the CPU must support AVX2 and FMA, and `dim % 8 == 0`.
         #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn columns(
-            hidden: &[f32],
-            rows: usize,
-            weight: &[f32],
-            dim: usize,
-            vocab: usize,
-            cols: Range<usize>,
-            out: SharedOut,
-        ) {
+        pub unsafe fn columns(p: Operands<'_>, cols: Range<usize>) {
+            let Operands {
+                hidden,
+                rows,
+                weight,
+                dim,
+                vocab,
+                out,
+            } = p;
             let (h, w) = (hidden.as_ptr(), weight.as_ptr());
             let mut v = cols.start;
             while v + V_BLOCK <= cols.end {
@@ -257,12 +267,7 @@ mod kernel {
                 v += V_BLOCK;
             }
             // fewer than V_BLOCK columns left at the end of the range
-            for v in v..cols.end {
-                let wr = &weight[v * dim..(v + 1) * dim];
-                for r in 0..rows {
-                    *out.at(r * vocab + v) = dot(&hidden[r * dim..(r + 1) * dim], wr);
-                }
-            }
+            portable(p, v..cols.end);
         }
 
         /// Horizontal sums of eight accumulators: `[Σa[0], …, Σa[3], Σb[0], …, Σb[3]]`.
