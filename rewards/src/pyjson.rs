@@ -333,14 +333,6 @@ impl<'a> Parser<'a> {
         }
         // ASCII only, so these are character boundaries
         let text = &self.text[start..self.i];
-        if !is_float && int_end - start <= MAX_EXACT_DIGITS {
-            // up to 18 digits cannot overflow an i64: accumulate instead of re-parsing
-            let digits = &self.s[start + usize::from(negative)..int_end];
-            let v = digits
-                .iter()
-                .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
-            return Ok(PyValue::Int(if negative { -v } else { v }));
-        }
         if is_float {
             // Rust's float parsing is correctly rounded like Python's `float(str)`; overflow → ±inf.
             let v: f64 = text.parse().map_err(|_| self.err("Invalid number"))?;

@@ -96,12 +96,8 @@ pub fn run(args: Args) -> Result<()> {
         args.max_new_tokens
     );
     if remaining > 0 {
-        let mut generator = crate::cli::generate::load_generator(
-            &args.model,
-            args.placement.device,
-            args.placement.dtype,
-            args.max_new_tokens,
-        )?;
+        let mut generator =
+            crate::cli::generate::load_generator(&args.model, args.placement, args.max_new_tokens)?;
         let bar = indicatif::ProgressBar::new(remaining as u64);
         let new = run_eval(
             &samples,

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Placement;
 use anyhow::{Context, Result};
-use trainer::device::{DeviceArg, DtypeArg};
 use trainer::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
 use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use trainer::processor::{ChatMessage, EncodedPrompt, Processor};
@@ -52,15 +52,14 @@ pub fn model_dir(model: &Path) -> Result<PathBuf> {
 /// Resolves `--model` and loads it as a batched answer generator (greedy, `max_new_tokens`).
 pub fn load_generator(
     model: &Path,
-    device: DeviceArg,
-    dtype: DtypeArg,
+    placement: Placement,
     max_new_tokens: usize,
 ) -> Result<trainer::infer::generator::ModelGenerator> {
     let dir = model_dir(model)?;
     trainer::infer::generator::ModelGenerator::load(
         &dir,
-        device.resolve()?,
-        dtype.kind(),
+        placement.device.resolve()?,
+        placement.dtype.kind(),
         max_new_tokens,
     )
     .with_context(|| format!("loading {}", dir.display()))
@@ -84,31 +83,25 @@ pub fn encode_user_turn(
 }
 
 /// Resolves `--model`, encodes the `[image, prompt]` user turn with its processor (so a bad image
-/// fails before the weights are read), then loads the weights on `device` as `dtype`.
+/// fails before the weights are read), then loads the weights as `placement` says.
 pub fn load_with_turn(
     model: &Path,
-    device: DeviceArg,
-    dtype: DtypeArg,
+    placement: Placement,
     image: &Path,
     prompt: &str,
 ) -> Result<(Processor, EncodedPrompt, Qwen2_5VLForConditionalGeneration)> {
     let dir = model_dir(model)?;
-    let device = device.resolve()?;
+    let device = placement.device.resolve()?;
     let processor = load_processor(&dir)?;
     let encoded = encode_user_turn(&processor, image, prompt)?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, dtype.kind())
+    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, placement.dtype.kind())
         .with_context(|| format!("loading {}", dir.display()))?;
     Ok((processor, encoded, model))
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (processor, encoded, model) = load_with_turn(
-        &args.model,
-        args.placement.device,
-        args.placement.dtype,
-        &args.image,
-        &args.prompt,
-    )?;
+    let (processor, encoded, model) =
+        load_with_turn(&args.model, args.placement, &args.image, &args.prompt)?;
     let batch = PromptBatch {
         input_ids: vec![encoded.input_ids],
         images: Some(VisionInputs::new(

@@ -92,12 +92,8 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("reading response {}", path.display()))?,
         None => {
             let model = args.model.as_deref().context("--model is required")?;
-            let mut generator = crate::cli::generate::load_generator(
-                model,
-                args.placement.device,
-                args.placement.dtype,
-                args.max_new_tokens,
-            )?;
+            let mut generator =
+                crate::cli::generate::load_generator(model, args.placement, args.max_new_tokens)?;
             if args.temperature > 0.0 {
                 let sampling = SamplingConfig {
                     greedy: false,

@@ -170,18 +170,11 @@ mod kernel {
     /// # Safety
     /// As [`columns`].
     pub unsafe fn portable(p: Operands<'_>, cols: Range<usize>) {
-        let Operands {
-            hidden,
-            rows,
-            weight,
-            dim,
-            vocab,
-            out,
-        } = p;
+        let dim = p.dim;
         for v in cols {
-            let w = &weight[v * dim..(v + 1) * dim];
-            for r in 0..rows {
-                *out.at(r * vocab + v) = dot(&hidden[r * dim..(r + 1) * dim], w);
+            let w = &p.weight[v * dim..(v + 1) * dim];
+            for r in 0..p.rows {
+                *p.out.at(r * p.vocab + v) = dot(&p.hidden[r * dim..(r + 1) * dim], w);
             }
         }
     }
