@@ -81,34 +81,44 @@ fn cases(n: usize, group: usize) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn python_reference(data: &[(String, String, String)], rust_per_s: f64) {
-    let Ok(dir) = std::env::var("REWARD_REFERENCE_DIR") else {
-        println!("python reference: skipped (set REWARD_REFERENCE_DIR to the folder with spatial_sgg.py)");
-        return;
-    };
-    let python = std::env::var("REWARD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let tmp = std::env::temp_dir().join(format!("reward_bench_{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).expect("temp dir");
-    let input = tmp.join("cases.jsonl");
-    let mut f = std::fs::File::create(&input).expect("write cases");
-    for (i, (resp, gt, problem)) in data.iter().enumerate() {
-        let row =
-            serde_json::json!({"id": i, "response": resp, "ground_truth": gt, "problem": problem});
-        writeln!(f, "{row}").expect("write cases");
+/// The Python reference on the same inputs: the folder with `spatial_sgg.py`, the interpreter,
+/// and the inputs written once as JSONL.
+struct PythonReference {
+    dir: String,
+    python: String,
+    tmp: std::path::PathBuf,
+}
+
+impl PythonReference {
+    /// `None` (with a message) unless `REWARD_REFERENCE_DIR` is set.
+    fn new(data: &[(String, String, String)]) -> Option<Self> {
+        let Ok(dir) = std::env::var("REWARD_REFERENCE_DIR") else {
+            println!("python reference: skipped (set REWARD_REFERENCE_DIR to the folder with spatial_sgg.py)");
+            return None;
+        };
+        let python = std::env::var("REWARD_PYTHON").unwrap_or_else(|_| "python3".into());
+        let tmp = std::env::temp_dir().join(format!("reward_bench_{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).expect("temp dir");
+        let mut f = std::fs::File::create(tmp.join("cases.jsonl")).expect("write cases");
+        for (i, (resp, gt, problem)) in data.iter().enumerate() {
+            let row = serde_json::json!({"id": i, "response": resp, "ground_truth": gt, "problem": problem});
+            writeln!(f, "{row}").expect("write cases");
+        }
+        Some(PythonReference { dir, python, tmp })
     }
-    drop(f);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/reward_reference.py"
-    );
-    // best of ROUNDS runs, like the Rust figure
-    let mut best: Option<f64> = None;
-    for _ in 0..ROUNDS {
-        let out = std::process::Command::new(&python)
-            .args(["-u", script, "--reference-dir", &dir, "--input"])
-            .arg(&input)
+
+    /// Responses per second of one run over all inputs (one process, one core), as the
+    /// reference script reports it; `None` (with its stderr) if the run failed.
+    fn one_round(&self) -> Option<f64> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/reward_reference.py"
+        );
+        let out = std::process::Command::new(&self.python)
+            .args(["-u", script, "--reference-dir", &self.dir, "--input"])
+            .arg(self.tmp.join("cases.jsonl"))
             .arg("--output")
-            .arg(tmp.join("ref.jsonl"))
+            .arg(self.tmp.join("ref.jsonl"))
             .output()
             .expect("run python");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -117,36 +127,26 @@ fn python_reference(data: &[(String, String, String)], rust_per_s: f64) {
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse::<f64>().ok());
-        match per_s {
-            Some(p) => best = Some(best.map_or(p, |b: f64| b.max(p))),
-            None => {
-                println!("python reference failed: {stderr}");
-                break;
-            }
+        if per_s.is_none() {
+            println!("python reference failed: {stderr}");
         }
+        per_s
     }
-    if let Some(p) = best {
-        println!(
-            "  python reference: {p:.0} responses/s (1 core, best of {ROUNDS}); rust/python per core = {:.0}x",
-            rust_per_s / p
-        );
-    }
-    let _ = std::fs::remove_dir_all(tmp);
 }
 
-/// Timed rounds per figure; the best is reported for Rust and Python alike, since on a shared
-/// machine the slow rounds measure the neighbours.
-const ROUNDS: usize = 3;
-
-/// Responses per second on one core, best of [`ROUNDS`] one-second rounds: each response alone
-/// (`score`), or each GRPO group through one shared [`GroundTruth`] (what `score_batch` does per
-/// group).
-fn single_core_rate(data: &[(String, String, String)], group: usize) -> f64 {
-    (0..ROUNDS)
-        .map(|_| one_round(data, group))
-        .fold(0.0, f64::max)
+impl Drop for PythonReference {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
 }
 
+/// Timed rounds per figure. Rust and Python rounds alternate and the best of each is reported:
+/// on a shared machine the slow rounds measure the neighbours, and alternating exposes both
+/// sides to the same neighbours.
+const ROUNDS: usize = 5;
+
+/// Responses per second on one core over one second: each response alone (`score`), or each
+/// GRPO group through one shared [`GroundTruth`] (what `score_batch` does per group).
 fn one_round(data: &[(String, String, String)], group: usize) -> f64 {
     let sim = ExactLabelSimilarity;
     let start = Instant::now();
@@ -170,19 +170,33 @@ fn one_round(data: &[(String, String, String)], group: usize) -> f64 {
     (rounds * data.len()) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Print the best-of-[`ROUNDS`] rates of Rust and (if configured) the Python reference.
+fn compare(data: &[(String, String, String)], group: usize) {
+    let reference = PythonReference::new(data);
+    let (mut rust, mut python) = (0.0f64, None::<f64>);
+    for _ in 0..ROUNDS {
+        rust = rust.max(one_round(data, group));
+        if let Some(p) = reference.as_ref().and_then(PythonReference::one_round) {
+            python = Some(python.map_or(p, |b| b.max(p)));
+        }
+    }
+    let what = if group == 1 {
+        "independent responses".to_string()
+    } else {
+        format!("groups of {group} sharing a ground truth")
+    };
+    println!("rust spatial reward: {rust:.0} responses/s (1 core, best of {ROUNDS}, 2-12 objects, {what})");
+    if let Some(p) = python {
+        println!(
+            "  python reference: {p:.0} responses/s (1 core, best of {ROUNDS}, alternating with rust); rust/python per core = {:.0}x",
+            rust / p
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     for group in [1, 8] {
-        let data = cases(2000, group);
-        let per_s = single_core_rate(&data, group);
-        let what = if group == 1 {
-            "independent responses".to_string()
-        } else {
-            format!("groups of {group} sharing a ground truth")
-        };
-        println!(
-            "rust spatial reward: {per_s:.0} responses/s (1 core, best of {ROUNDS}, 2-12 objects, {what})"
-        );
-        python_reference(&data, per_s);
+        compare(&cases(2000, group), group);
     }
 
     let data = cases(2000, 1);

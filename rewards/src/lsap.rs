@@ -23,16 +23,31 @@ pub fn linear_sum_assignment(
     nc: usize,
     cost: &[f64],
 ) -> Result<Vec<Option<usize>>, LsapError> {
-    debug_assert_eq!(cost.len(), nr * nc);
+    let mut out = vec![None; nr];
+    linear_sum_assignment_into(nr, nc, cost, &mut out)?;
+    Ok(out)
+}
+
+/// [`linear_sum_assignment`] writing each row's column into `out` (length `nr`), so a caller
+/// scoring many matrices allocates nothing.
+pub fn linear_sum_assignment_into(
+    nr: usize,
+    nc: usize,
+    cost: &[f64],
+    out: &mut [Option<usize>],
+) -> Result<(), LsapError> {
+    assert_eq!(cost.len(), nr * nc, "cost matrix is not {nr} x {nc}");
+    assert_eq!(out.len(), nr, "one output slot per row");
+    out.fill(None);
     if nr == 0 || nc == 0 {
-        return Ok(vec![None; nr]);
+        return Ok(());
     }
     if cost.iter().any(|c| c.is_nan() || *c == f64::NEG_INFINITY) {
         return Err(LsapError::Invalid);
     }
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => assign(nr, nc, cost, &mut scratch),
-        Err(_) => assign(nr, nc, cost, &mut Scratch::default()),
+        Ok(mut scratch) => assign(nr, nc, cost, &mut scratch, out),
+        Err(_) => assign(nr, nc, cost, &mut Scratch::default(), out),
     })
 }
 
@@ -55,7 +70,8 @@ fn assign(
     nc: usize,
     cost: &[f64],
     scratch: &mut Scratch,
-) -> Result<Vec<Option<usize>>, LsapError> {
+    out: &mut [Option<usize>],
+) -> Result<(), LsapError> {
     if nc < nr {
         let mut t = std::mem::take(&mut scratch.transposed);
         t.clear();
@@ -65,7 +81,6 @@ fn assign(
                 t[j * nr + i] = cost[i * nc + j];
             }
         }
-        let mut out = vec![None; nr];
         // col4row[gt] = pred
         let solved = solve(nc, nr, &t, scratch).map(|col4row| {
             for (j, &i) in col4row.iter().enumerate() {
@@ -73,13 +88,12 @@ fn assign(
             }
         });
         scratch.transposed = t;
-        solved?;
-        return Ok(out);
+        return solved;
     }
-    Ok(solve(nr, nc, cost, scratch)?
-        .iter()
-        .map(|&j| Some(j))
-        .collect())
+    for (slot, &j) in out.iter_mut().zip(solve(nr, nc, cost, scratch)?) {
+        *slot = Some(j);
+    }
+    Ok(())
 }
 
 /// scipy's `solve` for `nr <= nc`; returns `col4row` (borrowed from `scratch`).

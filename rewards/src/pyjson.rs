@@ -96,7 +96,10 @@ impl<'a> PyValue<'a> {
     /// `dict.get(key)` for a `Dict`; `None` for other values or a missing key.
     pub fn get(&self, key: &str) -> Option<&'a PyValue<'a>> {
         match self {
-            PyValue::Dict(entries) => entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+            PyValue::Dict(entries) => entries
+                .iter()
+                .find(|(k, _)| same_key(k, key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -153,6 +156,41 @@ impl<'a> PyValue<'a> {
             _ => None,
         }
     }
+}
+
+/// `a == b` for the short keys of a scene, compared in line: the general slice comparison calls
+/// `memcmp`, which costs more than comparing two to thirteen bytes.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
+/// Length of the prefix of `s` free of `"`, `\\` and control bytes (< 0x20): the part of a string
+/// literal that is copied as is. Eight bytes at a time (SWAR), then byte by byte.
+#[inline]
+fn plain_run(s: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // high bit of each byte set where that byte of `x` is 0 (exact: no carry crosses a byte)
+    let zero = |x: u64| !(((x & LOW7).wrapping_add(LOW7)) | x) & HIGH;
+    let mut n = 0;
+    while let Some(chunk) = s.get(n..n + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // bytes below 0x20: a borrow can only flag bytes after a flagged one, so the lowest
+        // flag is exact, and the lowest flag is all that is used
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let stop =
+            zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) | control;
+        if stop != 0 {
+            return n + (stop.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + s[n..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(s.len() - n)
 }
 
 /// Why `json.loads` would raise (`JSONDecodeError`, or the `ValueError`/`RecursionError` it lets through).
@@ -368,18 +406,16 @@ impl<'a> Parser<'a> {
     /// Body of a string; the opening quote is consumed. Borrowed when it has no escapes.
     fn string(&mut self) -> Result<&'a str, PyJsonError> {
         let start = self.i;
-        loop {
-            match self.peek() {
-                None => return Err(self.err("Unterminated string")),
-                Some(b'"') => {
-                    let body = &self.text[start..self.i];
-                    self.i += 1;
-                    return Ok(body);
-                }
-                Some(b'\\') => break,
-                Some(c) if c < 0x20 => return Err(self.err("Invalid control character")),
-                Some(_) => self.i += 1,
+        self.i += plain_run(&self.s[self.i..]);
+        match self.peek() {
+            None => return Err(self.err("Unterminated string")),
+            Some(b'"') => {
+                let body = &self.text[start..self.i];
+                self.i += 1;
+                return Ok(body);
             }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.err("Invalid control character")),
         }
         let mut out = BumpString::from_str_in(&self.text[start..self.i], self.arena);
         loop {
@@ -430,9 +466,7 @@ impl<'a> Parser<'a> {
                 _ => {
                     // copy the run up to the next quote, backslash or control byte at once
                     let run = self.i;
-                    while matches!(self.peek(), Some(b) if b != b'"' && b != b'\\' && b >= 0x20) {
-                        self.i += 1;
-                    }
+                    self.i += plain_run(&self.s[self.i..]);
                     out.push_str(&self.text[run..self.i]);
                 }
             }
@@ -500,7 +534,7 @@ impl<'a> Parser<'a> {
                 Some(v) => PyValue::Int(v),
                 None => self.value(depth)?,
             };
-            match entries.iter_mut().find(|(k, _)| *k == key) {
+            match entries.iter_mut().find(|(k, _)| same_key(k, key)) {
                 Some(slot) => slot.1 = value,
                 None => entries.push((key, value)),
             }
@@ -527,6 +561,42 @@ mod tests {
     /// `loads` with a fresh arena, leaked for the test's duration.
     fn loads(text: &str) -> Result<PyValue<'_>, PyJsonError> {
         super::loads(text, Box::leak(Box::new(Bump::new())))
+    }
+
+    #[test]
+    fn plain_run_stops_at_the_first_quote_backslash_or_control_byte() {
+        let alphabet = [
+            b'a',
+            b'"',
+            b'\\',
+            0x1f,
+            0x20,
+            0x00,
+            0x7f,
+            0x80,
+            0xa2,
+            0xdc,
+            0x21,
+            0x5c ^ 0x80,
+        ];
+        let mut state = 3u64;
+        for len in 0..40 {
+            for _ in 0..50 {
+                let s: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        // mostly plain bytes, so runs get long
+                        let k = (state >> 33) as usize % (alphabet.len() * 3);
+                        alphabet.get(k).copied().unwrap_or(b'x')
+                    })
+                    .collect();
+                let naive = s
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                    .unwrap_or(s.len());
+                assert_eq!(plain_run(&s), naive, "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -61,11 +61,21 @@ pub fn py_number_strip(s: &str) -> &str {
     s.trim_matches(char::is_whitespace)
 }
 
+/// Decimal literals of at most this many digits always fit in an `i64`.
+const MAX_SMALL_DIGITS: usize = 18;
+
 /// Python's `int(text)` (base 10): surrounding whitespace, one optional sign, any Unicode decimal
 /// digits, single underscores between digits, leading zeros, at most 4300 digits. `None` where
 /// Python raises `ValueError`.
 pub fn py_int(text: &str) -> Option<PyInt> {
     let body = py_number_strip(text);
+    // the usual case, plain ASCII digits that fit an i64, without the general path's copies
+    let unsigned = body.strip_prefix(['-', '+']).unwrap_or(body);
+    if (1..=MAX_SMALL_DIGITS).contains(&unsigned.len())
+        && unsigned.bytes().all(|c| c.is_ascii_digit())
+    {
+        return body.parse().ok().map(PyInt::Small);
+    }
     let (neg, body) = match body.chars().next() {
         Some('-') => (true, &body[1..]),
         Some('+') => (false, &body[1..]),
@@ -108,6 +118,19 @@ mod tests {
     fn int_matches_python() {
         assert_eq!(py_int(" +0_1\u{663} "), Some(PyInt::Small(13)));
         assert_eq!(py_int("007"), Some(PyInt::Small(7)));
+        assert_eq!(py_int(" +5\n"), Some(PyInt::Small(5)));
+        assert_eq!(py_int("-0"), Some(PyInt::Small(0)));
+        assert_eq!(py_int("-"), None);
+        assert_eq!(py_int("+"), None);
+        assert_eq!(
+            py_int("999999999999999999"),
+            Some(PyInt::Small(999_999_999_999_999_999))
+        );
+        assert_eq!(py_int("-9223372036854775808"), Some(PyInt::Small(i64::MIN)));
+        assert_eq!(
+            py_int("9223372036854775808"),
+            Some(PyInt::Big("9223372036854775808".into()))
+        );
         assert_eq!(py_int("\u{3000}7\u{85}"), Some(PyInt::Small(7)));
         assert_eq!(py_int("7\u{1c}"), None); // str.isspace() but not stripped by int()
         assert_eq!(py_int("-\u{ff15}"), Some(PyInt::Small(-5)));

@@ -11,6 +11,14 @@ use crate::RewardError;
 pub trait LabelSimilarity: Send + Sync {
     /// Similarity of labels `a` and `b` (already refined: lower-case, `_`/`-` turned into spaces).
     fn similarity(&self, a: &str, b: &str) -> f64;
+
+    /// `out[j] = self.similarity(a, bs[j])` for every `j` (one call per row of the matching's
+    /// cost matrix; implementations may override it to avoid a dynamic call per pair).
+    fn similarity_row(&self, a: &str, bs: &[&str], out: &mut [f64]) {
+        for (o, b) in out.iter_mut().zip(bs) {
+            *o = self.similarity(a, b);
+        }
+    }
 }
 
 /// 1.0 for identical labels, else 0.0: exact wherever spaCy would see identical token sequences,
@@ -20,10 +28,14 @@ pub struct ExactLabelSimilarity;
 
 impl LabelSimilarity for ExactLabelSimilarity {
     fn similarity(&self, a: &str, b: &str) -> f64 {
-        if a == b {
-            1.0
-        } else {
-            0.0
+        f64::from(u8::from(a == b))
+    }
+
+    fn similarity_row(&self, a: &str, bs: &[&str], out: &mut [f64]) {
+        for (o, b) in out.iter_mut().zip(bs) {
+            // labels are short: comparing in line beats a `memcmp` call
+            let same = a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y);
+            *o = f64::from(u8::from(same));
         }
     }
 }
