@@ -219,24 +219,45 @@ pub fn loads<'a>(text: &'a str, arena: &'a Bump) -> Result<PyValue<'a>, PyJsonEr
         s: text.as_bytes(),
         i: 0,
         arena,
+        error: None,
     };
-    p.skip_ws();
-    let value = p.value(0)?;
-    p.skip_ws();
-    if p.i != p.s.len() {
-        return Err(p.err("Extra data"));
+    let mut value = PyValue::Null;
+    let parsed = (|| {
+        p.skip_ws();
+        p.value_into(0, &mut value)?;
+        p.skip_ws();
+        if p.i != p.s.len() {
+            return Err(p.syntax("Extra data"));
+        }
+        Ok(())
+    })();
+    match parsed {
+        Ok(()) => Ok(value),
+        Err(Fail) => Err(p.error.take().expect("a failed parse records its error")),
     }
-    Ok(value)
 }
+
+/// A failed parse; the reason is in [`Parser::error`]. Zero-sized, so the parser's results fit
+/// in registers: returning `PyValue`s or rich errors through memory made every container
+/// element a store-forwarding stall.
+#[derive(Debug)]
+struct Fail;
+
+/// The result of a parsing step.
+type Parse<T> = Result<T, Fail>;
 
 /// A scanner over the UTF-8 bytes of the text. Every token JSON defines is ASCII and UTF-8 never
 /// uses ASCII bytes inside a multi-byte character, so byte-wise scanning finds the same tokens as
 /// Python's scan over code points; positions are converted to code points only for errors.
+/// Values are written into their final place (`out` parameters): a list item or dict value is
+/// parsed straight into its slot.
 struct Parser<'a> {
     text: &'a str,
     s: &'a [u8],
     i: usize,
     arena: &'a Bump,
+    /// Why the parse failed, once it has.
+    error: Option<PyJsonError>,
 }
 
 impl fmt::Debug for Parser<'_> {
@@ -246,13 +267,23 @@ impl fmt::Debug for Parser<'_> {
 }
 
 impl<'a> Parser<'a> {
-    /// An error at the current position, counted in code points as Python reports it.
-    fn err(&self, msg: &'static str) -> PyJsonError {
+    /// Record `error` as the reason the parse fails.
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, error: PyJsonError) -> Fail {
+        self.error = Some(error);
+        Fail
+    }
+
+    /// A syntax error at the current position, counted in code points as Python reports it.
+    #[cold]
+    #[inline(never)]
+    fn syntax(&mut self, msg: &'static str) -> Fail {
         let pos = self.s[..self.i.min(self.s.len())]
             .iter()
             .filter(|&&b| b & 0xC0 != 0x80)
             .count();
-        PyJsonError::Syntax { msg, pos }
+        self.fail(PyJsonError::Syntax { msg, pos })
     }
 
     fn peek(&self) -> Option<u8> {
@@ -274,26 +305,26 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// One value. Inlined into the array and object loops (which are the recursion), so scalars
-    /// are built in registers instead of returned through memory.
+    /// One value into `out`. Inlined into the array and object loops (which are the recursion).
     #[cfg_attr(not(debug_assertions), inline(always))]
-    fn value(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
-        match self.peek() {
+    fn value_into(&mut self, depth: usize, out: &mut PyValue<'a>) -> Parse<()> {
+        *out = match self.peek() {
             Some(b'"') => {
                 self.i += 1;
-                Ok(PyValue::Str(self.string()?))
+                PyValue::Str(self.string()?)
             }
-            Some(b'{') => self.object(depth + 1),
-            Some(b'[') => self.array(depth + 1),
-            Some(b'n') if self.eat_word("null") => Ok(PyValue::Null),
-            Some(b't') if self.eat_word("true") => Ok(PyValue::Bool(true)),
-            Some(b'f') if self.eat_word("false") => Ok(PyValue::Bool(false)),
-            Some(b'N') if self.eat_word("NaN") => Ok(PyValue::Float(f64::NAN)),
-            Some(b'I') if self.eat_word("Infinity") => Ok(PyValue::Float(f64::INFINITY)),
-            Some(b'-') if self.eat_word("-Infinity") => Ok(PyValue::Float(f64::NEG_INFINITY)),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(self.err("Expecting value")),
-        }
+            Some(b'{') => return self.object(depth + 1, out),
+            Some(b'[') => return self.array(depth + 1, out),
+            Some(b'n') if self.eat_word("null") => PyValue::Null,
+            Some(b't') if self.eat_word("true") => PyValue::Bool(true),
+            Some(b'f') if self.eat_word("false") => PyValue::Bool(false),
+            Some(b'N') if self.eat_word("NaN") => PyValue::Float(f64::NAN),
+            Some(b'I') if self.eat_word("Infinity") => PyValue::Float(f64::INFINITY),
+            Some(b'-') if self.eat_word("-Infinity") => PyValue::Float(f64::NEG_INFINITY),
+            Some(b'-' | b'0'..=b'9') => return self.number(out),
+            _ => return Err(self.syntax("Expecting value")),
+        };
+        Ok(())
     }
 
     fn digits(&mut self) -> usize {
@@ -306,8 +337,7 @@ impl<'a> Parser<'a> {
 
     /// The common case of [`Self::number`] on its own: an integer literal short enough for an
     /// `i64` and not followed by `.`, `e` or `E` (those take the general path). Returning the
-    /// value in a register, rather than a `Result<PyValue>` through memory, is what makes it
-    /// worth having: boxes are mostly such integers.
+    /// value in a register is what makes it worth having: boxes are mostly such integers.
     #[cfg_attr(not(debug_assertions), inline(always))]
     fn small_int(&mut self) -> Option<i64> {
         let s = self.s;
@@ -333,8 +363,9 @@ impl<'a> Parser<'a> {
         Some(if negative { -v } else { v })
     }
 
-    #[cfg_attr(not(debug_assertions), inline(always))]
-    fn number(&mut self) -> Result<PyValue<'a>, PyJsonError> {
+    /// A number literal into `out`.
+    #[inline(never)]
+    fn number(&mut self, out: &mut PyValue<'a>) -> Parse<()> {
         let start = self.i;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -347,7 +378,7 @@ impl<'a> Parser<'a> {
             }
             _ => {
                 self.i = start;
-                return Err(self.err("Expecting value"));
+                return Err(self.syntax("Expecting value"));
             }
         }
         let int_end = self.i;
@@ -371,55 +402,66 @@ impl<'a> Parser<'a> {
         }
         // ASCII only, so these are character boundaries
         let text = &self.text[start..self.i];
-        if is_float {
+        *out = if is_float {
             // Rust's float parsing is correctly rounded like Python's `float(str)`; overflow → ±inf.
-            let v: f64 = text.parse().map_err(|_| self.err("Invalid number"))?;
-            Ok(PyValue::Float(v))
+            match text.parse() {
+                Ok(v) => PyValue::Float(v),
+                Err(_) => return Err(self.syntax("Invalid number")),
+            }
         } else {
             let n_digits = int_end - start - usize::from(negative);
             if n_digits > INT_MAX_STR_DIGITS {
-                return Err(PyJsonError::IntTooLong(n_digits));
+                return Err(self.fail(PyJsonError::IntTooLong(n_digits)));
             }
             // JSON integers have no leading zeros or `+`, so the text is already canonical
-            Ok(match text.parse::<i64>() {
+            match text.parse::<i64>() {
                 Ok(v) => PyValue::Int(v),
                 Err(_) => PyValue::BigInt(text),
-            })
-        }
+            }
+        };
+        Ok(())
     }
 
-    fn hex4(&mut self) -> Result<u32, PyJsonError> {
+    fn hex4(&mut self) -> Parse<u32> {
         if self.i + 4 > self.s.len() {
-            return Err(self.err("Invalid \\uXXXX escape"));
+            return Err(self.syntax("Invalid \\uXXXX escape"));
         }
         let mut v = 0u32;
         for k in 0..4 {
-            let d = char::from(self.s[self.i + k])
-                .to_digit(16)
-                .ok_or_else(|| self.err("Invalid \\uXXXX escape"))?;
-            v = v * 16 + d;
+            match char::from(self.s[self.i + k]).to_digit(16) {
+                Some(d) => v = v * 16 + d,
+                None => return Err(self.syntax("Invalid \\uXXXX escape")),
+            }
         }
         self.i += 4;
         Ok(v)
     }
 
     /// Body of a string; the opening quote is consumed. Borrowed when it has no escapes.
-    fn string(&mut self) -> Result<&'a str, PyJsonError> {
+    fn string(&mut self) -> Parse<&'a str> {
         let start = self.i;
         self.i += plain_run(&self.s[self.i..]);
         match self.peek() {
-            None => return Err(self.err("Unterminated string")),
+            None => return Err(self.syntax("Unterminated string")),
             Some(b'"') => {
                 let body = &self.text[start..self.i];
                 self.i += 1;
                 return Ok(body);
             }
             Some(b'\\') => {}
-            Some(_) => return Err(self.err("Invalid control character")),
+            Some(_) => return Err(self.syntax("Invalid control character")),
         }
+        self.escaped_string(start)
+    }
+
+    /// The rest of a string from its first backslash: decoded into the arena.
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize) -> Parse<&'a str> {
         let mut out = BumpString::from_str_in(&self.text[start..self.i], self.arena);
         loop {
-            let c = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
+            let Some(c) = self.peek() else {
+                return Err(self.syntax("Unterminated string"));
+            };
             match c {
                 b'"' => {
                     self.i += 1;
@@ -427,7 +469,9 @@ impl<'a> Parser<'a> {
                 }
                 b'\\' => {
                     self.i += 1;
-                    let e = self.peek().ok_or_else(|| self.err("Unterminated string"))?;
+                    let Some(e) = self.peek() else {
+                        return Err(self.syntax("Unterminated string"));
+                    };
                     self.i += 1;
                     match e {
                         b'"' => out.push('"'),
@@ -447,22 +491,28 @@ impl<'a> Parser<'a> {
                             {
                                 let save = self.i;
                                 self.i += 2;
+                                // a bad second escape is not an error here: the scan restarts
+                                // at it and reports it there
+                                let error = self.error.take();
                                 match self.hex4() {
                                     Ok(lo) if (0xDC00..0xE000).contains(&lo) => {
                                         code = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
                                     }
-                                    _ => self.i = save,
+                                    _ => {
+                                        self.i = save;
+                                        self.error = error;
+                                    }
                                 }
                             }
                             out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
                         }
                         _ => {
                             self.i -= 1;
-                            return Err(self.err("Invalid \\escape"));
+                            return Err(self.syntax("Invalid \\escape"));
                         }
                     }
                 }
-                c if c < 0x20 => return Err(self.err("Invalid control character")),
+                c if c < 0x20 => return Err(self.syntax("Invalid control character")),
                 _ => {
                     // copy the run up to the next quote, backslash or control byte at once
                     let run = self.i;
@@ -473,84 +523,90 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// An array into `out`; the items are parsed straight into their slots.
     #[inline(never)]
-    fn array(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
+    fn array(&mut self, depth: usize, out: &mut PyValue<'a>) -> Parse<()> {
         if depth > MAX_DEPTH {
-            return Err(PyJsonError::TooDeep);
+            return Err(self.fail(PyJsonError::TooDeep));
         }
         self.i += 1;
         let mut items = BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(PyValue::List(items.into_bump_slice()));
-        }
-        loop {
-            match self.small_int() {
-                Some(v) => items.push(PyValue::Int(v)),
-                None => items.push(self.value(depth)?),
-            }
-            self.skip_ws();
-            match self.peek() {
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(PyValue::List(items.into_bump_slice()));
+        if self.peek() != Some(b']') {
+            loop {
+                match self.small_int() {
+                    Some(v) => items.push(PyValue::Int(v)),
+                    None => {
+                        items.push(PyValue::Null);
+                        let slot = items.last_mut().expect("just pushed");
+                        self.value_into(depth, slot)?;
+                    }
                 }
-                Some(b',') => {
-                    self.i += 1;
-                    self.skip_ws();
+                self.skip_ws();
+                match self.peek() {
+                    Some(b']') => break,
+                    Some(b',') => {
+                        self.i += 1;
+                        self.skip_ws();
+                    }
+                    _ => return Err(self.syntax("Expecting ',' delimiter")),
                 }
-                _ => return Err(self.err("Expecting ',' delimiter")),
             }
         }
+        self.i += 1;
+        *out = PyValue::List(items.into_bump_slice());
+        Ok(())
     }
 
+    /// An object into `out`; each value is parsed straight into its entry (the first
+    /// occurrence's entry for a repeated key, as a `dict` keeps it).
     #[inline(never)]
-    fn object(&mut self, depth: usize) -> Result<PyValue<'a>, PyJsonError> {
+    fn object(&mut self, depth: usize, out: &mut PyValue<'a>) -> Parse<()> {
         if depth > MAX_DEPTH {
-            return Err(PyJsonError::TooDeep);
+            return Err(self.fail(PyJsonError::TooDeep));
         }
         self.i += 1;
         let mut entries: BumpVec<(&'a str, PyValue<'a>)> =
             BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(PyValue::Dict(entries.into_bump_slice()));
-        }
-        loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.err("Expecting property name enclosed in double quotes"));
-            }
-            self.i += 1;
-            let key = self.string()?;
-            self.skip_ws();
-            if self.peek() != Some(b':') {
-                return Err(self.err("Expecting ':' delimiter"));
-            }
-            self.i += 1;
-            self.skip_ws();
-            let value = match self.small_int() {
-                Some(v) => PyValue::Int(v),
-                None => self.value(depth)?,
-            };
-            match entries.iter_mut().find(|(k, _)| same_key(k, key)) {
-                Some(slot) => slot.1 = value,
-                None => entries.push((key, value)),
-            }
-            self.skip_ws();
-            match self.peek() {
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(PyValue::Dict(entries.into_bump_slice()));
+        if self.peek() != Some(b'}') {
+            loop {
+                if self.peek() != Some(b'"') {
+                    return Err(self.syntax("Expecting property name enclosed in double quotes"));
                 }
-                Some(b',') => {
-                    self.i += 1;
-                    self.skip_ws();
+                self.i += 1;
+                let key = self.string()?;
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return Err(self.syntax("Expecting ':' delimiter"));
                 }
-                _ => return Err(self.err("Expecting ',' delimiter")),
+                self.i += 1;
+                self.skip_ws();
+                let slot = match entries.iter().position(|(k, _)| same_key(k, key)) {
+                    Some(k) => &mut entries[k].1,
+                    None => {
+                        entries.push((key, PyValue::Null));
+                        &mut entries.last_mut().expect("just pushed").1
+                    }
+                };
+                match self.small_int() {
+                    Some(v) => *slot = PyValue::Int(v),
+                    None => self.value_into(depth, slot)?,
+                }
+                self.skip_ws();
+                match self.peek() {
+                    Some(b'}') => break,
+                    Some(b',') => {
+                        self.i += 1;
+                        self.skip_ws();
+                    }
+                    _ => return Err(self.syntax("Expecting ',' delimiter")),
+                }
             }
         }
+        self.i += 1;
+        *out = PyValue::Dict(entries.into_bump_slice());
+        Ok(())
     }
 }
 

@@ -675,7 +675,7 @@ struct SceneObject<'a> {
 /// Ground-truth objects are not validated by the reference, so anything it would raise on is an error.
 fn preprocess_object<'a>(
     o: &PyValue<'a>,
-    size: &ImageSize,
+    inverse_size: &Result<(f64, f64), RewardError>,
     arena: &'a Bump,
 ) -> Result<SceneObject<'a>, RewardError> {
     let gt_err = |m: &str| RewardError::GroundTruth(m.to_string());
@@ -690,7 +690,7 @@ fn preprocess_object<'a>(
     let bbox = o
         .get("bbox")
         .ok_or_else(|| gt_err("object without `bbox`"))?;
-    let (sw, sh) = size.inverse()?;
+    let (sw, sh) = inverse_size.clone()?;
     let PyValue::List(items) = bbox else {
         return Err(gt_err("bbox is not a list"));
     };
@@ -856,9 +856,11 @@ fn preprocess_objects<'a>(
     size: &ImageSize,
     arena: &'a Bump,
 ) -> Result<&'a [SceneObject<'a>], RewardError> {
+    // computed once; raised (like the reference) only at the first object that gets that far
+    let inverse_size = size.inverse();
     let mut out = BumpVec::with_capacity_in(objs.len(), arena);
     for o in objs {
-        out.push(preprocess_object(o, size, arena)?);
+        out.push(preprocess_object(o, &inverse_size, arena)?);
     }
     Ok(out.into_bump_slice())
 }
