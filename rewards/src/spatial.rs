@@ -119,20 +119,35 @@ fn for_each_byte(bytes: &[u8], needle: u8, mut f: impl FnMut(usize)) {
     const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let pattern = u64::from_ne_bytes([needle; 8]);
-    let mut chunks = bytes.chunks_exact(8);
-    let mut base = 0;
-    for chunk in chunks.by_ref() {
-        let x = u64::from_le_bytes(chunk.try_into().expect("chunks of 8")) ^ pattern;
-        // high bit of each byte of `zero` set exactly where that byte of `x` is 0 (no carries
-        // cross bytes: 0x7f + 0x7f < 0x100)
-        let mut zero = !(((x & LOW7).wrapping_add(LOW7)) | x) & HIGH;
-        while zero != 0 {
-            f(base + (zero.trailing_zeros() / 8) as usize);
-            zero &= zero - 1;
+    // high bit of each byte set exactly where that byte of `word` is the needle (no carries
+    // cross bytes: 0x7f + 0x7f < 0x100)
+    let hits = |word: &[u8]| {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ pattern;
+        !(((x & LOW7).wrapping_add(LOW7)) | x) & HIGH
+    };
+    let mut report = |base: usize, mut hits: u64| {
+        while hits != 0 {
+            f(base + (hits.trailing_zeros() / 8) as usize);
+            hits &= hits - 1;
         }
+    };
+    // sixteen bytes per step: needles are rare, so most steps test one combined mask
+    let mut pairs = bytes.chunks_exact(16);
+    let mut base = 0;
+    for pair in pairs.by_ref() {
+        let (low, high) = (hits(&pair[..8]), hits(&pair[8..]));
+        if low | high != 0 {
+            report(base, low);
+            report(base + 8, high);
+        }
+        base += 16;
+    }
+    let rest = pairs.remainder();
+    if rest.len() >= 8 {
+        report(base, hits(&rest[..8]));
         base += 8;
     }
-    for (k, &b) in chunks.remainder().iter().enumerate() {
+    for (k, &b) in bytes[base..].iter().enumerate() {
         if b == needle {
             f(base + k);
         }
@@ -248,7 +263,12 @@ fn image_size_groups(text: &str) -> Option<(&str, &str)> {
     while let Some(at) = find(&text[from..], image_size_finder()) {
         let start = from + at + IMAGE_SIZE_PREFIX.len();
         let line = &text[start..text[start..].find('\n').map_or(text.len(), |n| start + n)];
-        if let Some(x) = line.find(" x ") {
+        // ` x ` found byte-wise: building a substring searcher costs more than this short scan
+        let x = line
+            .as_bytes()
+            .windows(3)
+            .position(|w| w[0] == b' ' && w[1] == b'x' && w[2] == b' ');
+        if let Some(x) = x {
             if let Some(close) = line[x + 3..].find(')') {
                 return Some((&line[..x], &line[x + 3..x + 3 + close]));
             }
@@ -338,15 +358,22 @@ fn format_of(tags: &TagScan<'_>, scene: Option<&PyValue<'_>>) -> f64 {
         return 0.0;
     }
     // every object passed `is_valid_object`, so every id is a string
-    fn id<'v>(o: &PyValue<'v>) -> Option<&'v str> {
-        o.get("id").and_then(PyValue::as_str)
-    }
+    let ids = objs
+        .iter()
+        .filter_map(|o| o.get("id").and_then(PyValue::as_str));
     let duplicate = if objs.len() <= PAIRWISE_DUPLICATE_CHECK {
-        objs.iter()
-            .enumerate()
-            .any(|(k, a)| objs[..k].iter().any(|b| id(a) == id(b)))
+        let mut seen = [""; PAIRWISE_DUPLICATE_CHECK];
+        let mut n = 0;
+        ids.into_iter().any(|id| {
+            let repeated = seen[..n]
+                .iter()
+                .any(|s| s.len() == id.len() && s.bytes().zip(id.bytes()).all(|(a, b)| a == b));
+            seen[n] = id;
+            n += 1;
+            repeated
+        })
     } else {
-        let mut ids: Vec<&str> = objs.iter().filter_map(id).collect();
+        let mut ids: Vec<&str> = ids.collect();
         ids.sort_unstable();
         ids.windows(2).any(|w| w[0] == w[1])
     };
@@ -523,8 +550,9 @@ struct PreparedBox {
     /// `atan(w / (h + eps))`; `None` where the division raises.
     aspect_atan: Option<f64>,
     /// Finite coordinates of magnitude at most [`TAME_LIMIT`] and a defined aspect term: then no
-    /// CIoU with another tame box can overflow, divide by zero in a square or an aspect ratio,
-    /// or produce a NaN, so only the union can raise (see [`ciou01_tame`]).
+    /// CIoU with another tame box can overflow a square or divide by zero in an aspect ratio or
+    /// by the enclosing diagonal, so the zero union is the only check that can fire (see
+    /// [`BoxColumns`]).
     tame: bool,
 }
 
@@ -585,9 +613,9 @@ fn ciou01_prepared(pa: &PreparedBox, pb: &PreparedBox) -> Result<f64, RewardErro
 /// all of them is a branch-free loop the compiler vectorises. Only for tame boxes
 /// ([`PreparedBox::tame`]), whose CIoU can raise only on a zero union: the loop performs
 /// [`ciou01_prepared`]'s operations in the same order (so it gets the same values) without the
-/// checks that cannot fire. That CIoU is also symmetric in its arguments: for finite, non-NaN
-/// operands `min`/`max` differ at most in the sign of a zero that every later step absorbs, and
-/// sums, squared differences and products commute exactly.
+/// checks that cannot fire. That CIoU is also symmetric in its arguments: the coordinates are
+/// finite and not NaN, so `min`/`max` differ at most in the sign of a zero that every later step
+/// absorbs, and sums, squared differences and products commute exactly.
 struct BoxColumns<'a> {
     labels: &'a [&'a str],
     x1: &'a [f64],
