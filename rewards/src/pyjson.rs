@@ -165,6 +165,35 @@ fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
+/// [`Parser::small_int`] at byte `start` of `s`: the value and the offset just past it.
+#[cfg_attr(not(debug_assertions), inline(always))]
+fn small_int_at(s: &[u8], start: usize) -> Option<(i64, usize)> {
+    let mut j = start;
+    let negative = s.get(j) == Some(&b'-');
+    j += usize::from(negative);
+    let first = *s.get(j).filter(|c| c.is_ascii_digit())?;
+    let mut v = i64::from(first - b'0');
+    j += 1;
+    if first != b'0' {
+        // at most MAX_EXACT_DIGITS characters (sign included) in all
+        let end = s.len().min(start + MAX_EXACT_DIGITS);
+        while let Some(&d) = s.get(j..end).and_then(|rest| rest.first()) {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            v = v * 10 + i64::from(d - b'0');
+            j += 1;
+        }
+        if s.get(j).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+    }
+    if matches!(s.get(j), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some((if negative { -v } else { v }, j))
+}
+
 /// Length of the prefix of `s` free of `"`, `\\` and control bytes (< 0x20): the part of a string
 /// literal that is copied as is. Eight bytes at a time (SWAR), then byte by byte.
 #[inline]
@@ -353,27 +382,9 @@ impl<'a> Parser<'a> {
     /// value in a register is what makes it worth having: boxes are mostly such integers.
     #[cfg_attr(not(debug_assertions), inline(always))]
     fn small_int(&mut self) -> Option<i64> {
-        let s = self.s;
-        let mut j = self.i;
-        let negative = s.get(j) == Some(&b'-');
-        j += usize::from(negative);
-        let first = *s.get(j).filter(|c| c.is_ascii_digit())?;
-        let mut v = i64::from(first - b'0');
-        j += 1;
-        if first != b'0' {
-            while let Some(&d) = s.get(j).filter(|c| c.is_ascii_digit()) {
-                if j - self.i >= MAX_EXACT_DIGITS {
-                    return None;
-                }
-                v = v * 10 + i64::from(d - b'0');
-                j += 1;
-            }
-        }
-        if matches!(s.get(j), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        self.i = j;
-        Some(if negative { -v } else { v })
+        let (v, end) = small_int_at(self.s, self.i)?;
+        self.i = end;
+        Some(v)
     }
 
     /// A number literal into `out`.
@@ -546,9 +557,15 @@ impl<'a> Parser<'a> {
         let mut items = BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
         if self.peek() != Some(b']') {
+            // an item at `{` is an object one level down: the fast path needs room for its box
+            let fast_objects = self.fast_objects && depth + 1 < MAX_DEPTH;
             loop {
-                match self.small_int() {
-                    Some(v) => items.push(PyValue::Int(v)),
+                let quick = match self.peek() {
+                    Some(b'{') if fast_objects => self.scene_object(),
+                    _ => self.small_int().map(PyValue::Int),
+                };
+                match quick {
+                    Some(v) => items.push(v),
                     None => {
                         items.push(PyValue::Null);
                         let slot = items.last_mut().expect("just pushed");
@@ -571,73 +588,47 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// The object at `{` if it is written as a scene object is, `{"id": "<text without escapes>",
-    /// "bbox": [<int>, <int>, <int>, <int>]}` (any JSON whitespace between tokens, integers that
-    /// [`Self::small_int`] reads): the same value the general path builds, in a fraction of its
-    /// steps (no dispatch, no duplicate-key search, slices allocated at their final size).
-    /// `None`, with the position unchanged, for anything else. Needs one nesting level of room
-    /// for the box.
+    /// The object at `{` if it is a scene object laid out as Python's `json.dumps` writes one,
+    /// `{"id": "<text without escapes>", "bbox": [<int>, <int>, <int>, <int>]}` (`", "` and
+    /// `": "` separators, integers that [`Self::small_int`] reads): the same value the general
+    /// path builds, in a fraction of its steps (fixed tokens compared at once, no dispatch, no
+    /// duplicate-key search, slices allocated at their final size). `None`, with the position
+    /// unchanged, for anything else, which the general path then parses. Needs one nesting
+    /// level of room for the box.
     #[cfg_attr(not(debug_assertions), inline(always))]
     fn scene_object(&mut self) -> Option<PyValue<'a>> {
-        let start = self.i;
-        let object = self.scene_object_from_brace();
-        if object.is_none() {
-            self.i = start;
+        const OPEN: &[u8] = br#"{"id": ""#;
+        const MIDDLE: &[u8] = br#"", "bbox": ["#;
+        let s = self.s;
+        let mut j = self.i;
+        if s.get(j..j + OPEN.len())? != OPEN {
+            return None;
         }
-        object
-    }
-
-    /// [`Self::scene_object`] without restoring the position on a mismatch.
-    fn scene_object_from_brace(&mut self) -> Option<PyValue<'a>> {
-        self.i += 1;
-        let id_key = self.expect_key(b"id")?;
-        self.expect_byte(b'"')?;
-        let id_start = self.i;
-        self.i += plain_run(&self.s[self.i..]);
-        let id = &self.text[id_start..self.i];
-        self.expect_byte(b'"')?;
-        self.skip_ws();
-        self.expect_byte(b',')?;
-        let bbox_key = self.expect_key(b"bbox")?;
-        self.expect_byte(b'[')?;
+        j += OPEN.len();
+        let id_start = j;
+        j += plain_run(&s[j..]);
+        // `plain_run` stops at an ASCII byte, so this is a character boundary
+        let id = self.text.get(id_start..j)?;
+        if s.get(j..j + MIDDLE.len())? != MIDDLE {
+            return None;
+        }
+        j += MIDDLE.len();
         let mut numbers = [PyValue::Null; 4];
         for (k, number) in numbers.iter_mut().enumerate() {
-            self.skip_ws();
-            *number = PyValue::Int(self.small_int()?);
-            self.skip_ws();
-            self.expect_byte(if k == 3 { b']' } else { b',' })?;
+            let (v, end) = small_int_at(s, j)?;
+            *number = PyValue::Int(v);
+            let separator: &[u8] = if k == 3 { b"]}" } else { b", " };
+            if s.get(end..end + 2)? != separator {
+                return None;
+            }
+            j = end + 2;
         }
-        self.skip_ws();
-        self.expect_byte(b'}')?;
+        self.i = j;
         let bbox = &*self.arena.alloc_slice_copy(&numbers);
         let entries = self
             .arena
-            .alloc_slice_copy(&[(id_key, PyValue::Str(id)), (bbox_key, PyValue::List(bbox))]);
+            .alloc_slice_copy(&[("id", PyValue::Str(id)), ("bbox", PyValue::List(bbox))]);
         Some(PyValue::Dict(entries))
-    }
-
-    /// Whitespace, `"key"`, whitespace, `:`, whitespace; the key as borrowed text.
-    #[cfg_attr(not(debug_assertions), inline(always))]
-    fn expect_key(&mut self, key: &[u8]) -> Option<&'a str> {
-        self.skip_ws();
-        self.expect_byte(b'"')?;
-        let start = self.i;
-        let end = start + key.len();
-        if self.s.get(start..end) != Some(key) {
-            return None;
-        }
-        self.i = end;
-        self.expect_byte(b'"')?;
-        self.skip_ws();
-        self.expect_byte(b':')?;
-        self.skip_ws();
-        Some(&self.text[start..end])
-    }
-
-    /// Consume `byte` if it is next.
-    #[cfg_attr(not(debug_assertions), inline(always))]
-    fn expect_byte(&mut self, byte: u8) -> Option<()> {
-        (self.peek() == Some(byte)).then(|| self.i += 1)
     }
 
     /// An object into `out`; each value is parsed straight into its entry (the first
@@ -753,8 +744,13 @@ mod tests {
         };
         let shapes = [
             r#"{"id": "man.1", "bbox": [1, 2, 3, 4]}"#,
+            r#"{"id": "a", "bbox": [-0, 0, -12, 999999999999999999]}"#,
+            r#"{"id": "a", "bbox": [-0, 0, -12, 9223372036854775807]}"#,
             "{\"id\":\"a\",\"bbox\":[-0,0,-12,9223372036854775807]}",
             " {\n\t\"id\" :\r \"x y\" , \"bbox\" : [ 1 ,2, 3 , 4 ] } ",
+            r#"{"id": "man.1", "bbox": [1, 2, 3, 4] }"#,
+            r#"{"id": "man.1", "bbox": [1, 2, 3, 4 ]}"#,
+            r#"{"id": "man.1", "bbox": [1,2, 3, 4]}"#,
             r#"{"id": "", "bbox": [1, 2, 3, 4]}"#,
             r#"{"id": "é.1", "bbox": [1, 2, 3, 4]}"#,
             // near misses: each must take the general path (or fail like it)
