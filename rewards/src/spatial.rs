@@ -499,20 +499,29 @@ fn object_label<'a>(raw_id: &'a str, arena: &'a Bump) -> &'a str {
         // ASCII refinement maps byte to byte and strips, and no stripped byte is a `.`, so the
         // label is the raw text before the first `.`, mapped, without the bytes that map to
         // whitespace at either end.
-        let prefix = &b[..b.iter().position(|&c| c == b'.').unwrap_or(b.len())];
-        let blank = |c: &u8| matches!(*c, b'_' | b'-') || py_isspace(char::from(*c));
-        let start = prefix
-            .iter()
-            .position(|c| !blank(c))
-            .unwrap_or(prefix.len());
-        let stop = prefix
-            .iter()
-            .rposition(|c| !blank(c))
-            .map_or(start, |k| k + 1);
-        let core = &prefix[start..stop];
-        if !core
-            .iter()
-            .any(|&c| c.is_ascii_uppercase() || matches!(c, b'_' | b'-'))
+        // one pass up to the first `.`: the first and last byte that stays non-blank, and
+        // whether any byte in between needs mapping
+        let (mut start, mut stop, mut rewrite) = (None, 0, false);
+        for (k, &c) in b.iter().enumerate() {
+            match c {
+                b'.' => break,
+                b'_' | b'-' => rewrite = true,
+                b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b'\x1c'..=b'\x1f' => {}
+                c => {
+                    rewrite |= c.is_ascii_uppercase();
+                    start.get_or_insert(k);
+                    stop = k + 1;
+                }
+            }
+        }
+        let start = start.unwrap_or(0);
+        let stop = stop.max(start);
+        let core = &b[start..stop];
+        // blanks before `start` or after `stop` are dropped, not mapped
+        if !rewrite
+            || !core
+                .iter()
+                .any(|&c| c.is_ascii_uppercase() || matches!(c, b'_' | b'-'))
         {
             return &raw_id[start..stop];
         }
@@ -780,18 +789,18 @@ fn compute_obj_score(
         return Ok(1.0);
     }
     let rows = p + g.saturating_sub(p);
-    let mut cost = bumpalo::vec![in arena; PAD_COST; rows * g];
-    let mut ious = bumpalo::vec![in arena; 0.0; p * g];
+    let cost = arena.alloc_slice_fill_copy(rows * g, PAD_COST);
+    let ious = arena.alloc_slice_fill_copy(p * g, 0.0);
     // Fast path: every box tame, so each CIoU is computed once without per-step checks and,
     // being symmetric then, reused for the matched pairs.
     let mut fast = pred.iter().chain(gt).all(|o| o.bbox.tame);
     if fast {
         let columns = BoxColumns::new(gt, arena);
-        let mut sims = bumpalo::vec![in arena; 0.0; g];
+        let sims = arena.alloc_slice_fill_copy(g, 0.0);
         for (i, po) in pred.iter().enumerate() {
-            sim.similarity_row(po.label, columns.labels, &mut sims);
+            sim.similarity_row(po.label, columns.labels, sims);
             let row = i * g..(i + 1) * g;
-            if columns.ciou_row(&po.bbox, &sims, &mut cost[row.clone()], &mut ious[row]) {
+            if columns.ciou_row(&po.bbox, sims, &mut cost[row.clone()], &mut ious[row]) {
                 // a zero union: let the exact path raise at the reference's pair
                 fast = false;
                 break;
@@ -807,12 +816,15 @@ fn compute_obj_score(
             }
         }
     }
-    let assignment = arena.alloc_slice_fill_copy(rows, None::<usize>);
-    linear_sum_assignment_into(rows, g, &cost, assignment)?;
-    let mut mapping = bumpalo::vec![in arena; None::<usize>; g];
-    for (r, c) in assignment.iter().enumerate() {
-        if let (Some(c), true) = (*c, r < p) {
-            mapping[c] = Some(r);
+    let mapping = arena.alloc_slice_fill_copy(g, None::<usize>);
+    if !clear_matching(p, g, cost, mapping, arena) {
+        mapping.fill(None);
+        let assignment = arena.alloc_slice_fill_copy(rows, None::<usize>);
+        linear_sum_assignment_into(rows, g, cost, assignment)?;
+        for (r, c) in assignment.iter().enumerate() {
+            if let (Some(c), true) = (*c, r < p) {
+                mapping[c] = Some(r);
+            }
         }
     }
     let mut total = 0.0;
@@ -826,6 +838,71 @@ fn compute_obj_score(
         }
     }
     Ok(total / g as f64)
+}
+
+/// How much cheaper than every alternative each matched pair must be for [`clear_matching`] to
+/// decide the matching without the solver: far above the rounding in the solver's potentials
+/// (costs are a few units, padding rows 1e5, so that rounding is below 1e-9).
+const CLEAR_MARGIN: f64 = 1e-6;
+
+/// Fill `mapping` (GT column → prediction row) when the cost matrix's optimum is unique by a
+/// clear margin, so that every exact solver, scipy's included, returns it; `false` (with
+/// `mapping` partly written) otherwise, or if a cost in the prediction rows is not finite.
+///
+/// With `p <= g`: every prediction row has one cheapest column, beating its other columns by
+/// more than [`CLEAR_MARGIN`], and these columns are distinct. Any other assignment moves at
+/// least one prediction off its cheapest column and costs more by more than the margin, and the
+/// padding rows cost the same wherever they go, so the predictions' part of every optimum is
+/// this one. With `p > g` the same holds column by column: every GT column has one cheapest
+/// prediction, distinct across columns.
+fn clear_matching(
+    p: usize,
+    g: usize,
+    cost: &[f64],
+    mapping: &mut [Option<usize>],
+    arena: &Bump,
+) -> bool {
+    /// Cheapest entry, its index and the second cheapest value (∞ if there is none); `None` if
+    /// an entry is not finite.
+    fn cheapest(values: impl Iterator<Item = f64>) -> Option<(f64, usize, f64)> {
+        let (mut best, mut at, mut second) = (f64::INFINITY, 0, f64::INFINITY);
+        for (k, v) in values.enumerate() {
+            if !v.is_finite() {
+                return None;
+            }
+            if v < best {
+                (best, at, second) = (v, k, best);
+            } else if v < second {
+                second = v;
+            }
+        }
+        Some((best, at, second))
+    }
+    if p <= g {
+        for (r, row) in cost.chunks_exact(g).take(p).enumerate() {
+            let Some((best, c, second)) = cheapest(row.iter().copied()) else {
+                return false;
+            };
+            if second - best <= CLEAR_MARGIN || mapping[c].is_some() {
+                return false;
+            }
+            mapping[c] = Some(r);
+        }
+    } else {
+        let used = arena.alloc_slice_fill_copy(p, false);
+        for (c, slot) in mapping.iter_mut().enumerate() {
+            let column = (0..p).map(|r| cost[r * g + c]);
+            let Some((best, r, second)) = cheapest(column) else {
+                return false;
+            };
+            if second - best <= CLEAR_MARGIN || used[r] {
+                return false;
+            }
+            used[r] = true;
+            *slot = Some(r);
+        }
+    }
+    true
 }
 
 /// Spatial reward S (`relaxed_spatial_reward` with `threshold=0`, `rel_gating=False`).
@@ -1066,12 +1143,61 @@ mod tests {
             "x\t.y",
             "Ünï.1",
             "\u{3000}man.1",
+            "\u{b}Man\u{c}.2",
+            "a-b_C.1",
+            "--.1",
+            "x y\r\u{1d}",
+            "_A_",
         ];
         let arena = Bump::new();
         for id in ids {
             let slow = sim_label(&refine_node_edge(id)).into_owned();
             assert_eq!(object_label(id, &arena), slow, "{id:?}");
         }
+    }
+
+    #[test]
+    fn clear_matching_agrees_with_the_solver() {
+        let mut r = Lcg(4);
+        let (mut decided, mut deferred) = (0, 0);
+        for _ in 0..20_000 {
+            let (p, g) = (r.next(7) as usize, 1 + r.next(6) as usize);
+            let rows = p.max(g);
+            let mut cost = vec![PAD_COST; rows * g];
+            for v in &mut cost[..p * g] {
+                // few distinct values, so ties and near-ties are common
+                *v = match r.next(5) {
+                    0 => r.next(4) as f64,
+                    1 => r.next(4) as f64 + CLEAR_MARGIN / 2.0,
+                    _ => r.next(1000) as f64 / 300.0,
+                };
+            }
+            let arena = Bump::new();
+            let mut mapping = vec![None; g];
+            if !clear_matching(p, g, &cost, &mut mapping, &arena) {
+                deferred += 1;
+                continue;
+            }
+            decided += 1;
+            let mut expected = vec![None; g];
+            let assignment = crate::lsap::linear_sum_assignment(rows, g, &cost).unwrap();
+            for (row, c) in assignment.into_iter().enumerate() {
+                if let (Some(c), true) = (c, row < p) {
+                    expected[c] = Some(row);
+                }
+            }
+            assert_eq!(mapping, expected, "p={p} g={g} {cost:?}");
+        }
+        assert!(decided > 2_000 && deferred > 2_000, "{decided} {deferred}");
+        let arena = Bump::new();
+        let mut mapping = vec![None; 2];
+        assert!(!clear_matching(
+            1,
+            2,
+            &[f64::NAN, 0.0, PAD_COST, PAD_COST],
+            &mut mapping,
+            &arena
+        ));
     }
 
     #[test]
