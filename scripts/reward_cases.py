@@ -2,6 +2,7 @@
 """Generate adversarial reward test cases as JSONL: {"id", "response", "ground_truth", "problem"}.
 
     python scripts/reward_cases.py --n 3000 --seed 0 --output cases.jsonl [--reward spatial|r1v]
+    python scripts/reward_cases.py --n 8000 --seed 0 --typical 8 --output typical.jsonl
 
 Covers well-formed responses with 0-12 objects (jittered, shuffled, duplicated boxes that make the
 assignment tie), and the edges where Python semantics matter: malformed / repeated / reordered tags,
@@ -370,15 +371,52 @@ def r1v_case(r):
     return resp, gt, ""
 
 
+def typical_group(r, group):
+    """A GRPO group of well-formed responses to one 2-12-object ground truth, written the way the
+    policy writes them (json.dumps layout): small jitter, a dropped or repeated object now and then,
+    overlapping GT objects and repeated labels (near-ties and ties in the matching), a wrong answer
+    a quarter of the time."""
+    w, h = r.choice([(800, 600), (640, 480), (1024, 768)])
+    gt = make_gt(r, w, h, n_obj=r.randint(2, 12), n_rel=r.randint(0, 2))
+    for o in gt["objects"]:
+        if r.random() < 0.2:  # overlap another object almost exactly
+            o["bbox"] = jitter(r, r.choice(gt["objects"])["bbox"], 1)
+    gt_answer = r.choice(OPTIONS)
+    rows = []
+    for _ in range(group):
+        objs = []
+        for o in gt["objects"]:
+            mode = r.random()
+            if mode < 0.1:
+                continue
+            objs.append({"id": o["id"], "bbox": jitter(r, o["bbox"], r.choice([0, 1, 3, 12]))})
+            if mode > 0.95:
+                objs.append({"id": o["id"].split(".")[0] + ".99", "bbox": list(o["bbox"])})
+        pred = {"objects": objs, "relationships": gt["relationships"]}
+        answer = gt_answer if r.random() < 0.75 else r.choice(OPTIONS)
+        resp = (f"<observe>Several objects.</observe>\n<scene>\n{json.dumps(pred)}\n</scene>\n"
+                f"<think>Compare depths.</think>\n<answer>{answer}</answer>")
+        rows.append((resp, gt_text(json.dumps(gt), gt_answer), problem_for(w, h)))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reward", default="spatial", choices=["spatial", "r1v"])
     ap.add_argument("--output", required=True)
+    ap.add_argument("--typical", type=int, default=0, metavar="GROUP",
+                    help="instead of adversarial cases: well-formed GRPO groups of this size (see typical_group)")
     args = ap.parse_args()
     r = random.Random(args.seed)
-    rows = golden(r) if args.reward == "spatial" else []
+    if args.typical:
+        rows = []
+        while len(rows) < args.n:
+            rows.extend(typical_group(r, args.typical))
+        rows = rows[:args.n]
+    else:
+        rows = golden(r) if args.reward == "spatial" else []
     while len(rows) < args.n:
         rows.append(spatial_case(r) if args.reward == "spatial" else r1v_case(r))
     with open(args.output, "w", encoding="utf-8") as f:

@@ -177,11 +177,8 @@ fn small_int_at(s: &[u8], start: usize) -> Option<(i64, usize)> {
     if first != b'0' {
         // at most MAX_EXACT_DIGITS characters (sign included) in all
         let end = s.len().min(start + MAX_EXACT_DIGITS);
-        while let Some(&d) = s.get(j..end).and_then(|rest| rest.first()) {
-            if !d.is_ascii_digit() {
-                break;
-            }
-            v = v * 10 + i64::from(d - b'0');
+        while j < end && s[j].is_ascii_digit() {
+            v = v * 10 + i64::from(s[j] - b'0');
             j += 1;
         }
         if s.get(j).is_some_and(u8::is_ascii_digit) {

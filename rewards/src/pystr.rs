@@ -14,7 +14,31 @@ pub fn py_isspace(c: char) -> bool {
 
 /// Python's `str.strip()` with no arguments.
 pub fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_isspace)
+    trim(
+        s,
+        |b| matches!(b, b'\t'..=b'\r' | b'\x1c'..=b'\x1f' | b' '),
+        py_isspace,
+    )
+}
+
+/// `s.trim_matches(space)`, where `ascii_space` is `space` on ASCII bytes: ASCII whitespace is
+/// trimmed byte by byte and the general (UTF-8 decoding) trim runs only when a non-ASCII
+/// character is left at either end.
+fn trim(s: &str, ascii_space: impl Fn(u8) -> bool, space: fn(char) -> bool) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| !ascii_space(c)).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|&c| !ascii_space(c))
+        .map_or(start, |k| k + 1);
+    // ASCII bytes are character boundaries
+    let s = &s[start..end];
+    let b = s.as_bytes();
+    if b.first().is_some_and(|c| !c.is_ascii()) || b.last().is_some_and(|c| !c.is_ascii()) {
+        s.trim_matches(space)
+    } else {
+        s
+    }
 }
 
 /// Python's `str.lower()` (full Unicode case mapping, final sigma included).
@@ -58,7 +82,11 @@ pub fn decimal_value(c: char) -> Option<u32> {
 /// The whitespace `int()` and `float()` strip: unlike `str.strip()`, not U+001C..U+001F (CPython
 /// maps non-ASCII whitespace to spaces, then skips only ASCII whitespace).
 pub fn py_number_strip(s: &str) -> &str {
-    s.trim_matches(char::is_whitespace)
+    trim(
+        s,
+        |b| matches!(b, b'\t'..=b'\r' | b' '),
+        char::is_whitespace,
+    )
 }
 
 /// Decimal literals of at most this many digits always fit in an `i64`.
@@ -107,6 +135,27 @@ pub fn py_int(text: &str) -> Option<PyInt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_trims_agree_with_the_unicode_ones() {
+        let pieces = [
+            "", " ", "\t", "\u{b}", "\u{1c}", "\u{1f}", "\u{85}", "\u{3000}", "a", "é", "\u{200b}",
+            "x y",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}{a}");
+                    assert_eq!(py_strip(&s), s.trim_matches(py_isspace), "{s:?}");
+                    assert_eq!(
+                        py_number_strip(&s),
+                        s.trim_matches(char::is_whitespace),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn strip_matches_python() {

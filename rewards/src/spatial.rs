@@ -71,7 +71,7 @@ impl<'t> TagScan<'t> {
             block: [None; 4],
         };
         let bytes = text.as_bytes();
-        for_each_byte(bytes, b'<', |at| {
+        for at in memchr::memchr_iter(b'<', bytes) {
             let rest = &bytes[at + 1..];
             let (closing, name) = match rest.strip_prefix(b"/") {
                 Some(name) => (true, name),
@@ -83,7 +83,7 @@ impl<'t> TagScan<'t> {
                 Some(b't') => 1,
                 Some(b's') => 2,
                 Some(b'a') => 3,
-                _ => return,
+                _ => continue,
             };
             let tag = TAGS[t].as_bytes();
             debug_assert_eq!(tag[0], name[0], "TAGS order");
@@ -102,55 +102,13 @@ impl<'t> TagScan<'t> {
                     }
                 }
             }
-        });
+        }
         scan
     }
 
     /// The captured text of tag `t` (an index into [`TAGS`]).
     fn block(&self, t: usize) -> Option<&'t str> {
         self.block[t].map(|(a, b)| &self.text[a..b])
-    }
-}
-
-/// Calls `f` with the offset of every `needle` byte in `bytes`, in order. Eight bytes at a time
-/// (SWAR): a response has a `<` only every hundred bytes or so, and restarting a SIMD `memchr`
-/// at each of them costs more than this single pass.
-fn for_each_byte(bytes: &[u8], needle: u8, mut f: impl FnMut(usize)) {
-    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let pattern = u64::from_ne_bytes([needle; 8]);
-    // high bit of each byte set exactly where that byte of `word` is the needle (no carries
-    // cross bytes: 0x7f + 0x7f < 0x100)
-    let hits = |word: &[u8]| {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ pattern;
-        !(((x & LOW7).wrapping_add(LOW7)) | x) & HIGH
-    };
-    let mut report = |base: usize, mut hits: u64| {
-        while hits != 0 {
-            f(base + (hits.trailing_zeros() / 8) as usize);
-            hits &= hits - 1;
-        }
-    };
-    // sixteen bytes per step: needles are rare, so most steps test one combined mask
-    let mut pairs = bytes.chunks_exact(16);
-    let mut base = 0;
-    for pair in pairs.by_ref() {
-        let (low, high) = (hits(&pair[..8]), hits(&pair[8..]));
-        if low | high != 0 {
-            report(base, low);
-            report(base + 8, high);
-        }
-        base += 16;
-    }
-    let rest = pairs.remainder();
-    if rest.len() >= 8 {
-        report(base, hits(&rest[..8]));
-        base += 8;
-    }
-    for (k, &b) in bytes[base..].iter().enumerate() {
-        if b == needle {
-            f(base + k);
-        }
     }
 }
 
@@ -1106,22 +1064,6 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (self.0 >> 33) % n
-        }
-    }
-
-    #[test]
-    fn byte_scan_finds_every_occurrence() {
-        let mut r = Lcg(1);
-        for len in 0..80 {
-            for _ in 0..20 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| [b'<', b'a', 0x3c ^ 0x80, 0xbc, b'>', 0][r.next(6) as usize])
-                    .collect();
-                let mut found = Vec::new();
-                for_each_byte(&bytes, b'<', |k| found.push(k));
-                let expected: Vec<usize> = (0..len).filter(|&k| bytes[k] == b'<').collect();
-                assert_eq!(found, expected, "{bytes:?}");
-            }
         }
     }
 
