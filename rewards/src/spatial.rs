@@ -599,19 +599,38 @@ impl<'a> BoxColumns<'a> {
     /// The columns of `objects`, whose boxes must all be tame.
     fn new(objects: &[SceneObject<'a>], arena: &'a Bump) -> Self {
         debug_assert!(objects.iter().all(|o| o.bbox.tame));
-        let column = |f: &dyn Fn(&PreparedBox) -> f64| {
-            &*arena.alloc_slice_fill_iter(objects.iter().map(|o| f(&o.bbox)))
-        };
+        let n = objects.len();
+        let labels = arena.alloc_slice_fill_copy(n, "");
+        let mut columns: [&mut [f64]; 8] =
+            std::array::from_fn(|_| arena.alloc_slice_fill_copy(n, 0.0));
+        for (j, o) in objects.iter().enumerate() {
+            let b = &o.bbox;
+            labels[j] = o.label;
+            let fields = [
+                b.b[0],
+                b.b[1],
+                b.b[2],
+                b.b[3],
+                b.area,
+                b.cx,
+                b.cy,
+                b.aspect_atan.unwrap_or_default(),
+            ];
+            for (column, v) in columns.iter_mut().zip(fields) {
+                column[j] = v;
+            }
+        }
+        let [x1, y1, x2, y2, area, cx, cy, aspect_atan] = columns;
         BoxColumns {
-            labels: arena.alloc_slice_fill_iter(objects.iter().map(|o| o.label)),
-            x1: column(&|b| b.b[0]),
-            y1: column(&|b| b.b[1]),
-            x2: column(&|b| b.b[2]),
-            y2: column(&|b| b.b[3]),
-            area: column(&|b| b.area),
-            cx: column(&|b| b.cx),
-            cy: column(&|b| b.cy),
-            aspect_atan: column(&|b| b.aspect_atan.unwrap_or_default()),
+            labels,
+            x1,
+            y1,
+            x2,
+            y2,
+            area,
+            cx,
+            cy,
+            aspect_atan,
         }
     }
 
