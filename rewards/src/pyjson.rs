@@ -544,6 +544,22 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// After a list item or dict entry: whitespace, then the container's closing byte (`true`,
+    /// not consumed) or a comma and whitespace (`false`).
+    #[cfg_attr(not(debug_assertions), inline(always))]
+    fn item_end(&mut self, close: u8) -> Parse<bool> {
+        self.skip_ws();
+        match self.peek() {
+            Some(c) if c == close => Ok(true),
+            Some(b',') => {
+                self.i += 1;
+                self.skip_ws();
+                Ok(false)
+            }
+            _ => Err(self.syntax("Expecting ',' delimiter")),
+        }
+    }
+
     /// An array into `out`; the items are parsed straight into their slots.
     #[inline(never)]
     fn array(&mut self, depth: usize, out: &mut PyValue<'a>) -> Parse<()> {
@@ -569,14 +585,8 @@ impl<'a> Parser<'a> {
                         self.value_into(depth, slot)?;
                     }
                 }
-                self.skip_ws();
-                match self.peek() {
-                    Some(b']') => break,
-                    Some(b',') => {
-                        self.i += 1;
-                        self.skip_ws();
-                    }
-                    _ => return Err(self.syntax("Expecting ',' delimiter")),
+                if self.item_end(b']')? {
+                    break;
                 }
             }
         }
@@ -669,14 +679,8 @@ impl<'a> Parser<'a> {
                     Some(v) => *slot = PyValue::Int(v),
                     None => self.value_into(depth, slot)?,
                 }
-                self.skip_ws();
-                match self.peek() {
-                    Some(b'}') => break,
-                    Some(b',') => {
-                        self.i += 1;
-                        self.skip_ws();
-                    }
-                    _ => return Err(self.syntax("Expecting ',' delimiter")),
+                if self.item_end(b'}')? {
+                    break;
                 }
             }
         }
