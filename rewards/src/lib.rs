@@ -21,6 +21,13 @@ pub use pyjson::{PyInt, PyValue};
 pub use similarity::{ExactLabelSimilarity, LabelSimilarity, WordVectorSimilarity};
 pub use spatial::{extract_answer, extract_scene, has_scene_object, parse_image_size, ImageSize};
 
+/// `a == b` for the short strings of a scene (keys, ids, labels), compared in line: the general
+/// slice comparison calls `memcmp`, which costs more than comparing a few bytes.
+#[inline]
+pub(crate) fn short_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// A reward and its components (all 0 for the ones a reward does not have, e.g. count in `r1v`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RewardScore {

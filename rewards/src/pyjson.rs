@@ -13,6 +13,8 @@ use std::fmt;
 use bumpalo::collections::{String as BumpString, Vec as BumpVec};
 use bumpalo::Bump;
 
+use crate::short_eq;
+
 /// Python's default `sys.get_int_max_str_digits()`: longer integer literals make `json.loads` raise.
 pub const INT_MAX_STR_DIGITS: usize = 4300;
 
@@ -98,7 +100,7 @@ impl<'a> PyValue<'a> {
         match self {
             PyValue::Dict(entries) => entries
                 .iter()
-                .find(|(k, _)| same_key(k, key))
+                .find(|(k, _)| short_eq(k, key))
                 .map(|(_, v)| v),
             _ => None,
         }
@@ -156,13 +158,6 @@ impl<'a> PyValue<'a> {
             _ => None,
         }
     }
-}
-
-/// `a == b` for the short keys of a scene, compared in line: the general slice comparison calls
-/// `memcmp`, which costs more than comparing two to thirteen bytes.
-#[inline]
-fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 /// [`Parser::small_int`] at byte `start` of `s`: the value and the offset just past it.
@@ -570,15 +565,9 @@ impl<'a> Parser<'a> {
         let mut items = BumpVec::with_capacity_in(TYPICAL_LEN, self.arena);
         self.skip_ws();
         if self.peek() != Some(b']') {
-            // an item at `{` is an object one level down: the fast path needs room for its box
-            let fast_objects = self.fast_objects && depth + 1 < MAX_DEPTH;
             loop {
-                let quick = match self.peek() {
-                    Some(b'{') if fast_objects => self.scene_object(),
-                    _ => self.small_int().map(PyValue::Int),
-                };
-                match quick {
-                    Some(v) => items.push(v),
+                match self.small_int() {
+                    Some(v) => items.push(PyValue::Int(v)),
                     None => {
                         items.push(PyValue::Null);
                         let slot = items.last_mut().expect("just pushed");
@@ -668,7 +657,7 @@ impl<'a> Parser<'a> {
                 }
                 self.i += 1;
                 self.skip_ws();
-                let slot = match entries.iter().position(|(k, _)| same_key(k, key)) {
+                let slot = match entries.iter().position(|(k, _)| short_eq(k, key)) {
                     Some(k) => &mut entries[k].1,
                     None => {
                         entries.push((key, PyValue::Null));

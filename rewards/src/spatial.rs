@@ -18,7 +18,7 @@ use crate::lsap::linear_sum_assignment_into;
 use crate::pyjson::{self, PyInt, PyValue};
 use crate::pystr::{py_int, py_isspace, py_lower, py_strip};
 use crate::similarity::LabelSimilarity;
-use crate::{RewardError, RewardScore};
+use crate::{short_eq, RewardError, RewardScore};
 
 /// Weight of the format reward F.
 pub const FORMAT_WEIGHT: f64 = 0.1;
@@ -323,9 +323,7 @@ fn format_of(tags: &TagScan<'_>, scene: Option<&PyValue<'_>>) -> f64 {
         let mut seen = [""; PAIRWISE_DUPLICATE_CHECK];
         let mut n = 0;
         ids.into_iter().any(|id| {
-            let repeated = seen[..n]
-                .iter()
-                .any(|s| s.len() == id.len() && s.bytes().zip(id.bytes()).all(|(a, b)| a == b));
+            let repeated = seen[..n].iter().any(|s| short_eq(s, id));
             seen[n] = id;
             n += 1;
             repeated
@@ -456,17 +454,21 @@ fn object_label<'a>(raw_id: &'a str, arena: &'a Bump) -> &'a str {
     if b.is_ascii() {
         // ASCII refinement maps byte to byte and strips, and no stripped byte is a `.`, so the
         // label is the raw text before the first `.`, mapped, without the bytes that map to
-        // whitespace at either end.
-        // one pass up to the first `.`: the first and last byte that stays non-blank, and
-        // whether any byte in between needs mapping
-        let (mut start, mut stop, mut rewrite) = (None, 0, false);
+        // whitespace at either end: one pass finds the first and last byte that stays non-blank
+        let (mut start, mut stop) = (None, 0);
         for (k, &c) in b.iter().enumerate() {
             match c {
                 b'.' => break,
-                b'_' | b'-' => rewrite = true,
-                b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b'\x1c'..=b'\x1f' => {}
-                c => {
-                    rewrite |= c.is_ascii_uppercase();
+                b'_'
+                | b'-'
+                | b' '
+                | b'\t'
+                | b'\n'
+                | b'\x0b'
+                | b'\x0c'
+                | b'\r'
+                | b'\x1c'..=b'\x1f' => {}
+                _ => {
                     start.get_or_insert(k);
                     stop = k + 1;
                 }
@@ -475,11 +477,9 @@ fn object_label<'a>(raw_id: &'a str, arena: &'a Bump) -> &'a str {
         let start = start.unwrap_or(0);
         let stop = stop.max(start);
         let core = &b[start..stop];
-        // blanks before `start` or after `stop` are dropped, not mapped
-        if !rewrite
-            || !core
-                .iter()
-                .any(|&c| c.is_ascii_uppercase() || matches!(c, b'_' | b'-'))
+        if !core
+            .iter()
+            .any(|&c| c.is_ascii_uppercase() || matches!(c, b'_' | b'-'))
         {
             return &raw_id[start..stop];
         }
