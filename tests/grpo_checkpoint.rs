@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tch::{Kind, Tensor};
-use trainer::grpo::checkpoint::{
+use trainer::grpo::optim::{AdamWConfig, AnyPrecisionAdamW};
+use trainer::train::checkpoint::{
     list_checkpoints, load_model_tensors, restore, CheckpointManager, ModelFiles, TrainerState,
     INDEX_FILE, TEMP_PREFIX,
 };
-use trainer::grpo::optim::{AdamWConfig, AnyPrecisionAdamW};
 
 const CHILD_ENV: &str = "GRPO_CHECKPOINT_CRASH_CHILD_DIR";
 const SHARD_MARKER: &str = "first shard written";
@@ -115,7 +115,7 @@ fn hf_layout_sharding_and_keep_last() {
         (64 * 32 * 2 + 32 * 48 + 32) * 4
     );
     assert_same(&load_model_tensors(&ck).unwrap(), &w);
-    let st = trainer::grpo::checkpoint::load_trainer_state(&ck).unwrap();
+    let st = trainer::train::checkpoint::load_trainer_state(&ck).unwrap();
     assert_eq!(st, state(3));
 }
 

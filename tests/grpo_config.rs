@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use trainer::grpo::config::{RewardKind, TrainConfig, WeightDtype};
-use trainer::grpo::memory::{MemoryPlan, ModelShape};
-use trainer::grpo::metrics::MetricsLogger;
+use rewards::RewardKind;
 use trainer::grpo::optim::StateDtype;
+use trainer::model::config::Qwen2_5VLConfig;
+use trainer::train::config::{AdvantageEstimator, KlPenalty, TrainConfig, WeightDtype};
+use trainer::train::memory::{MemoryPlan, ModelShape};
+use trainer::train::metrics::MetricsLogger;
 
 fn config_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,7 +52,8 @@ fn published_7b_hyper_parameters() {
     );
     assert_eq!(c.actor.max_grad_norm, 1.0);
     assert!(c.algorithm.use_kl_loss);
-    assert_eq!(c.algorithm.kl_penalty, "low_var_kl");
+    assert_eq!(c.algorithm.kl_penalty, KlPenalty::LowVarKl);
+    assert_eq!(c.algorithm.adv_estimator, AdvantageEstimator::Grpo);
     assert_eq!(c.algorithm.kl_coef, 1e-2);
     assert_eq!(
         (c.data.max_prompt_length, c.data.max_response_length),
@@ -161,18 +164,18 @@ fn invalid_configs_are_rejected_with_the_field() {
     assert!(err("algorithm.kl_penalty=\"kl\"").contains("low_var_kl"));
 }
 
-fn qwen25vl_7b_config() -> serde_json::Value {
-    serde_json::json!({
-        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-        "tie_word_embeddings": false,
-        "vision_config": {"hidden_size": 1280, "intermediate_size": 3420, "depth": 32, "out_hidden_size": 3584}
-    })
+/// The published Qwen2.5-VL-7B-Instruct `config.json`, parsed by the model's config type.
+fn qwen25vl_7b_config() -> Qwen2_5VLConfig {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/qwen25vl/config_7b_published.json"
+    );
+    Qwen2_5VLConfig::from_json_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
 fn memory_plan_counts_and_refuses() {
-    let shape = ModelShape::from_hf_config(&qwen25vl_7b_config()).unwrap();
+    let shape = ModelShape::from_config(&qwen25vl_7b_config());
     // Qwen2.5-VL-7B-Instruct has 8,292,166,656 parameters.
     assert_eq!(shape.text_params() + shape.vision_params(), 8_292_166_656);
     let c = load("spatialthinker-7b.toml", &[]);

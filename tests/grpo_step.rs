@@ -6,9 +6,12 @@ use std::path::PathBuf;
 
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
+use trainer::grpo::actor::{
+    compute_log_probs, update_actor, PolicyLogprobs, RolloutBatch, UpdateConfig,
+};
+use trainer::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use trainer::grpo::loss::PolicyClip;
 use trainer::grpo::optim::{AdamWConfig, AnyPrecisionAdamW, StateDtype};
-use trainer::grpo::step::{PolicyLogprobs, RlStep, RolloutBatch, UpdateConfig};
 use trainer::grpo::Result;
 
 fn fixture(name: &str) -> PathBuf {
@@ -62,23 +65,21 @@ fn update_matches_reference_aggregation_clip_and_adamw() {
     let scores: Vec<f32> = Vec::try_from(&fx["scores"]).unwrap();
     let groups: Vec<i64> = Vec::try_from(&fx["group_ids"]).unwrap();
     let groups: Vec<u64> = groups.into_iter().map(|g| g as u64).collect();
-    let batch = RolloutBatch::from_scores(
+    let batch = batch_from_scores(
         fx["response_mask"].shallow_clone(),
         fx["old_log_probs"].shallow_clone(),
         Some(fx["ref_log_probs"].shallow_clone()),
         &scores,
         &groups,
-    )
-    .unwrap();
-    let step = RlStep::new(UpdateConfig {
+    );
+    let step = UpdateConfig {
         mini_batch_size: meta["mini_batch"].as_u64().unwrap() as usize,
         micro_batch_size: meta["micro_batch"].as_u64().unwrap() as usize,
         ppo_epochs: 1,
         clip: PolicyClip::default(),
         kl_coef: Some(meta["kl_coef"].as_f64().unwrap()),
         max_grad_norm: meta["max_grad_norm"].as_f64().unwrap(),
-    })
-    .unwrap();
+    };
     let cfg = AdamWConfig {
         weight_decay: meta["weight_decay"].as_f64().unwrap(),
         state_dtype: StateDtype::Bf16,
@@ -93,9 +94,14 @@ fn update_matches_reference_aggregation_clip_and_adamw() {
         cfg,
     )
     .unwrap();
-    let metrics = step
-        .update(&mut policy, &batch, &mut opt, meta["lr"].as_f64().unwrap())
-        .unwrap();
+    let metrics = update_actor(
+        &step,
+        &mut policy,
+        &batch,
+        &mut opt,
+        meta["lr"].as_f64().unwrap(),
+    )
+    .unwrap();
 
     let want_norms: Vec<f32> = Vec::try_from(&fx["grad_norms"]).unwrap();
     assert_eq!(
@@ -168,7 +174,7 @@ impl PolicyLogprobs for TinyLm {
 }
 
 fn sequence_log_probs(policy: &mut TinyLm, mask: &Tensor) -> Vec<f64> {
-    let lp = RlStep::compute_log_probs(policy, 4, 4).unwrap();
+    let lp = compute_log_probs(policy, 4, 4).unwrap();
     let per_seq = (lp * mask).sum_dim_intlist(&[-1i64][..], false, Kind::Double);
     Vec::try_from(&per_seq).unwrap()
 }
@@ -193,16 +199,15 @@ fn one_step_raises_best_and_lowers_worst_response() {
     let mut policy = TinyLm::new(seqs, vocab);
     let scores = [2.0f32, 0.0, 0.5, 1.0];
     let before = sequence_log_probs(&mut policy, &mask);
-    let old = RlStep::compute_log_probs(&mut policy, 4, 2).unwrap();
+    let old = compute_log_probs(&mut policy, 4, 2).unwrap();
     let reference = old.copy();
-    let batch = RolloutBatch::from_scores(
+    let batch = batch_from_scores(
         mask.shallow_clone(),
         old,
         Some(reference),
         &scores,
         &[7, 7, 7, 7],
-    )
-    .unwrap();
+    );
     let params = AnyPrecisionAdamW::trainable_from_var_store(&policy.vs);
     assert_eq!(
         params.len(),
@@ -217,16 +222,15 @@ fn one_step_raises_best_and_lowers_worst_response() {
         },
     )
     .unwrap();
-    let step = RlStep::new(UpdateConfig {
+    let step = UpdateConfig {
         mini_batch_size: 4,
         micro_batch_size: 2,
         ppo_epochs: 1,
         clip: PolicyClip::default(),
         kl_coef: Some(1e-2),
         max_grad_norm: 1.0,
-    })
-    .unwrap();
-    let m = step.update(&mut policy, &batch, &mut opt, 1e-2).unwrap();
+    };
+    let m = update_actor(&step, &mut policy, &batch, &mut opt, 1e-2).unwrap();
     let after = sequence_log_probs(&mut policy, &mask);
     println!("log p before {before:?}\nlog p after  {after:?}\nmetrics {m:?}");
     assert!(
@@ -297,26 +301,38 @@ fn rl_step_skips_the_optimizer_step_on_non_finite_norm() {
     )
     .unwrap();
     let zeros = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
-    let batch = RolloutBatch::from_scores(
+    let batch = batch_from_scores(
         Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
         zeros.copy(),
         None,
         &[1.0, 0.0],
         &[1, 1],
-    )
-    .unwrap();
-    let step = RlStep::new(UpdateConfig {
+    );
+    let step = UpdateConfig {
         mini_batch_size: 2,
         micro_batch_size: 1,
         ppo_epochs: 1,
         clip: PolicyClip::default(),
         kl_coef: None,
         max_grad_norm: 1.0,
-    })
-    .unwrap();
-    let m = step.update(&mut policy, &batch, &mut opt, 0.1).unwrap();
+    };
+    let m = update_actor(&step, &mut policy, &batch, &mut opt, 0.1).unwrap();
     assert_eq!(m.skipped_steps, 1);
     assert!(m.grad_norms[0].is_nan());
     assert_eq!(f64::try_from(&w).unwrap(), 0.5, "weights untouched");
     assert!(opt.state(0).is_none(), "no AdamW state was created");
+}
+
+/// The update's batch from one reward per response and its group id: GRPO advantages
+/// broadcast over the response mask, as the trainer's advantage phase builds it.
+fn batch_from_scores(
+    response_mask: Tensor,
+    old_log_probs: Tensor,
+    ref_log_probs: Option<Tensor>,
+    scores: &[f32],
+    groups: &[u64],
+) -> RolloutBatch {
+    let adv = grpo_advantages(scores, groups, GRPO_EPS).unwrap();
+    let advantages = token_advantages(&adv, &response_mask).unwrap();
+    RolloutBatch::new(response_mask, old_log_probs, ref_log_probs, advantages).unwrap()
 }

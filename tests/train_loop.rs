@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
-use trainer::grpo::checkpoint::load_model_tensors;
-use trainer::grpo::config::TrainConfig;
+use trainer::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
+use trainer::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use trainer::grpo::optim::AnyPrecisionAdamW;
-use trainer::grpo::step::{RlStep, RolloutBatch};
 use trainer::model::{get_rope_index, LogitsAt, Qwen2_5VLForConditionalGeneration};
 use trainer::processor::Processor;
+use trainer::train::checkpoint::load_model_tensors;
+use trainer::train::config::TrainConfig;
 use trainer::train::policy::{ModelPolicy, SequenceRef};
 use trainer::train::rollout::{response_mask, PromptBuilder, PromptItem};
-use trainer::train::runner::TrainerOptions;
+use trainer::train::TrainerOptions;
 use trainer::train::{Trainer, DEFAULT_CONFIG};
 
 fn root() -> PathBuf {
@@ -140,8 +141,7 @@ fn sequence_log_probs(
     seqs: &[SequenceRef<'_>],
     mask: &Tensor,
 ) -> Vec<f64> {
-    let lp =
-        RlStep::compute_log_probs(&mut ModelPolicy::new(model, seqs.to_vec(), 1.0), 4, 4).unwrap();
+    let lp = compute_log_probs(&mut ModelPolicy::new(model, seqs.to_vec(), 1.0), 4, 4).unwrap();
     Vec::<f64>::try_from((lp * mask).sum_dim_intlist(1, false, Kind::Double)).unwrap()
 }
 
@@ -174,30 +174,27 @@ fn grpo_step_on_the_model_raises_the_best_response_and_lowers_the_worst() {
     }
     let cfg = config(dir.path(), &data, 1);
     let mut opt = AnyPrecisionAdamW::new(params, cfg.adamw_config()).unwrap();
-    let old =
-        RlStep::compute_log_probs(&mut ModelPolicy::new(&model, seqs.clone(), 1.0), 4, 4).unwrap();
+    let old = compute_log_probs(&mut ModelPolicy::new(&model, seqs.clone(), 1.0), 4, 4).unwrap();
     // one group of four: response 0 is best, response 1 worst
-    let batch = RolloutBatch::from_scores(
+    let batch = batch_from_scores(
         mask.shallow_clone(),
         old,
         None,
         &[1.0, 0.0, 0.5, 0.4],
         &[7; 4],
-    )
-    .unwrap();
+    );
     let mut update = cfg.update_config();
     update.mini_batch_size = 4;
     update.micro_batch_size = 2;
     update.kl_coef = None;
-    let m = RlStep::new(update)
-        .unwrap()
-        .update(
-            &mut ModelPolicy::new(&model, seqs.clone(), 1.0),
-            &batch,
-            &mut opt,
-            1e-3,
-        )
-        .unwrap();
+    let m = update_actor(
+        &update,
+        &mut ModelPolicy::new(&model, seqs.clone(), 1.0),
+        &batch,
+        &mut opt,
+        1e-3,
+    )
+    .unwrap();
     assert_eq!(m.grad_norms.len(), 1);
     assert_eq!(m.micro_batches, 2);
     let after = sequence_log_probs(&model, &seqs, &mask);
@@ -300,4 +297,18 @@ fn transformers_loads_a_checkpoint_with_the_same_logits() {
         "max |logit difference| {diff} (max |logit| {scale})"
     );
     eprintln!("transformers vs ours: max |logit difference| {diff:e} (max |logit| {scale})");
+}
+
+/// The update's batch from one reward per response and its group id: GRPO advantages
+/// broadcast over the response mask, as the trainer's advantage phase builds it.
+fn batch_from_scores(
+    response_mask: Tensor,
+    old_log_probs: Tensor,
+    ref_log_probs: Option<Tensor>,
+    scores: &[f32],
+    groups: &[u64],
+) -> RolloutBatch {
+    let adv = grpo_advantages(scores, groups, GRPO_EPS).unwrap();
+    let advantages = token_advantages(&adv, &response_mask).unwrap();
+    RolloutBatch::new(response_mask, old_log_probs, ref_log_probs, advantages).unwrap()
 }

@@ -43,8 +43,9 @@ pub struct RewardScore {
     pub spatial: f64,
 }
 
-/// Which reward to compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which reward to compute (`spatial` or `r1v` in configs and on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RewardKind {
     /// SpatialThinker's dense spatial reward (`spatial_sgg`).
     #[default]

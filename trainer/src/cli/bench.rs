@@ -166,7 +166,7 @@ fn bench_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn bench_train(a: TrainArgs) -> Result<()> {
-    use trainer::train::runner::{Phase, TrainerOptions};
+    use trainer::train::{Phase, TrainerOptions};
     let mut cfg = a.config.load()?;
     if let Some(p) = a.prompts {
         cfg.data.rollout_batch_size = p;
@@ -217,7 +217,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             "timed_steps": a.steps, "step_s": wall / steps, "phases": phases,
             "response_tokens_per_step": tokens as f64 / steps,
             "tokens_per_s": tokens as f64 / wall.max(1e-9),
-            "peak_rss_gib": trainer::grpo::memory::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            "peak_rss_gib": trainer::train::memory::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
         })
     );
     Ok(())

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use trainer::grpo::config::TrainConfig;
-use trainer::train::runner::TrainerOptions;
-use trainer::train::{Trainer, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use trainer::train::config::TrainConfig;
+use trainer::train::{Trainer, TrainerOptions, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 
 /// Where the configuration comes from and how to change it.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +62,7 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// Supervised warm-up only: cross-entropy on `[sft] response_column`.
+/// Supervised warm-up only: cross-entropy on each row's `reference_response`.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Writes <trainer.output_dir>/sft/checkpoint-<sft.steps> (Hugging Face layout) and
@@ -118,7 +117,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let summary = trainer.run()?;
-    let fmt = |v: &Option<trainer::train::ValidationReport>| {
+    let fmt = |v: &Option<trainer::train::RewardSummary>| {
         v.as_ref().map_or("not run".to_string(), |v| v.to_string())
     };
     println!("validation before GRPO: {}", fmt(&summary.before));

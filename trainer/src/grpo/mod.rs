@@ -1,66 +1,34 @@
-//! GRPO as run by SpatialThinker (EasyR1's `grpo` estimator, spec §3): group advantages, the clipped
-//! policy loss with the low-variance KL term, the AnyPrecision AdamW optimiser, one RL update step,
-//! configs, checkpoints, metrics and the memory plan.
+//! GRPO as SpatialThinker runs it (EasyR1's `grpo` estimator; docs/recipe.md, "GRPO"): group
+//! advantages, the clipped policy loss with the low-variance KL term, the actor update over
+//! mini- and micro-batches, and the AnyPrecision AdamW optimiser.
 //!
-//! Everything here is independent of the Qwen2.5-VL forward: the update step asks a
-//! [`step::PolicyLogprobs`] implementation for the response log-probs of a micro-batch.
+//! This module is the algorithm only. It never sees the Qwen2.5-VL forward, the data or the run
+//! configuration: the actor update asks a [`actor::PolicyLogprobs`] implementation for the
+//! response log-probs of a micro-batch, so the same code runs with the real policy
+//! (`crate::train::policy`) and with the toy policies of the tests.
 
+pub mod actor;
 pub mod advantage;
-pub mod checkpoint;
-pub mod config;
 pub mod loss;
-pub mod memory;
-pub mod metrics;
 pub mod optim;
-pub mod step;
 
-use std::path::PathBuf;
-
-/// Errors of the GRPO trainer library.
+/// Errors of the GRPO algorithm.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpoError {
     /// A libtorch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// A configuration file or override is invalid.
+    /// The update geometry or an optimiser hyper-parameter is invalid.
     #[error("config: {0}")]
     Config(String),
     /// Inputs of a computation disagree in shape, length or content.
     #[error("invalid input: {0}")]
     Invalid(String),
-    /// A checkpoint is missing, incomplete or malformed.
-    #[error("checkpoint {path}: {msg}")]
-    Checkpoint {
-        /// The checkpoint folder or file.
-        path: PathBuf,
-        /// What is wrong.
-        msg: String,
-    },
-    /// The model failed (bad input, shapes, cache).
-    #[error("model: {0}")]
-    Model(#[from] crate::model::ModelError),
-    /// The memory plan does not fit the device.
-    #[error("{0}")]
-    DoesNotFit(String),
+    /// The policy could not compute log-probs (a model error, boxed to keep this module
+    /// independent of the model).
+    #[error("policy: {0}")]
+    Policy(Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl GrpoError {
-    /// Wraps an I/O error with the path it concerns.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        GrpoError::Io {
-            path: path.into(),
-            source,
-        }
-    }
-}
-
-/// Result type of the GRPO library.
+/// Result type of the GRPO algorithm.
 pub type Result<T> = std::result::Result<T, GrpoError>;

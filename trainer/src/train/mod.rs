@@ -1,12 +1,29 @@
-//! The training loop: turning dataset rows into prompts, sampling and scoring rollouts, the GRPO
-//! RL step on the Qwen2.5-VL policy, the supervised warm-up, validation, checkpoints and resume.
+//! A training run: the configuration, set-up, the RL step, the loop with its validation and
+//! checkpoint cadence, the supervised warm-up, metrics and checkpoints (docs/architecture.md).
 //!
-//! The pieces it stands on (advantages, losses, the optimiser, checkpoint files, metrics) are in
-//! [`crate::grpo`]; this module wires them to the model, the data and the rewards.
+//! * [`config`]: the TOML recipe (`[model]`, `[data]`, `[algorithm]`, `[actor]`, …);
+//! * [`setup`]: [`Trainer::new`] — device, model, data, optimiser, resume;
+//! * [`rl_step`]: ONE GRPO step, phase by phase (sample → score → old log-probs → reference
+//!   log-probs → advantages → actor update → metrics);
+//! * [`runner`]: the loop, validation and checkpoint cadence;
+//! * [`rollout`], [`policy`]: prompts, sampling and scoring; the model as a log-prob source;
+//! * [`sft`]: the supervised warm-up; [`report`], [`metrics`]: what a step and a run print and log;
+//! * [`checkpoint`], [`memory`]: checkpoint files and the device-memory plan; [`tiny`]: the
+//!   `tiny-random` preset.
+//!
+//! The algorithm itself (advantages, losses, the actor update, the optimiser) is
+//! [`crate::grpo`]; this module wires it to the model, the data and the rewards.
 
+pub mod checkpoint;
+pub mod config;
+pub mod memory;
+pub mod metrics;
 pub mod policy;
+pub mod report;
+pub mod rl_step;
 pub mod rollout;
 pub mod runner;
+pub mod setup;
 pub mod sft;
 pub mod tiny;
 
@@ -18,7 +35,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/tiny-cpu.toml");
 /// Name shown for the embedded configuration in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "configs/tiny-cpu.toml (embedded)";
 
-pub use runner::{Phase, PhaseTimes, Trainer, ValidationReport};
+pub use report::{Phase, PhaseTimes, RewardSummary, StepReport};
+pub use runner::RunSummary;
+pub use setup::{Trainer, TrainerOptions};
 
 /// Errors of the training loop.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +67,15 @@ pub enum TrainError {
     Row { row: String, msg: String },
     #[error("config: {0}")]
     Config(String),
+    /// Inputs of a computation disagree in shape, length or content.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A checkpoint is missing, incomplete or malformed.
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    /// The memory plan does not fit the device.
+    #[error("{0}")]
+    DoesNotFit(String),
 }
 
 impl From<data::DataError> for TrainError {

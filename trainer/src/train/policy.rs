@@ -5,7 +5,7 @@ use tch::Tensor;
 
 use super::rollout::{vision_inputs, PromptItem};
 use crate::generate::{response_logprobs, ResponseBatch};
-use crate::grpo::step::PolicyLogprobs;
+use crate::grpo::actor::PolicyLogprobs;
 use crate::grpo::{GrpoError, Result};
 use crate::model::Qwen2_5VLForConditionalGeneration;
 use crate::tokenizer::ENDOFTEXT_ID;
@@ -82,7 +82,8 @@ impl PolicyLogprobs for ModelPolicy<'_> {
             responses: picked.iter().map(|s| s.response.to_vec()).collect(),
             images: Some(images),
         };
-        let out = response_logprobs(self.model, &batch, self.temperature, ENDOFTEXT_ID)?;
+        let out = response_logprobs(self.model, &batch, self.temperature, ENDOFTEXT_ID)
+            .map_err(|e| GrpoError::Policy(Box::new(e)))?;
         let r = out.logprobs.size()[1];
         Ok(if r < self.width {
             out.logprobs.f_constant_pad_nd([0, self.width - r])?

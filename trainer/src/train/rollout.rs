@@ -5,11 +5,10 @@
 use image::DynamicImage;
 use tch::{Device, Kind, Tensor};
 
-use rewards::{LabelSimilarity, RewardInput, RewardScore};
+use rewards::{LabelSimilarity, RewardInput, RewardKind, RewardScore};
 
 use super::{Result, TrainError};
 use crate::generate::{self, PromptBatch, SamplerRng, SamplingConfig};
-use crate::grpo::config::RewardKind;
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
 
@@ -176,14 +175,6 @@ pub fn sample_responses(
     Ok(out)
 }
 
-/// Maps the config's reward kind to the reward crate's.
-pub fn reward_kind(kind: RewardKind) -> rewards::RewardKind {
-    match kind {
-        RewardKind::Spatial => rewards::RewardKind::Spatial,
-        RewardKind::R1v => rewards::RewardKind::R1v,
-    }
-}
-
 /// Decodes the samples and scores them in parallel. A reward error (e.g. a prompt without the
 /// `Image size` line) is an error naming the row.
 pub fn score_samples(
@@ -215,7 +206,7 @@ pub fn score_samples(
             }
         })
         .collect();
-    let scores = rewards::score_batch(reward_kind(kind), &inputs, similarity);
+    let scores = rewards::score_batch(kind, &inputs, similarity);
     samples
         .into_iter()
         .zip(texts)

@@ -2,13 +2,22 @@
 //! `reference_response`, followed by `<|im_end|>`) given the prompt, token-mean over the batch,
 //! with the same model, optimiser and log-prob code as the GRPO update.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use data::{Cursor, Loader};
+use serde_json::json;
 use tch::Tensor;
 
+use super::checkpoint::{CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES};
+use super::metrics::MetricsLogger;
 use super::policy::{ModelPolicy, SequenceRef};
 use super::rollout::{response_mask, PromptItem};
+use super::setup::{bar, loader_config, Trainer};
 use super::{Result, TrainError};
+use crate::grpo::actor::PolicyLogprobs;
 use crate::grpo::optim::AnyPrecisionAdamW;
-use crate::grpo::step::PolicyLogprobs;
 use crate::model::Qwen2_5VLForConditionalGeneration;
 use crate::processor::Processor;
 use crate::tokenizer::IM_END_ID;
@@ -38,7 +47,7 @@ pub fn target_ids(
         .map(|p| {
             let text = p.reference_response.as_deref().ok_or_else(|| TrainError::Row {
                 row: p.row.clone(),
-                msg: "no reference response for the supervised warm-up (set sft.response_column or sft.enabled = false)".into(),
+                msg: "no reference response for the supervised warm-up (the warm-up reads the reference_response column; set sft.enabled = false)".into(),
             })?;
             let mut ids = processor.tokenize(text)?;
             ids.push(IM_END_ID);
@@ -98,4 +107,98 @@ pub fn sft_step(
         grad_norm,
         skipped,
     })
+}
+
+/// Folder (under the output folder) of the supervised warm-up's checkpoint and logs.
+pub const SFT_DIR: &str = "sft";
+
+impl Trainer {
+    /// Supervised warm-up (`[sft]`): `sft.steps` optimiser steps of `sft.batch_size` rows at the
+    /// constant `sft.lr`, with a fresh optimiser; writes `<output>/sft/checkpoint-<steps>` (the
+    /// frozen reference of the RL phase) and `<output>/sft/metrics.jsonl`. Returns the folder.
+    pub fn run_sft(&mut self) -> Result<PathBuf> {
+        let sft = self.cfg.sft.clone();
+        let dir = self.out_dir.join(SFT_DIR);
+        let mut loader = Loader::open(
+            &self.train_files,
+            loader_config(
+                &self.cfg,
+                sft.batch_size,
+                true,
+                self.cfg.data.seed.wrapping_add(1),
+            ),
+            Cursor::default(),
+        )?;
+        let params: Vec<(String, Tensor)> = self
+            .optimizer
+            .params()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        let mut optimizer = AnyPrecisionAdamW::new(params, self.cfg.adamw_config())?;
+        let mut logger = if self.opts.dry {
+            None
+        } else {
+            Some(MetricsLogger::create(&dir)?)
+        };
+        let pb = bar(sft.steps as u64, "sft", self.opts.progress);
+        let micro = self.cfg.actor.micro_batch_size_per_device_for_update;
+        let mut last = 0.0;
+        for step in 1..=sft.steps {
+            let started = Instant::now();
+            let batch = loader.next_batch()?;
+            let prompts = self.builder.encode_all(&self.processor, &batch.samples)?;
+            let targets = target_ids(&self.processor, &prompts, self.cfg.data.max_response_length)?;
+            let stats = sft_step(
+                &self.policy,
+                &prompts,
+                &targets,
+                micro,
+                &mut optimizer,
+                sft.lr,
+                self.cfg.actor.max_grad_norm,
+            )?;
+            last = stats.loss;
+            pb.set_message(format!("loss {:.3}", stats.loss));
+            pb.inc(1);
+            if let Some(l) = logger.as_mut() {
+                let scalars = BTreeMap::from([
+                    ("sft/loss".to_string(), stats.loss),
+                    ("sft/grad_norm".to_string(), stats.grad_norm),
+                    ("sft/tokens".to_string(), stats.tokens as f64),
+                    ("sft/lr".to_string(), sft.lr),
+                    ("time/step".to_string(), started.elapsed().as_secs_f64()),
+                ]);
+                l.log(step as u64, &scalars)?;
+            }
+        }
+        pb.finish_and_clear();
+        self.say(&format!(
+            "sft: {} steps of {} rows, final loss {last:.3}",
+            sft.steps, sft.batch_size
+        ));
+        let tensors = self.policy.named_tensors();
+        let state = TrainerState {
+            rl_step: 0,
+            optimizer_step: sft.steps as u64,
+            data_cursor: json!(loader.cursor()),
+            rng: json!({}),
+            optimizer_param_steps: Vec::new(),
+            extra: json!({"phase": "sft"}),
+        };
+        let saved = CheckpointManager::new(&dir, 1, DEFAULT_MAX_SHARD_BYTES).save(
+            sft.steps as u64,
+            &ModelFiles {
+                tensors: &tensors,
+                save_kind: None,
+                config_json: &self.config_json,
+                copy_files: &self.copy_files,
+            },
+            None,
+            &state,
+        )?;
+        self.reference_dir = saved.clone();
+        self.reference = None;
+        Ok(saved)
+    }
 }

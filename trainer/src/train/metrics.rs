@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
-use super::{GrpoError, Result};
+use super::{Result, TrainError};
 
 /// File name of the per-step metrics.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -20,7 +20,7 @@ pub const TENSORBOARD_DIR: &str = "tensorboard";
 
 /// One sampled rollout, for inspection.
 #[derive(Debug, Clone, Serialize)]
-pub struct Sample<'a> {
+pub struct LoggedRollout<'a> {
     /// RL step.
     pub step: u64,
     /// Prompt text.
@@ -56,16 +56,16 @@ fn append(path: &Path) -> Result<BufWriter<File>> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| GrpoError::io(path, e))?;
+        .map_err(|e| TrainError::io(path, e))?;
     Ok(BufWriter::new(f))
 }
 
 impl MetricsLogger {
     /// Opens (appending) `dir/metrics.jsonl` and a new event file under `dir/tensorboard/`.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| GrpoError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let tb = dir.join(TENSORBOARD_DIR);
-        std::fs::create_dir_all(&tb).map_err(|e| GrpoError::io(&tb, e))?;
+        std::fs::create_dir_all(&tb).map_err(|e| TrainError::io(&tb, e))?;
         Ok(MetricsLogger {
             dir: dir.to_path_buf(),
             jsonl: append(&dir.join(METRICS_FILE))?,
@@ -93,27 +93,46 @@ impl MetricsLogger {
                 self.tensorboard.add_scalar(k, v as f32, step as usize);
             }
         }
-        let path = self.dir.join(METRICS_FILE);
-        serde_json::to_writer(&mut self.jsonl, &obj).map_err(|e| GrpoError::io(&path, e.into()))?;
-        self.jsonl
-            .write_all(b"\n")
-            .map_err(|e| GrpoError::io(&path, e))?;
-        self.jsonl.flush().map_err(|e| GrpoError::io(&path, e))?;
+        self.write_line(&obj)?;
         self.tensorboard.flush();
         Ok(())
     }
 
+    /// Logs an event that is not a scalar, as a JSON line `{"step": s, "event": name, …fields}`
+    /// (e.g. the dataset rows a run skipped).
+    pub fn log_event(
+        &mut self,
+        step: u64,
+        name: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let mut obj = serde_json::Map::new();
+        obj.insert("step".into(), step.into());
+        obj.insert("event".into(), name.into());
+        obj.extend(fields);
+        self.write_line(&obj)
+    }
+
+    fn write_line(&mut self, obj: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        let path = self.dir.join(METRICS_FILE);
+        serde_json::to_writer(&mut self.jsonl, obj).map_err(|e| TrainError::io(&path, e.into()))?;
+        self.jsonl
+            .write_all(b"\n")
+            .map_err(|e| TrainError::io(&path, e))?;
+        self.jsonl.flush().map_err(|e| TrainError::io(&path, e))
+    }
+
     /// Appends sample rollouts to `samples.jsonl`.
-    pub fn log_samples(&mut self, samples: &[Sample<'_>]) -> Result<()> {
+    pub fn log_samples(&mut self, samples: &[LoggedRollout<'_>]) -> Result<()> {
         let path = self.dir.join(SAMPLES_FILE);
         if self.samples.is_none() {
             self.samples = Some(append(&path)?);
         }
         let w = self.samples.as_mut().expect("opened above");
         for s in samples {
-            serde_json::to_writer(&mut *w, s).map_err(|e| GrpoError::io(&path, e.into()))?;
-            w.write_all(b"\n").map_err(|e| GrpoError::io(&path, e))?;
+            serde_json::to_writer(&mut *w, s).map_err(|e| TrainError::io(&path, e.into()))?;
+            w.write_all(b"\n").map_err(|e| TrainError::io(&path, e))?;
         }
-        w.flush().map_err(|e| GrpoError::io(&path, e))
+        w.flush().map_err(|e| TrainError::io(&path, e))
     }
 }

@@ -10,9 +10,10 @@
 use std::fmt;
 
 use super::config::{TrainConfig, WeightDtype};
-use super::optim::StateDtype;
-use super::{GrpoError, Result};
+use super::{Result, TrainError};
 use crate::generate::GPU_LOGITS_CHUNK_BYTES;
+use crate::grpo::optim::StateDtype;
+use crate::model::config::Qwen2_5VLConfig;
 
 /// Share of device memory kept free for the allocator and workspace buffers.
 pub const HEADROOM_FRACTION: f64 = 0.10;
@@ -46,42 +47,24 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
-    /// Reads the numbers from a Qwen2.5-VL `config.json` (text fields at the top level or under
-    /// `text_config`, vision fields under `vision_config`).
-    pub fn from_hf_config(cfg: &serde_json::Value) -> Result<Self> {
-        let text = cfg
-            .get("text_config")
-            .filter(|t| t.get("hidden_size").is_some())
-            .unwrap_or(cfg);
-        let vision = cfg
-            .get("vision_config")
-            .ok_or_else(|| GrpoError::Config("config.json: no vision_config".into()))?;
-        let num = |v: &serde_json::Value, key: &str| -> Result<u64> {
-            v.get(key)
-                .and_then(|x| x.as_u64())
-                .ok_or_else(|| GrpoError::Config(format!("config.json: missing integer `{key}`")))
-        };
-        let hidden_size = num(text, "hidden_size")?;
-        Ok(ModelShape {
-            hidden_size,
-            intermediate_size: num(text, "intermediate_size")?,
-            num_hidden_layers: num(text, "num_hidden_layers")?,
-            num_attention_heads: num(text, "num_attention_heads")?,
-            num_key_value_heads: num(text, "num_key_value_heads")?,
-            vocab_size: num(text, "vocab_size")?,
-            tie_word_embeddings: cfg
-                .get("tie_word_embeddings")
-                .or_else(|| text.get("tie_word_embeddings"))
-                .and_then(|x| x.as_bool())
-                .unwrap_or(false),
-            vision_hidden_size: num(vision, "hidden_size")?,
-            vision_intermediate_size: num(vision, "intermediate_size")?,
-            vision_depth: num(vision, "depth")?,
-            vision_out_hidden_size: vision
-                .get("out_hidden_size")
-                .and_then(|x| x.as_u64())
-                .unwrap_or(hidden_size),
-        })
+    /// The numbers of a parsed `config.json` (the model's own config type, so both on-disk
+    /// schemas are handled in one place).
+    pub fn from_config(cfg: &Qwen2_5VLConfig) -> Self {
+        let (t, v) = (&cfg.text, &cfg.vision);
+        let n = |x: i64| x.max(0) as u64;
+        ModelShape {
+            hidden_size: n(t.hidden_size),
+            intermediate_size: n(t.intermediate_size),
+            num_hidden_layers: n(t.num_hidden_layers),
+            num_attention_heads: n(t.num_attention_heads),
+            num_key_value_heads: n(t.num_key_value_heads),
+            vocab_size: n(t.vocab_size),
+            tie_word_embeddings: cfg.tie_word_embeddings,
+            vision_hidden_size: n(v.hidden_size),
+            vision_intermediate_size: n(v.intermediate_size),
+            vision_depth: n(v.depth),
+            vision_out_hidden_size: n(v.out_hidden_size),
+        }
     }
 
     /// Width of one attention head.
@@ -163,11 +146,8 @@ impl MemoryPlan {
         // One decoder layer's working set per token: q/k/v/o, norms, residuals and the MLP
         // (gate, up, act, product), kept for backward.
         let layer_per_token = (6 * h + 2 * kv_dim + 4 * shape.intermediate_size) * wb;
-        let per_token = if cfg.model.gradient_checkpointing {
-            shape.num_hidden_layers * h * wb + layer_per_token
-        } else {
-            shape.num_hidden_layers * layer_per_token
-        };
+        // Every layer's working set is kept: this build has no gradient checkpointing.
+        let per_token = shape.num_hidden_layers * layer_per_token;
         // f32 logits at response positions only, kept for the backward of the chunked
         // logsumexp (`generate::target_logprobs`; no log-softmax is stored), plus one chunk's
         // logits gradient in flight during backward.
@@ -208,10 +188,10 @@ impl MemoryPlan {
         if self.peak() <= usable {
             return Ok(());
         }
-        Err(GrpoError::DoesNotFit(format!(
+        Err(TrainError::DoesNotFit(format!(
             "the training plan needs {:.1} GiB but the device has {:.1} GiB usable:\n{self}\n\
-             reduce rollout.generation_batch_size or data.max_*_length, set model.offload_reference = true, \
-             model.freeze_vision_tower = true or model.gradient_checkpointing = true, or use a smaller model",
+             reduce rollout.generation_batch_size or data.max_*_length, set model.offload_reference = true \
+             or model.freeze_vision_tower = true, or use a smaller model",
             self.peak() as f64 / GIB,
             usable as f64 / GIB
         )))

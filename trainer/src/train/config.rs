@@ -6,12 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use rewards::RewardKind;
 use serde::{Deserialize, Serialize};
 
-use super::loss::PolicyClip;
-use super::optim::{AdamWConfig, LrSchedule, StateDtype};
-use super::step::UpdateConfig;
-use super::{GrpoError, Result};
+use super::{Result, TrainError};
+use crate::grpo::actor::UpdateConfig;
+use crate::grpo::loss::PolicyClip;
+use crate::grpo::optim::{AdamWConfig, LrSchedule, StateDtype};
 
 /// Data type of the model weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,16 +34,6 @@ impl WeightDtype {
     }
 }
 
-/// Which reward function scores responses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardKind {
-    /// SpatialThinker's dense spatial reward (format, count, accuracy, spatial; spec §1).
-    Spatial,
-    /// The "vanilla GRPO" r1v reward: format + accuracy (spec §1.11).
-    R1v,
-}
-
 /// `[model]`: which checkpoint to start from and how to hold it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,10 +47,6 @@ pub struct ModelConfig {
     /// Keep the vision tower frozen (the published run trains it: `false`).
     #[serde(default)]
     pub freeze_vision_tower: bool,
-    /// Recompute each decoder layer in the backward pass instead of keeping its activations
-    /// (the published run's setting). Not implemented yet: `true` is refused.
-    #[serde(default)]
-    pub gradient_checkpointing: bool,
     /// Keep the frozen reference model on the CPU and move it to the device only for its pass.
     #[serde(default)]
     pub offload_reference: bool,
@@ -135,19 +122,37 @@ pub struct DataConfig {
     pub shuffle: bool,
 }
 
+/// `algorithm.adv_estimator`: how rewards become advantages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// Group-normalised outcome rewards (docs/recipe.md, "Advantages").
+    #[default]
+    Grpo,
+}
+
+/// `algorithm.kl_penalty`: the estimator of the KL to the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlPenalty {
+    /// The clamped low-variance estimator (docs/recipe.md, "KL to the reference").
+    #[default]
+    LowVarKl,
+}
+
 /// `[algorithm]`: advantage estimator and KL placement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmConfig {
-    /// Advantage estimator; only `grpo` is implemented.
-    #[serde(default = "default_grpo")]
-    pub adv_estimator: String,
+    /// Advantage estimator.
+    #[serde(default)]
+    pub adv_estimator: AdvantageEstimator,
     /// Put the KL term in the loss (`use_kl_loss`): true.
     #[serde(default = "default_true")]
     pub use_kl_loss: bool,
-    /// KL estimator; only `low_var_kl` is implemented.
-    #[serde(default = "default_kl_penalty")]
-    pub kl_penalty: String,
+    /// KL estimator.
+    #[serde(default)]
+    pub kl_penalty: KlPenalty,
     /// KL coefficient β: 1e-2.
     #[serde(default = "default_kl_coef")]
     pub kl_coef: f64,
@@ -239,16 +244,14 @@ pub struct RewardConfig {
     pub word_vectors: Option<PathBuf>,
 }
 
-/// `[sft]`: optional supervised warm-up before GRPO.
+/// `[sft]`: optional supervised warm-up before GRPO: cross-entropy on each row's
+/// `reference_response` column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SftConfig {
     /// Run the warm-up before GRPO when `train` starts from the base model.
     #[serde(default)]
     pub enabled: bool,
-    /// Column with the target response (cross-entropy on its tokens).
-    #[serde(default = "default_response_column")]
-    pub response_column: String,
     /// Optimiser steps.
     #[serde(default)]
     pub steps: usize,
@@ -264,7 +267,6 @@ impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
             enabled: false,
-            response_column: default_response_column(),
             steps: 0,
             batch_size: default_sft_batch(),
             lr: default_sft_lr(),
@@ -330,9 +332,9 @@ pub struct TrainConfig {
 impl Default for AlgorithmConfig {
     fn default() -> Self {
         AlgorithmConfig {
-            adv_estimator: default_grpo(),
+            adv_estimator: AdvantageEstimator::Grpo,
             use_kl_loss: true,
-            kl_penalty: default_kl_penalty(),
+            kl_penalty: KlPenalty::LowVarKl,
             kl_coef: default_kl_coef(),
         }
     }
@@ -371,12 +373,6 @@ fn default_val_batch() -> usize {
 fn default_data_seed() -> u64 {
     1
 }
-fn default_grpo() -> String {
-    "grpo".into()
-}
-fn default_kl_penalty() -> String {
-    "low_var_kl".into()
-}
 fn default_kl_coef() -> f64 {
     1e-2
 }
@@ -413,9 +409,6 @@ fn default_top_k() -> i64 {
 fn default_gen_batch() -> usize {
     64
 }
-fn default_response_column() -> String {
-    "reference_response".into()
-}
 fn default_sft_batch() -> usize {
     8
 }
@@ -435,13 +428,13 @@ fn default_device() -> String {
 pub fn apply_overrides(tree: &mut toml::Table, overrides: &[String]) -> Result<()> {
     for ov in overrides {
         let (key, raw) = ov.split_once('=').ok_or_else(|| {
-            GrpoError::Config(format!(
+            TrainError::Config(format!(
                 "override `{ov}` is not of the form section.key=value"
             ))
         })?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(str::is_empty) {
-            return Err(GrpoError::Config(format!(
+            return Err(TrainError::Config(format!(
                 "override `{ov}` has an empty key part"
             )));
         }
@@ -453,7 +446,7 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[String]) -> Result<(
                 .entry(part.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = entry.as_table_mut().ok_or_else(|| {
-                GrpoError::Config(format!("override `{ov}`: `{part}` is not a table"))
+                TrainError::Config(format!("override `{ov}`: `{part}` is not a table"))
             })?;
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
@@ -477,13 +470,13 @@ impl TrainConfig {
     pub fn from_toml_str(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
         let mut tree: toml::Table = text
             .parse()
-            .map_err(|e| GrpoError::Config(format!("{origin}: {e}")))?;
+            .map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
         apply_overrides(&mut tree, overrides)?;
         let cfg: TrainConfig = toml::Value::Table(tree)
             .try_into()
-            .map_err(|e: toml::de::Error| GrpoError::Config(format!("{origin}: {e}")))?;
+            .map_err(|e: toml::de::Error| TrainError::Config(format!("{origin}: {e}")))?;
         cfg.validate().map_err(|e| match e {
-            GrpoError::Config(m) => GrpoError::Config(format!("{origin}: {m}")),
+            TrainError::Config(m) => TrainError::Config(format!("{origin}: {m}")),
             other => other,
         })?;
         Ok(cfg)
@@ -491,31 +484,19 @@ impl TrainConfig {
 
     /// Reads a TOML file, applies the overrides, deserialises and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| GrpoError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         Self::from_toml_str(&text, overrides, &path.display().to_string())
     }
 
     /// The configuration as TOML (written next to checkpoints).
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| GrpoError::Config(e.to_string()))
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
     }
 
     /// Checks ranges and the batch geometry.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(GrpoError::Config(m));
+        let bad = |m: String| Err(TrainError::Config(m));
         let a = &self.actor;
-        if self.algorithm.adv_estimator != "grpo" {
-            return bad(format!(
-                "algorithm.adv_estimator = {:?}: only \"grpo\"",
-                self.algorithm.adv_estimator
-            ));
-        }
-        if self.algorithm.kl_penalty != "low_var_kl" {
-            return bad(format!(
-                "algorithm.kl_penalty = {:?}: only \"low_var_kl\"",
-                self.algorithm.kl_penalty
-            ));
-        }
         if self.rollout.n < 2 {
             return bad(format!(
                 "rollout.n = {}: GRPO needs at least 2 responses per prompt",
@@ -572,9 +553,6 @@ impl TrainConfig {
         }
         if self.data.min_pixels > self.data.max_pixels {
             return bad("data.min_pixels must not exceed data.max_pixels".into());
-        }
-        if self.model.gradient_checkpointing {
-            return bad("model.gradient_checkpointing = true: not implemented in this build (every layer's activations are kept); set it to false".into());
         }
         if self.trainer.save_limit == 0 {
             return bad("trainer.save_limit must be at least 1".into());

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::optim::AnyPrecisionAdamW;
-use super::{GrpoError, Result};
+use super::{Result, TrainError};
+use crate::grpo::optim::AnyPrecisionAdamW;
 
 /// Name prefix of complete checkpoint folders.
 pub const CHECKPOINT_PREFIX: &str = "checkpoint-";
@@ -107,7 +107,7 @@ fn st_dtype(kind: Kind, name: &str) -> Result<safetensors::Dtype> {
         Kind::Uint8 => Dtype::U8,
         Kind::Bool => Dtype::BOOL,
         other => {
-            return Err(GrpoError::Invalid(format!(
+            return Err(TrainError::Invalid(format!(
                 "tensor {name}: kind {other:?} cannot be saved"
             )))
         }
@@ -135,7 +135,7 @@ fn write_safetensors(path: &Path, views: &[(String, OwnedView)]) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let items: Vec<(&str, &OwnedView)> = views.iter().map(|(n, v)| (n.as_str(), v)).collect();
     let bytes =
-        safetensors::serialize(items, Some(metadata)).map_err(|e| GrpoError::Checkpoint {
+        safetensors::serialize(items, Some(metadata)).map_err(|e| TrainError::Checkpoint {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
@@ -143,19 +143,19 @@ fn write_safetensors(path: &Path, views: &[(String, OwnedView)]) -> Result<()> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| GrpoError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| GrpoError::io(path, e))?;
-    f.sync_all().map_err(|e| GrpoError::io(path, e))
+    let mut f = File::create(path).map_err(|e| TrainError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
+    f.sync_all().map_err(|e| TrainError::io(path, e))
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|d| d.sync_all())
-        .map_err(|e| GrpoError::io(path, e))
+        .map_err(|e| TrainError::io(path, e))
 }
 
 fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    Tensor::read_safetensors(path).map_err(|e| GrpoError::Checkpoint {
+    Tensor::read_safetensors(path).map_err(|e| TrainError::Checkpoint {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })
@@ -207,28 +207,29 @@ impl CheckpointManager {
         state: &TrainerState,
         on_file: &mut dyn FnMut(&Path),
     ) -> Result<PathBuf> {
-        fs::create_dir_all(&self.root).map_err(|e| GrpoError::io(&self.root, e))?;
+        fs::create_dir_all(&self.root).map_err(|e| TrainError::io(&self.root, e))?;
         self.remove_temp_dirs()?;
         let tmp = self
             .root
             .join(format!("{TEMP_PREFIX}{step}-{}", std::process::id()));
-        fs::create_dir(&tmp).map_err(|e| GrpoError::io(&tmp, e))?;
+        fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
 
         // config.json and the copied tokenizer/processor/generation files.
         let cfg_path = tmp.join("config.json");
-        let cfg_text =
-            serde_json::to_string_pretty(model.config_json).map_err(|e| GrpoError::Checkpoint {
+        let cfg_text = serde_json::to_string_pretty(model.config_json).map_err(|e| {
+            TrainError::Checkpoint {
                 path: cfg_path.clone(),
                 msg: e.to_string(),
-            })?;
+            }
+        })?;
         write_synced(&cfg_path, cfg_text.as_bytes())?;
         on_file(&cfg_path);
         for src in model.copy_files {
-            let name = src.file_name().ok_or_else(|| GrpoError::Checkpoint {
+            let name = src.file_name().ok_or_else(|| TrainError::Checkpoint {
                 path: src.clone(),
                 msg: "not a file".into(),
             })?;
-            let bytes = fs::read(src).map_err(|e| GrpoError::io(src, e))?;
+            let bytes = fs::read(src).map_err(|e| TrainError::io(src, e))?;
             let dst = tmp.join(name);
             write_synced(&dst, &bytes)?;
             on_file(&dst);
@@ -251,7 +252,7 @@ impl CheckpointManager {
             state.optimizer_param_steps = steps;
         }
         let state_path = tmp.join(TRAINER_STATE_FILE);
-        let text = serde_json::to_string_pretty(&state).map_err(|e| GrpoError::Checkpoint {
+        let text = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Checkpoint {
             path: state_path.clone(),
             msg: e.to_string(),
         })?;
@@ -265,18 +266,18 @@ impl CheckpointManager {
             let old = self
                 .root
                 .join(format!("{TEMP_PREFIX}old-{step}-{}", std::process::id()));
-            fs::rename(&final_dir, &old).map_err(|e| GrpoError::io(&final_dir, e))?;
-            fs::rename(&tmp, &final_dir).map_err(|e| GrpoError::io(&final_dir, e))?;
-            fs::remove_dir_all(&old).map_err(|e| GrpoError::io(&old, e))?;
+            fs::rename(&final_dir, &old).map_err(|e| TrainError::io(&final_dir, e))?;
+            fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+            fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
         } else {
-            fs::rename(&tmp, &final_dir).map_err(|e| GrpoError::io(&final_dir, e))?;
+            fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         }
         sync_dir(&self.root)?;
 
         let all = self.list()?;
         if all.len() > self.keep_last {
             for (_, dir) in &all[..all.len() - self.keep_last] {
-                fs::remove_dir_all(dir).map_err(|e| GrpoError::io(dir, e))?;
+                fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
             }
         }
         Ok(final_dir)
@@ -292,7 +293,7 @@ impl CheckpointManager {
         names.sort_by(|&a, &b| model.tensors[a].0.cmp(&model.tensors[b].0));
         for w in names.windows(2) {
             if model.tensors[w[0]].0 == model.tensors[w[1]].0 {
-                return Err(GrpoError::Invalid(format!(
+                return Err(TrainError::Invalid(format!(
                     "duplicate weight name {}",
                     model.tensors[w[0]].0
                 )));
@@ -347,12 +348,12 @@ impl CheckpointManager {
     }
 
     fn remove_temp_dirs(&self) -> Result<()> {
-        let entries = fs::read_dir(&self.root).map_err(|e| GrpoError::io(&self.root, e))?;
+        let entries = fs::read_dir(&self.root).map_err(|e| TrainError::io(&self.root, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| GrpoError::io(&self.root, e))?;
+            let entry = entry.map_err(|e| TrainError::io(&self.root, e))?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 let p = entry.path();
-                fs::remove_dir_all(&p).map_err(|e| GrpoError::io(&p, e))?;
+                fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
             }
         }
         Ok(())
@@ -365,8 +366,8 @@ pub fn list_checkpoints(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for entry in fs::read_dir(root).map_err(|e| GrpoError::io(root, e))? {
-        let entry = entry.map_err(|e| GrpoError::io(root, e))?;
+    for entry in fs::read_dir(root).map_err(|e| TrainError::io(root, e))? {
+        let entry = entry.map_err(|e| TrainError::io(root, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
         if let Some(step) = name
             .strip_prefix(CHECKPOINT_PREFIX)
@@ -390,21 +391,21 @@ pub fn load_model_tensors(dir: &Path) -> Result<Vec<(String, Tensor)>> {
         if single.exists() {
             return read_tensors(&single);
         }
-        return Err(GrpoError::Checkpoint {
+        return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
             msg: format!("no {INDEX_FILE} or model.safetensors"),
         });
     }
-    let text = fs::read_to_string(&index_path).map_err(|e| GrpoError::io(&index_path, e))?;
+    let text = fs::read_to_string(&index_path).map_err(|e| TrainError::io(&index_path, e))?;
     let index: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| GrpoError::Checkpoint {
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
             path: index_path.clone(),
             msg: e.to_string(),
         })?;
     let map = index
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| GrpoError::Checkpoint {
+        .ok_or_else(|| TrainError::Checkpoint {
             path: index_path.clone(),
             msg: "no weight_map object".into(),
         })?;
@@ -415,7 +416,7 @@ pub fn load_model_tensors(dir: &Path) -> Result<Vec<(String, Tensor)>> {
     for file in files {
         for (name, t) in read_tensors(&dir.join(file))? {
             if map.get(&name).and_then(|v| v.as_str()) != Some(file) {
-                return Err(GrpoError::Checkpoint {
+                return Err(TrainError::Checkpoint {
                     path: dir.join(file),
                     msg: format!("holds {name}, which the index places elsewhere"),
                 });
@@ -424,7 +425,7 @@ pub fn load_model_tensors(dir: &Path) -> Result<Vec<(String, Tensor)>> {
         }
     }
     if out.len() != map.len() {
-        return Err(GrpoError::Checkpoint {
+        return Err(TrainError::Checkpoint {
             path: index_path,
             msg: format!(
                 "index names {} tensors, shards hold {}",
@@ -440,8 +441,8 @@ pub fn load_model_tensors(dir: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Reads `trainer_state.json`.
 pub fn load_trainer_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(TRAINER_STATE_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| GrpoError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| GrpoError::Checkpoint {
+    let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
         path,
         msg: e.to_string(),
     })
@@ -458,12 +459,12 @@ pub fn restore(
     let saved: HashMap<String, Tensor> = load_model_tensors(dir)?.into_iter().collect();
     tch::no_grad(|| -> Result<()> {
         for (name, p) in params {
-            let src = saved.get(name).ok_or_else(|| GrpoError::Checkpoint {
+            let src = saved.get(name).ok_or_else(|| TrainError::Checkpoint {
                 path: dir.to_path_buf(),
                 msg: format!("lacks weight {name}"),
             })?;
             if src.size() != p.size() {
-                return Err(GrpoError::Checkpoint {
+                return Err(TrainError::Checkpoint {
                     path: dir.to_path_buf(),
                     msg: format!(
                         "weight {name} has shape {:?}, model has {:?}",
@@ -507,7 +508,7 @@ fn restore_optimizer(dir: &Path, state: &TrainerState, opt: &mut AnyPrecisionAda
             Vec::new()
         };
         opt.load_state(tensors, &state.optimizer_param_steps)
-            .map_err(|e| GrpoError::Checkpoint {
+            .map_err(|e| TrainError::Checkpoint {
                 path,
                 msg: e.to_string(),
             })?;

@@ -1,0 +1,256 @@
+//! The actor update of one RL step (docs/recipe.md, "Loss aggregation"): split the scored
+//! rollouts into mini-batches (one optimiser step each) and micro-batches (one backward each),
+//! form each micro-batch's loss as a token-mean over its response tokens, divide it by the
+//! number of micro-batches per mini-batch, accumulate gradients, clip the global norm (skipping
+//! the step when it is not finite) and apply AdamW.
+//!
+//! The model is reached only through [`PolicyLogprobs`], so this code runs unchanged with the
+//! Qwen2.5-VL policy and with the toy policies of the tests.
+
+use tch::{Kind, Tensor};
+
+use super::loss::{micro_batch_loss, MicroBatchInputs, PolicyClip};
+use super::optim::AnyPrecisionAdamW;
+use super::{GrpoError, Result};
+
+/// A policy that can score the response tokens of rows of the current rollout batch.
+pub trait PolicyLogprobs {
+    /// Log-probabilities (f32, `[rows.len(), T]`, `T` = the batch's padded response length) of
+    /// each row's response tokens under the current weights, computed from logits divided by the
+    /// rollout temperature. Must carry the autograd graph when grad mode is enabled; padding
+    /// positions may hold any finite value.
+    fn response_log_probs(&mut self, rows: &[usize]) -> Result<Tensor>;
+}
+
+/// The per-token tensors of a scored rollout batch, all `[N, T]` f32 on the training device.
+#[derive(Debug)]
+pub struct RolloutBatch {
+    /// 1 on response tokens (up to and including EOS), 0 on padding.
+    pub response_mask: Tensor,
+    /// Log-probs recomputed with the policy before the update (no grad).
+    pub old_log_probs: Tensor,
+    /// Log-probs of the frozen reference policy (no grad); `None` when the KL loss is off.
+    pub ref_log_probs: Option<Tensor>,
+    /// Group-normalised advantage broadcast over response tokens (0 on padding).
+    pub advantages: Tensor,
+}
+
+impl RolloutBatch {
+    /// Assembles the batch and checks that every tensor has the response mask's `[N, T]` shape.
+    /// The advantages come from [`super::advantage::grpo_advantages`] broadcast by
+    /// [`super::advantage::token_advantages`]; this type computes nothing.
+    pub fn new(
+        response_mask: Tensor,
+        old_log_probs: Tensor,
+        ref_log_probs: Option<Tensor>,
+        advantages: Tensor,
+    ) -> Result<Self> {
+        let batch = RolloutBatch {
+            response_mask: response_mask.f_to_kind(Kind::Float)?,
+            old_log_probs,
+            ref_log_probs,
+            advantages,
+        };
+        batch.check()?;
+        Ok(batch)
+    }
+
+    /// Number of responses.
+    pub fn len(&self) -> usize {
+        self.response_mask.size()[0] as usize
+    }
+
+    /// Whether the batch has no responses.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check(&self) -> Result<()> {
+        let shape = self.response_mask.size();
+        if shape.len() != 2 {
+            return Err(GrpoError::Invalid(format!(
+                "response mask has shape {shape:?}, want [N, T]"
+            )));
+        }
+        let mut named = vec![
+            ("old_log_probs", &self.old_log_probs),
+            ("advantages", &self.advantages),
+        ];
+        if let Some(r) = &self.ref_log_probs {
+            named.push(("ref_log_probs", r));
+        }
+        for (name, t) in named {
+            if t.size() != shape {
+                return Err(GrpoError::Invalid(format!(
+                    "{name} has shape {:?}, response mask has {shape:?}",
+                    t.size()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the actor update splits and weighs a rollout batch (EasyR1 `ActorConfig`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateConfig {
+    /// Responses per optimiser step (EasyR1 `global_batch_size` × n, per device): 1,024 for 7B.
+    pub mini_batch_size: usize,
+    /// Responses per forward/backward (`micro_batch_size_per_device_for_update`): 4.
+    pub micro_batch_size: usize,
+    /// Passes over the rollout batch (`ppo_epochs`): 1.
+    pub ppo_epochs: usize,
+    /// Ratio clip constants.
+    pub clip: PolicyClip,
+    /// Coefficient of the low-variance KL loss (`None`: no KL term, no reference log-probs).
+    pub kl_coef: Option<f64>,
+    /// Global gradient-norm clip (`max_grad_norm`): 1.0.
+    pub max_grad_norm: f64,
+}
+
+/// Averages of the per-micro-batch diagnostics and the per-optimiser-step norms of one update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateMetrics {
+    /// Mean policy loss (`pg_loss`, plus `kl_coef · kl_loss` as EasyR1 logs it).
+    pub pg_loss: f64,
+    /// Mean fraction of tokens hitting the ratio clip.
+    pub pg_clipfrac_higher: f64,
+    /// Mean fraction of tokens hitting the dual clip.
+    pub pg_clipfrac_lower: f64,
+    /// Mean `logπ_old − logπ` (drift from the rollout policy).
+    pub ppo_kl: f64,
+    /// Mean low-variance KL to the reference (when on).
+    pub kl_loss: Option<f64>,
+    /// Mean `−logπ` of response tokens (entropy estimate).
+    pub entropy_loss: f64,
+    /// Gradient norm before clipping, one per optimiser step.
+    pub grad_norms: Vec<f64>,
+    /// Optimiser steps skipped because the gradient norm was not finite.
+    pub skipped_steps: usize,
+    /// Number of micro-batches processed.
+    pub micro_batches: usize,
+}
+
+impl UpdateConfig {
+    /// Checks the batch geometry: positive sizes, mini-batch a multiple of the micro-batch.
+    pub fn validate(&self) -> Result<()> {
+        if self.micro_batch_size == 0 || self.mini_batch_size == 0 || self.ppo_epochs == 0 {
+            return Err(GrpoError::Config(
+                "mini_batch_size, micro_batch_size and ppo_epochs must be positive".into(),
+            ));
+        }
+        if !self.mini_batch_size.is_multiple_of(self.micro_batch_size) {
+            return Err(GrpoError::Config(format!(
+                "mini-batch of {} responses is not a multiple of the micro-batch {}",
+                self.mini_batch_size, self.micro_batch_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Log-probs of all `n_rows` rows without grad, in micro-batches of `micro_batch_size`,
+/// concatenated to `[n_rows, T]`: the old-policy log-probs with the current weights, or the
+/// reference log-probs with the frozen ones (docs/recipe.md, "One RL step").
+pub fn compute_log_probs<P: PolicyLogprobs + ?Sized>(
+    policy: &mut P,
+    n_rows: usize,
+    micro_batch_size: usize,
+) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let rows: Vec<usize> = (0..n_rows).collect();
+    let mut parts = Vec::new();
+    for chunk in rows.chunks(micro_batch_size.max(1)) {
+        parts.push(policy.response_log_probs(chunk)?.f_detach()?);
+    }
+    Ok(Tensor::f_cat(&parts, 0)?)
+}
+
+/// The actor update of one RL step with learning rate `lr`: for every mini-batch, one backward
+/// per micro-batch of `(pg_loss + kl_coef·kl_loss) / (mini / micro)`, then gradient clipping and
+/// an AdamW step (skipped when the norm is not finite), then zeroed gradients.
+pub fn update_actor<P: PolicyLogprobs + ?Sized>(
+    cfg: &UpdateConfig,
+    policy: &mut P,
+    batch: &RolloutBatch,
+    optimizer: &mut AnyPrecisionAdamW,
+    lr: f64,
+) -> Result<UpdateMetrics> {
+    cfg.validate()?;
+    batch.check()?;
+    if cfg.kl_coef.is_some() && batch.ref_log_probs.is_none() {
+        return Err(GrpoError::Invalid(
+            "KL loss is on but the batch has no reference log-probs".into(),
+        ));
+    }
+    let n = batch.len();
+    let grad_accum = (cfg.mini_batch_size / cfg.micro_batch_size) as f64;
+    let mut m = UpdateMetrics::default();
+    let mut kl_sum = 0.0;
+    optimizer.zero_grad();
+    for _ in 0..cfg.ppo_epochs {
+        for mini_start in (0..n).step_by(cfg.mini_batch_size) {
+            let mini_end = (mini_start + cfg.mini_batch_size).min(n);
+            for micro_start in (mini_start..mini_end).step_by(cfg.micro_batch_size) {
+                let micro_end = (micro_start + cfg.micro_batch_size).min(mini_end);
+                let rows: Vec<usize> = (micro_start..micro_end).collect();
+                let len = (micro_end - micro_start) as i64;
+                let slice = |t: &Tensor| t.f_narrow(0, micro_start as i64, len);
+                let log_probs = policy.response_log_probs(&rows)?;
+                let mask = slice(&batch.response_mask)?;
+                if log_probs.size() != mask.size() {
+                    return Err(GrpoError::Invalid(format!(
+                            "policy returned log-probs of shape {:?} for rows {micro_start}..{micro_end}, expected {:?}",
+                            log_probs.size(),
+                            mask.size()
+                        )));
+                }
+                let old = slice(&batch.old_log_probs)?;
+                let adv = slice(&batch.advantages)?;
+                let reference = match (&batch.ref_log_probs, cfg.kl_coef) {
+                    (Some(r), Some(_)) => Some(slice(r)?),
+                    _ => None,
+                };
+                let out = micro_batch_loss(
+                    &MicroBatchInputs {
+                        log_probs: &log_probs,
+                        old_log_probs: &old,
+                        ref_log_probs: reference.as_ref(),
+                        advantages: &adv,
+                        response_mask: &mask,
+                    },
+                    &cfg.clip,
+                    cfg.kl_coef.unwrap_or(0.0),
+                )?;
+                out.loss.f_div_scalar(grad_accum)?.f_backward()?;
+                m.pg_loss += f64::try_from(&out.loss)?;
+                m.pg_clipfrac_higher += f64::try_from(&out.policy.pg_clipfrac_higher)?;
+                m.pg_clipfrac_lower += f64::try_from(&out.policy.pg_clipfrac_lower)?;
+                m.ppo_kl += f64::try_from(&out.policy.ppo_kl)?;
+                m.entropy_loss += f64::try_from(&out.entropy_loss)?;
+                if let Some(kl) = &out.kl_loss {
+                    kl_sum += f64::try_from(kl)?;
+                }
+                m.micro_batches += 1;
+            }
+            // Data parallelism goes here: all-reduce the accumulated gradients (an f32 mean
+            // over ranks) before the norm, so clipping and the non-finite skip are global.
+            let norm = optimizer.clip_grad_norm(cfg.max_grad_norm)?;
+            m.grad_norms.push(norm);
+            if norm.is_finite() {
+                optimizer.step(lr)?;
+            } else {
+                m.skipped_steps += 1;
+            }
+            optimizer.zero_grad();
+        }
+    }
+    let k = m.micro_batches.max(1) as f64;
+    m.pg_loss /= k;
+    m.pg_clipfrac_higher /= k;
+    m.pg_clipfrac_lower /= k;
+    m.ppo_kl /= k;
+    m.entropy_loss /= k;
+    m.kl_loss = cfg.kl_coef.map(|_| kl_sum / k);
+    Ok(m)
+}

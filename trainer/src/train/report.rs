@@ -1,0 +1,246 @@
+//! What a step and a run report: per-phase times, reward means over a set of rollouts, the step
+//! summary line, and the scalars and sample rollouts written to `metrics.jsonl`/TensorBoard.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::memory::peak_rss_bytes;
+use super::metrics::LoggedRollout;
+use super::rollout::{PromptItem, Rollout};
+use crate::grpo::actor::UpdateMetrics;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Sampling `n` responses per prompt.
+    Rollout,
+    /// Decoding and scoring.
+    Reward,
+    /// Log-probs of the current policy before the update.
+    OldLogProbs,
+    /// Log-probs of the frozen reference.
+    RefLogProbs,
+    /// Forward/backward and optimiser steps.
+    Update,
+}
+
+impl Phase {
+    /// Metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Rollout => "rollout",
+            Phase::Reward => "reward",
+            Phase::OldLogProbs => "old_log_probs",
+            Phase::RefLogProbs => "ref_log_probs",
+            Phase::Update => "update",
+        }
+    }
+
+    /// All phases in execution order.
+    pub const ALL: [Phase; 5] = [
+        Phase::Rollout,
+        Phase::Reward,
+        Phase::OldLogProbs,
+        Phase::RefLogProbs,
+        Phase::Update,
+    ];
+}
+
+/// Seconds spent in each phase.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseTimes(pub BTreeMap<Phase, f64>);
+
+impl PhaseTimes {
+    /// Seconds of `phase` (0 when it did not run).
+    pub fn get(&self, phase: Phase) -> f64 {
+        self.0.get(&phase).copied().unwrap_or(0.0)
+    }
+
+    /// Sum over phases.
+    pub fn total(&self) -> f64 {
+        self.0.values().sum()
+    }
+
+    /// Adds the time since `since` to `phase`.
+    pub fn add(&mut self, phase: Phase, since: Instant) {
+        *self.0.entry(phase).or_default() += since.elapsed().as_secs_f64();
+    }
+}
+
+/// Mean reward components over a set of rollouts: a step's rollouts or a validation pass.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RewardSummary {
+    /// Responses scored.
+    pub responses: usize,
+    /// Mean overall reward.
+    pub reward: f64,
+    /// Fraction with a valid format.
+    pub format: f64,
+    /// Fraction answered correctly.
+    pub accuracy: f64,
+    /// Mean count reward.
+    pub count: f64,
+    /// Mean spatial (grounding) reward.
+    pub spatial: f64,
+    /// Mean response length in tokens.
+    pub response_length: f64,
+}
+
+impl RewardSummary {
+    /// Means over `rollouts`.
+    pub fn from_rollouts(rollouts: &[Rollout]) -> Self {
+        let n = rollouts.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&Rollout) -> f64| rollouts.iter().map(f).sum::<f64>() / n;
+        RewardSummary {
+            responses: rollouts.len(),
+            reward: mean(&|r| r.score.overall),
+            format: mean(&|r| r.score.format),
+            accuracy: mean(&|r| r.score.accuracy),
+            count: mean(&|r| r.score.count),
+            spatial: mean(&|r| r.score.spatial),
+            response_length: mean(&|r| r.ids.len() as f64),
+        }
+    }
+
+    /// Scalars under `prefix/`.
+    pub fn scalars(&self, prefix: &str) -> BTreeMap<String, f64> {
+        [
+            ("reward", self.reward),
+            ("format", self.format),
+            ("accuracy", self.accuracy),
+            ("count", self.count),
+            ("spatial", self.spatial),
+            ("response_length", self.response_length),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}/{k}"), v))
+        .collect()
+    }
+}
+
+impl std::fmt::Display for RewardSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reward {:.3} | accuracy {:.3} | format {:.3} | count {:.3} | spatial {:.3} | length {:.1} ({} responses)",
+            self.reward,
+            self.accuracy,
+            self.format,
+            self.count,
+            self.spatial,
+            self.response_length,
+            self.responses
+        )
+    }
+}
+
+/// What one RL step did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// RL step number (1-based).
+    pub step: u64,
+    /// Reward means over the step's rollouts.
+    pub rollouts: RewardSummary,
+    /// Update diagnostics.
+    pub update: UpdateMetrics,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Seconds per phase.
+    pub times: PhaseTimes,
+    /// Response tokens generated.
+    pub response_tokens: usize,
+}
+
+/// The one-line summary of an RL step.
+pub fn step_line(r: &StepReport, max_steps: u64) -> String {
+    let u = &r.update;
+    let times: Vec<String> = Phase::ALL
+        .iter()
+        .map(|p| format!("{} {:.1}", p.name(), r.times.get(*p)))
+        .collect();
+    format!(
+        "step {}/{max_steps} | reward {:.3} (fmt {:.2} acc {:.2} cnt {:.2} sp {:.2}) | len {:.0} | kl {:.4} | clip {:.3} | gnorm {:.2} | lr {:.1e} | {:.1}s ({})",
+        r.step,
+        r.rollouts.reward,
+        r.rollouts.format,
+        r.rollouts.accuracy,
+        r.rollouts.count,
+        r.rollouts.spatial,
+        r.rollouts.response_length,
+        u.kl_loss.unwrap_or(0.0),
+        u.pg_clipfrac_higher,
+        u.grad_norms.iter().copied().fold(0.0, f64::max),
+        r.lr,
+        r.times.total(),
+        times.join(", ")
+    )
+}
+
+/// The scalars of one RL step, for `metrics.jsonl` and TensorBoard.
+pub fn step_scalars(report: &StepReport, rollouts: &[Rollout]) -> BTreeMap<String, f64> {
+    let u = &report.update;
+    let mut s = report.rollouts.scalars("reward");
+    let clipped = rollouts.iter().filter(|r| !r.stopped).count() as f64;
+    s.insert(
+        "response_length/mean".into(),
+        report.rollouts.response_length,
+    );
+    s.insert(
+        "response_length/clip_ratio".into(),
+        clipped / rollouts.len().max(1) as f64,
+    );
+    s.insert("actor/pg_loss".into(), u.pg_loss);
+    s.insert("actor/pg_clipfrac_higher".into(), u.pg_clipfrac_higher);
+    s.insert("actor/pg_clipfrac_lower".into(), u.pg_clipfrac_lower);
+    s.insert("actor/ppo_kl".into(), u.ppo_kl);
+    s.insert("actor/entropy_loss".into(), u.entropy_loss);
+    if let Some(kl) = u.kl_loss {
+        s.insert("actor/kl_loss".into(), kl);
+    }
+    let gn = u.grad_norms.iter().sum::<f64>() / u.grad_norms.len().max(1) as f64;
+    s.insert("actor/grad_norm".into(), gn);
+    s.insert("actor/skipped_steps".into(), u.skipped_steps as f64);
+    s.insert("actor/lr".into(), report.lr);
+    for phase in Phase::ALL {
+        s.insert(format!("time/{}", phase.name()), report.times.get(phase));
+    }
+    s.insert("time/step".into(), report.times.total());
+    let rollout_s = report.times.get(Phase::Rollout).max(1e-9);
+    s.insert(
+        "perf/rollout_tokens_per_s".into(),
+        report.response_tokens as f64 / rollout_s,
+    );
+    s.insert(
+        "perf/peak_rss_gib".into(),
+        peak_rss_bytes().unwrap_or(0) as f64 / GIB,
+    );
+    s
+}
+
+/// The first response of each of the step's first four groups, for `samples.jsonl`.
+pub fn sample_rollouts<'a>(
+    step: u64,
+    group_size: usize,
+    prompts: &'a [PromptItem],
+    rollouts: &'a [Rollout],
+) -> Vec<LoggedRollout<'a>> {
+    rollouts
+        .iter()
+        .step_by(group_size.max(1))
+        .take(4)
+        .map(|r| LoggedRollout {
+            step,
+            prompt: &prompts[r.prompt].problem,
+            response: &r.text,
+            ground_truth: &prompts[r.prompt].ground_truth,
+            reward: r.score.overall,
+            components: BTreeMap::from([
+                ("format".to_string(), r.score.format),
+                ("accuracy".to_string(), r.score.accuracy),
+                ("count".to_string(), r.score.count),
+                ("spatial".to_string(), r.score.spatial),
+            ]),
+        })
+        .collect()
+}

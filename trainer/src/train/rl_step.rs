@@ -1,0 +1,235 @@
+//! One GRPO RL step, phase by phase (docs/recipe.md, "One RL step"; docs/architecture.md):
+//!
+//! 1. **sample** `n` responses per prompt from the current policy;
+//! 2. **score** them with the reward;
+//! 3. **old log-probs**: the current policy's log-probs of the responses, before the update;
+//! 4. **reference log-probs**: the frozen reference's, for the KL term;
+//! 5. **advantages**: group-normalised rewards, broadcast over each response's tokens;
+//! 6. **actor update**: the clipped policy loss with the KL term, micro-batch by micro-batch;
+//! 7. **metrics**: what the step did, logged.
+//!
+//! Each phase is one named call with explicit inputs and outputs; [`Trainer::step`] reads as the
+//! list above. The loop around it (validation and checkpoint cadence) is [`super::runner`].
+
+use std::time::Instant;
+
+use tch::{Device, Tensor};
+
+use super::policy::{ModelPolicy, SequenceRef};
+use super::report::{sample_rollouts, step_scalars, Phase, PhaseTimes, RewardSummary, StepReport};
+use super::rollout::{response_mask, sample_responses, score_samples, PromptItem, Rollout};
+use super::setup::{bar, weight_kind, Trainer};
+use super::Result;
+use crate::generate::{SamplingConfig, DEFAULT_STOP_IDS};
+use crate::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
+use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
+use crate::model::Qwen2_5VLForConditionalGeneration;
+use crate::tokenizer::ENDOFTEXT_ID;
+
+impl Trainer {
+    /// One RL step on the next `rollout_batch_size` prompts.
+    pub fn step(&mut self) -> Result<StepReport> {
+        self.ensure_reference()?;
+        let mut times = PhaseTimes::default();
+        // Data parallelism goes here: each rank takes its shard of whole GRPO groups, so the
+        // advantages below need no communication.
+        let prompts = self.next_prompts()?;
+
+        let t = Instant::now();
+        let responses = self.sample(&prompts)?;
+        times.add(Phase::Rollout, t);
+
+        let t = Instant::now();
+        let rollouts = self.score(&prompts, responses)?;
+        times.add(Phase::Reward, t);
+
+        let sequences = sequences(&prompts, &rollouts);
+        let t = Instant::now();
+        let old_log_probs = self.log_probs(&self.policy, &sequences)?;
+        times.add(Phase::OldLogProbs, t);
+
+        let t = Instant::now();
+        let ref_log_probs = self.reference_log_probs(&sequences)?;
+        times.add(Phase::RefLogProbs, t);
+
+        let t = Instant::now();
+        let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
+        let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
+        let update = update_actor(
+            &self.cfg.update_config(),
+            &mut ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature),
+            &batch,
+            &mut self.optimizer,
+            lr,
+        )?;
+        times.add(Phase::Update, t);
+
+        self.rl_step += 1;
+        self.optimizer_steps += update.grad_norms.len() as u64;
+        let report = StepReport {
+            step: self.rl_step,
+            rollouts: RewardSummary::from_rollouts(&rollouts),
+            update,
+            lr,
+            times,
+            response_tokens: rollouts.iter().map(|r| r.ids.len()).sum(),
+        };
+        self.log_step(&report, &prompts, &rollouts)?;
+        Ok(report)
+    }
+
+    /// The next batch of training rows as model prompts.
+    fn next_prompts(&mut self) -> Result<Vec<PromptItem>> {
+        let batch = self.loader.next_batch()?;
+        self.builder.encode_all(&self.processor, &batch.samples)
+    }
+
+    /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
+    fn sample(&mut self, prompts: &[PromptItem]) -> Result<Vec<crate::generate::Sample>> {
+        let sampling = self.sampling(self.cfg.rollout.temperature);
+        let pb = bar(
+            (prompts.len() * self.cfg.rollout.n) as u64,
+            "rollout",
+            self.opts.progress,
+        );
+        let responses = sample_responses(
+            &self.policy,
+            prompts,
+            self.cfg.rollout.n,
+            &sampling,
+            self.cfg.rollout.generation_batch_size,
+            &mut self.rng,
+            &mut |done| pb.set_position(done as u64),
+        )?;
+        pb.finish_and_clear();
+        Ok(responses)
+    }
+
+    /// Phase 2: decode and score every response.
+    pub(super) fn score(
+        &self,
+        prompts: &[PromptItem],
+        responses: Vec<crate::generate::Sample>,
+    ) -> Result<Vec<Rollout>> {
+        score_samples(
+            &self.processor,
+            prompts,
+            responses,
+            self.cfg.reward.kind,
+            self.similarity.as_ref(),
+        )
+    }
+
+    /// Phases 3 and 4: log-probs of `sequences` under `model`, without grad, in micro-batches of
+    /// `micro_batch_size_per_device_for_experience`, logits divided by the rollout temperature.
+    fn log_probs(
+        &self,
+        model: &Qwen2_5VLForConditionalGeneration,
+        sequences: &[SequenceRef<'_>],
+    ) -> Result<Tensor> {
+        let mut policy = ModelPolicy::new(model, sequences.to_vec(), self.cfg.rollout.temperature);
+        let micro = self.cfg.actor.micro_batch_size_per_device_for_experience;
+        Ok(compute_log_probs(&mut policy, sequences.len(), micro)?)
+    }
+
+    /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded
+    /// reference lives on the CPU and visits the device for its pass.
+    fn reference_log_probs(&self, sequences: &[SequenceRef<'_>]) -> Result<Option<Tensor>> {
+        let Some(model) = &self.reference else {
+            return Ok(None);
+        };
+        let lp = if model.device() != self.device {
+            self.log_probs(&model.to_device(self.device)?, sequences)?
+        } else {
+            self.log_probs(model, sequences)?
+        };
+        Ok(Some(lp.f_to_device(self.device)?))
+    }
+
+    /// Phase 5: GRPO advantages of each response's reward within its group, broadcast over its
+    /// tokens, assembled with the log-probs into the update's batch.
+    fn advantages(
+        &self,
+        rollouts: &[Rollout],
+        old_log_probs: Tensor,
+        ref_log_probs: Option<Tensor>,
+    ) -> Result<RolloutBatch> {
+        let lengths: Vec<usize> = rollouts.iter().map(|r| r.ids.len()).collect();
+        let mask = response_mask(&lengths, self.device)?;
+        let scores: Vec<f32> = rollouts.iter().map(|r| r.score.overall as f32).collect();
+        let groups: Vec<u64> = rollouts.iter().map(|r| r.prompt as u64).collect();
+        let advantages = token_advantages(&grpo_advantages(&scores, &groups, GRPO_EPS)?, &mask)?;
+        Ok(RolloutBatch::new(
+            mask,
+            old_log_probs,
+            ref_log_probs,
+            advantages,
+        )?)
+    }
+
+    /// Phase 7: the step's scalars (and every `sample_freq` steps a few rollouts) to the logs.
+    fn log_step(
+        &mut self,
+        report: &StepReport,
+        prompts: &[PromptItem],
+        rollouts: &[Rollout],
+    ) -> Result<()> {
+        let Some(logger) = self.logger.as_mut() else {
+            return Ok(());
+        };
+        logger.log(report.step, &step_scalars(report, rollouts))?;
+        let freq = self.cfg.trainer.sample_freq as u64;
+        if freq > 0 && report.step.is_multiple_of(freq) {
+            let n = self.cfg.rollout.n;
+            logger.log_samples(&sample_rollouts(report.step, n, prompts, rollouts))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the frozen reference on first use (when the KL loss is on).
+    pub(super) fn ensure_reference(&mut self) -> Result<()> {
+        if self.reference.is_none() && self.cfg.algorithm.use_kl_loss {
+            let device = if self.cfg.model.offload_reference {
+                Device::Cpu
+            } else {
+                self.device
+            };
+            self.reference = Some(Qwen2_5VLForConditionalGeneration::load(
+                &self.reference_dir,
+                device,
+                weight_kind(self.cfg.model.dtype),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Sampling settings at `temperature` (0: greedy), `rollout.top_p`/`top_k`, stopping at the
+    /// end tokens unless a benchmark forces every response's length.
+    pub(super) fn sampling(&self, temperature: f64) -> SamplingConfig {
+        let forced = self.opts.forced_response_length;
+        SamplingConfig {
+            max_new_tokens: forced.unwrap_or(self.cfg.data.max_response_length),
+            greedy: temperature == 0.0,
+            temperature: if temperature == 0.0 { 1.0 } else { temperature },
+            top_p: self.cfg.rollout.top_p,
+            top_k: self.cfg.rollout.top_k.max(0) as usize,
+            stop_token_ids: if forced.is_some() {
+                Vec::new()
+            } else {
+                DEFAULT_STOP_IDS.to_vec()
+            },
+            pad_token_id: ENDOFTEXT_ID,
+        }
+    }
+}
+
+/// Each rollout as (its prompt, its response ids), in rollout order.
+fn sequences<'a>(prompts: &'a [PromptItem], rollouts: &'a [Rollout]) -> Vec<SequenceRef<'a>> {
+    rollouts
+        .iter()
+        .map(|r| SequenceRef {
+            prompt: &prompts[r.prompt],
+            response: &r.ids,
+        })
+        .collect()
+}
