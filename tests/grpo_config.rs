@@ -1,4 +1,4 @@
-//! Training configs: the published hyper-parameters (spec §3.1), overrides, validation, the
+//! Training configs: the published hyper-parameters (docs/recipe.md, "Hyper-parameters"), overrides, validation, the
 //! memory plan, and metrics readable by TensorBoard's own event reader.
 
 use std::collections::BTreeMap;

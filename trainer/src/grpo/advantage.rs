@@ -1,4 +1,5 @@
-//! GRPO outcome advantages (spec §3.3, EasyR1 `compute_grpo_outcome_advantage`).
+//! GRPO outcome advantages (docs/recipe.md, "Advantages"; EasyR1
+//! `compute_grpo_outcome_advantage`).
 //!
 //! Each response's score is normalised within the group of responses sampled for the same prompt:
 //! `A = (R - mean) / (std + eps)` with the unbiased standard deviation (divides by `n - 1`).

@@ -1,4 +1,5 @@
-//! The GRPO actor loss (spec §3.4 and §3.5, EasyR1 `compute_policy_loss`, `compute_kl`).
+//! The GRPO actor loss (docs/recipe.md, "Policy loss" and "KL to the reference"; EasyR1
+//! `compute_policy_loss`, `compute_kl`).
 //!
 //! Per token, with `Δ = logπ − logπ_old`: the PPO ratio clipped asymmetrically to
 //! `[1 − clip_ratio_low, 1 + clip_ratio_high]`, a dual clip `clip_ratio_dual` for negative
@@ -102,7 +103,8 @@ pub fn policy_loss_per_token(
     Ok((per_token, clipfrac_higher, clipfrac_lower))
 }
 
-/// The clipped policy loss of one micro-batch (spec §3.4), token-mean over `response_mask`.
+/// The clipped policy loss of one micro-batch (docs/recipe.md, "Policy loss"), token-mean over
+/// `response_mask`.
 pub fn compute_policy_loss(
     old_log_probs: &Tensor,
     log_probs: &Tensor,

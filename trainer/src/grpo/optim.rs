@@ -1,6 +1,6 @@
 //! AdamW with low-precision states and Kahan-compensated updates (EasyR1's `adamw_bf16`, i.e.
 //! AnyPrecisionAdamW), gradient-norm clipping with skip on non-finite norms, and the learning-rate
-//! schedule (spec §3.1, §3.6).
+//! schedule (docs/recipe.md, "Optimiser and learning-rate schedule").
 //!
 //! Per parameter `p` with gradient `g`, at step `t` (per-parameter counter):
 //! `p ← p·(1 − lr·wd)`; `m ← β1·m + (1−β1)·g`; `v ← β2·v + (1−β2)·g²`;
@@ -336,7 +336,8 @@ pub struct LrSchedule {
     /// Number of RL steps of linear warm-up from 0.
     pub warmup_steps: u64,
     /// Reproduce EasyR1's `min(1, s / max(1, warmup))` factor even when `warmup_steps` is 0,
-    /// which makes the whole first RL step run with lr = 0 (spec §3.6).
+    /// which makes the whole first RL step run with lr = 0 (docs/recipe.md, "Optimiser and
+    /// learning-rate schedule").
     pub zero_lr_first_step: bool,
 }
 

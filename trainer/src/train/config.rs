@@ -2,7 +2,7 @@
 //! (`data`, `algorithm`, `worker.actor`, `worker.rollout`, `worker.reward`, `trainer`), with
 //! `--set section.key=value` overrides applied to the TOML tree before deserialising.
 //!
-//! Defaults are the published SpatialThinker-7B values (spec §3.1) where one exists.
+//! Defaults are the published SpatialThinker-7B values (docs/recipe.md, "Hyper-parameters") where one exists.
 
 use std::path::{Path, PathBuf};
 
@@ -176,7 +176,8 @@ pub struct ActorConfig {
     /// Warm-up length as a fraction of the total RL steps: 0.
     #[serde(default)]
     pub lr_warmup_ratio: f64,
-    /// Reproduce EasyR1's lr = 0 during the first RL step when the warm-up is 0 (spec §3.6).
+    /// Reproduce EasyR1's lr = 0 during the first RL step when the warm-up is 0
+    /// (docs/recipe.md, "Optimiser and learning-rate schedule").
     #[serde(default)]
     pub zero_lr_first_step: bool,
     /// `(β1, β2)`: (0.9, 0.999).

@@ -1,6 +1,6 @@
-//! From dataset rows to scored rollouts (spec §2.2, §3.2 steps 1–3): build each prompt the way
-//! EasyR1's dataset does, sample `n` responses per prompt with a shared prefill, decode them and
-//! score them with the reward in parallel.
+//! From dataset rows to scored rollouts (docs/recipe.md, "Training prompt" and "One RL step"):
+//! build each prompt the way EasyR1's dataset does, sample `n` responses per prompt with a shared
+//! prefill, decode them and score them with the reward in parallel.
 
 use image::DynamicImage;
 use tch::{Device, Kind, Tensor};

@@ -54,8 +54,6 @@ impl Trainer {
         Ok(RewardSummary::from_rollouts(&all))
     }
 
-    /// One RL step (spec §3.2): rollouts, rewards, old and reference log-probs, GRPO advantages
-
     /// Logs a validation report at the current RL step.
     pub fn log_validation(&mut self, report: &RewardSummary) -> Result<()> {
         if let Some(logger) = self.logger.as_mut() {
