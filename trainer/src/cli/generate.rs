@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::Placement;
 use anyhow::{Context, Result};
-use trainer::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
+use data::rng::SplitMix64;
+use trainer::generate::{generate, PromptBatch, SamplingConfig};
 use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use trainer::processor::{ChatMessage, EncodedPrompt, Processor};
 
@@ -56,13 +57,15 @@ pub fn load_generator(
     max_new_tokens: usize,
 ) -> Result<trainer::infer::generator::ModelGenerator> {
     let dir = model_dir(model)?;
-    trainer::infer::generator::ModelGenerator::load(
+    let mut generator = trainer::infer::generator::ModelGenerator::load(
         &dir,
         placement.device.resolve()?,
         placement.dtype.kind(),
         max_new_tokens,
     )
-    .with_context(|| format!("loading {}", dir.display()))
+    .with_context(|| format!("loading {}", dir.display()))?;
+    placement.apply_output_vocab(&mut generator.model, &dir)?;
+    Ok(generator)
 }
 
 /// Loads the processor of a checkpoint folder: its tokenizer (or the embedded one) and its
@@ -86,22 +89,21 @@ pub fn encode_user_turn(
 /// fails before the weights are read), then loads the weights as `placement` says.
 pub fn load_with_turn(
     model: &Path,
-    placement: Placement,
+    placement: &Placement,
     image: &Path,
     prompt: &str,
 ) -> Result<(Processor, EncodedPrompt, Qwen2_5VLForConditionalGeneration)> {
     let dir = model_dir(model)?;
-    let device = placement.device.resolve()?;
+    placement.device.resolve()?; // a bad --device fails before anything is read
     let processor = load_processor(&dir)?;
     let encoded = encode_user_turn(&processor, image, prompt)?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, placement.dtype.kind())
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let model = placement.load_model(&dir)?;
     Ok((processor, encoded, model))
 }
 
 pub fn run(args: Args) -> Result<()> {
     let (processor, encoded, model) =
-        load_with_turn(&args.model, args.placement, &args.image, &args.prompt)?;
+        load_with_turn(&args.model, &args.placement, &args.image, &args.prompt)?;
     let batch = PromptBatch {
         input_ids: vec![encoded.input_ids],
         images: Some(VisionInputs::new(
@@ -122,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         &batch,
         args.samples,
         &cfg,
-        &mut SamplerRng::new(args.seed),
+        &mut SplitMix64::new(args.seed),
     )?;
     let mut out = Vec::new();
     for s in &samples {

@@ -33,7 +33,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let (processor, encoded, model) =
-        load_with_turn(&args.model, args.placement, &args.image, &args.prompt)?;
+        load_with_turn(&args.model, &args.placement, &args.image, &args.prompt)?;
     let response = processor.tokenize(&args.response)?;
     let prompt_tokens = encoded.input_ids.len();
     let batch = ResponseBatch {

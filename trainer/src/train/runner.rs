@@ -20,7 +20,7 @@ use super::rollout::{
 use super::sft::{sft_step, target_ids};
 use super::tiny::{write_tiny_random, TinyShape, TINY_RANDOM};
 use super::{Result, TrainError};
-use crate::generate::{SamplerRng, SamplingConfig, DEFAULT_STOP_IDS};
+use crate::generate::{SamplingConfig, DEFAULT_STOP_IDS};
 use crate::grpo::checkpoint::{
     restore_state, CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
 };
@@ -29,9 +29,10 @@ use crate::grpo::memory::{peak_rss_bytes, MemoryPlan, ModelShape};
 use crate::grpo::metrics::{MetricsLogger, Sample as LoggedSample};
 use crate::grpo::optim::AnyPrecisionAdamW;
 use crate::grpo::step::{RlStep, RolloutBatch, UpdateMetrics};
-use crate::model::{Qwen2_5VLForConditionalGeneration, OUTPUT_VOCAB_FILE};
+use crate::model::{read_output_vocab, Qwen2_5VLForConditionalGeneration, OUTPUT_VOCAB_FILE};
 use crate::processor::Processor;
 use crate::tokenizer::ENDOFTEXT_ID;
+use data::rng::SplitMix64;
 
 /// `data.train_files` / `val_files` value that asks for the synthetic dataset.
 pub const SYNTHETIC: &str = "synthetic";
@@ -221,7 +222,7 @@ pub struct Trainer {
     train_files: Vec<PathBuf>,
     val_files: Vec<PathBuf>,
     loader: Loader,
-    rng: SamplerRng,
+    rng: SplitMix64,
     rl_step: u64,
     optimizer_steps: u64,
     logger: Option<MetricsLogger>,
@@ -484,7 +485,7 @@ impl Trainer {
         let mut optimizer = AnyPrecisionAdamW::new(trainable, cfg.adamw_config())?;
 
         let mut cursor = Cursor::default();
-        let mut rng = SamplerRng::new(cfg.trainer.seed);
+        let mut rng = SplitMix64::new(cfg.trainer.seed);
         let mut rl_step = 0;
         let mut optimizer_steps = 0;
         let mut reference_dir = model_dir.clone();
@@ -504,7 +505,7 @@ impl Trainer {
                         dir.display()
                     ))
                 })?;
-            rng = SamplerRng::new(seed);
+            rng = SplitMix64::new(seed);
             if let Some(r) = state.extra.get("reference_model").and_then(|v| v.as_str()) {
                 reference_dir = PathBuf::from(r);
             }
@@ -692,11 +693,17 @@ impl Trainer {
             } else {
                 self.device
             };
-            self.reference = Some(Qwen2_5VLForConditionalGeneration::load(
+            let mut reference = Qwen2_5VLForConditionalGeneration::load(
                 &self.reference_dir,
                 device,
                 weight_kind(self.cfg.model.dtype),
-            )?);
+            )?;
+            // the reference keeps the output vocabulary its checkpoint was saved with
+            let saved = self.reference_dir.join(OUTPUT_VOCAB_FILE);
+            if saved.is_file() {
+                reference.restrict_output_vocab(&read_output_vocab(&saved)?)?;
+            }
+            self.reference = Some(reference);
         }
         Ok(())
     }
@@ -726,7 +733,7 @@ impl Trainer {
             loader_config(&self.cfg, self.cfg.data.val_batch_size, false, 0),
             Cursor::default(),
         )?;
-        let mut rng = SamplerRng::new(self.cfg.trainer.seed ^ VALIDATION_SEED_SALT);
+        let mut rng = SplitMix64::new(self.cfg.trainer.seed ^ VALIDATION_SEED_SALT);
         let sampling = self.sampling(self.cfg.rollout.val_temperature);
         let n = self.cfg.rollout.val_n;
         let pb = bar(
