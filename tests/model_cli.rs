@@ -111,3 +111,72 @@ fn hub_id_without_cache_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("hub"), "{err}");
 }
+
+/// `--output-vocab FILE` restricts sampling to the listed ids and says so; a saved
+/// `output_vocab.json` without the flag is ignored, with a note naming the flag.
+#[test]
+fn output_vocab_is_an_explicit_flag() {
+    let (model, image) = paths();
+    let dir = tempfile::tempdir().unwrap();
+    // a copy of the checkpoint folder with a saved restriction next to the weights
+    let folder = dir.path().join("ckpt");
+    std::fs::create_dir(&folder).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(PathBuf::from(&model).join(f), folder.join(f)).unwrap();
+    }
+    let allowed: Vec<i64> = (100..140).chain([151645]).collect();
+    let vocab = folder.join("output_vocab.json");
+    std::fs::write(&vocab, serde_json::to_string(&allowed).unwrap()).unwrap();
+    let folder = folder.display().to_string();
+    let vocab = vocab.display().to_string();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &folder,
+            "--image",
+            &image,
+            "--prompt",
+            "Where is the cat?",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0.8",
+            "--samples",
+            "3",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = run(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let ids: Vec<i64> = v["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["ids"].as_array().unwrap().clone())
+            .map(|i| i.as_i64().unwrap())
+            .collect();
+        (ids, err)
+    };
+
+    let (ids, err) = generate(&["--output-vocab", &vocab]);
+    assert!(
+        err.contains(&format!(
+            "output vocabulary restricted to {} ids from {vocab}",
+            allowed.len()
+        )),
+        "{err}"
+    );
+    assert!(ids.iter().all(|i| allowed.contains(i)), "{ids:?}");
+
+    let (ids, err) = generate(&[]);
+    assert!(
+        err.contains("is ignored") && err.contains("--output-vocab"),
+        "{err}"
+    );
+    assert!(
+        ids.iter().any(|i| !allowed.contains(i)),
+        "the full vocabulary: {ids:?}"
+    );
+}

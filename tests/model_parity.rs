@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use data::rng::SplitMix64;
 use tch::{Device, Kind, Tensor};
-use trainer::generate::{
-    generate, response_logprobs, PromptBatch, ResponseBatch, SamplerRng, SamplingConfig,
-};
+use trainer::generate::{generate, response_logprobs, PromptBatch, ResponseBatch, SamplingConfig};
 use trainer::model::{
     get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration, VisionInputs,
 };
@@ -157,7 +156,7 @@ fn check_case(
         input_ids: prompts.clone(),
         images: Some(c.images()),
     };
-    let out = generate(model, &batch, 1, &cfg, &mut SamplerRng::new(0)).unwrap();
+    let out = generate(model, &batch, 1, &cfg, &mut SplitMix64::new(0)).unwrap();
     let want_greedy = rows(c.t("greedy"));
     for (s, w) in out.iter().zip(&want_greedy) {
         assert_eq!(
@@ -373,8 +372,8 @@ fn sampling_is_seeded_and_stops() {
         pad_token_id: 0,
         ..SamplingConfig::default()
     };
-    let a = generate(&model, &batch, 3, &cfg, &mut SamplerRng::new(42)).unwrap();
-    let b = generate(&model, &batch, 3, &cfg, &mut SamplerRng::new(42)).unwrap();
+    let a = generate(&model, &batch, 3, &cfg, &mut SplitMix64::new(42)).unwrap();
+    let b = generate(&model, &batch, 3, &cfg, &mut SplitMix64::new(42)).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.len(), 6);
     assert_eq!(
@@ -392,7 +391,7 @@ fn sampling_is_seeded_and_stops() {
         stop_token_ids: vec![stop],
         ..cfg
     };
-    let s = generate(&model, &batch, 3, &cfg2, &mut SamplerRng::new(42)).unwrap();
+    let s = generate(&model, &batch, 3, &cfg2, &mut SplitMix64::new(42)).unwrap();
     let first = s[0].ids.iter().position(|&i| i == stop).unwrap();
     assert_eq!(s[0].ids.len(), first + 1);
     assert!(s[0].stopped);

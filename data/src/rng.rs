@@ -18,6 +18,12 @@ impl SplitMix64 {
         Self { state: seed }
     }
 
+    /// The whole generator state: `SplitMix64::new(r.state())` continues `r`'s stream exactly
+    /// (checkpoints store it to resume bit for bit).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// A generator for a sub-stream: `parts` (seed, epoch, index, ...) are mixed in order, so
     /// `derive(&[s, 1])` and `derive(&[s, 2])` are unrelated streams.
     pub fn derive(parts: &[u64]) -> Self {
@@ -95,6 +101,15 @@ mod tests {
         assert_eq!(r.next_u64(), 6457827717110365317);
         assert_eq!(r.next_u64(), 3203168211198807973);
         assert_eq!(r.next_u64(), 9817491932198370423);
+    }
+
+    #[test]
+    fn a_generator_restored_from_its_state_continues_the_stream() {
+        let mut r = SplitMix64::new(99);
+        r.next_u64();
+        let mut restored = SplitMix64::new(r.state());
+        assert_eq!(restored.next_u64(), r.next_u64());
+        assert_eq!(restored.unit(), r.unit());
     }
 
     #[test]

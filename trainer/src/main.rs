@@ -39,23 +39,7 @@ enum Command {
     Data(cli::data::Args),
 }
 
-/// glibc: allocations below this come from the heap and are reused, instead of a fresh `mmap`
-/// (and a page fault per 4 KiB) each time: decode allocates and frees logits of
-/// `rows × 151,665` floats (4.6 MiB for 8 rows) every step. glibc's own adaptive threshold stops
-/// at this value too.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
-/// glibc: free heap memory kept for reuse before it is returned to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_THRESHOLD_BYTES: i32 = 256 << 20;
-
 fn main() -> anyhow::Result<()> {
-    // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
-    }
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => cli::train::run(args),

@@ -6,10 +6,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use tch::{Kind, Tensor};
-use trainer::generate::{greedy_ids, left_pad, SamplingConfig};
-use trainer::model::{get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration};
+use anyhow::Result;
+use trainer::generate::{left_pad, prefill, Lockstep, SamplingConfig};
+use trainer::model::{KvCache, Qwen2_5VLForConditionalGeneration};
 
 /// Benchmarks.
 #[derive(Debug, clap::Args)]
@@ -92,61 +91,34 @@ pub fn run(args: Args) -> Result<()> {
 /// Returns (prefill seconds, decode seconds).
 fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Result<(f64, f64)> {
     let _guard = tch::no_grad_guard();
-    let device = model.device();
     let prompts: Vec<Vec<i64>> = (0..a.batch)
         .map(|b| bench_prompt_ids(b, a.prompt_len))
         .collect();
     let (ids, mask) = left_pad(&prompts, SamplingConfig::default().pad_token_id);
-    let rope = get_rope_index(&model.config, &ids, &mask, &[])?;
-    let b = a.batch as i64;
-    let l = a.prompt_len as i64;
     let mut cache = KvCache::new(
         &model.config,
-        b,
-        l + a.new_tokens as i64,
-        device,
+        a.batch as i64,
+        (a.prompt_len + a.new_tokens) as i64,
+        model.device(),
         model.kind(),
     )?;
-    let flat: Vec<i64> = ids.concat();
-    let mut attn = Tensor::f_ones([b, l], (Kind::Int64, device))?;
-    // the greedy pick generation uses; it also waits for the device
-    let sync = |logits: &Tensor| -> Result<Vec<i64>> { Ok(greedy_ids(&logits.f_flatten(0, -2)?)?) };
+    // the greedy pick generation uses; reading the ids also waits for the device
     let start = Instant::now();
-    let logits = model.forward(
-        &Tensor::from_slice(&flat).f_view([b, l])?,
-        &rope.to_tensor(device)?,
-        &attn,
-        None,
-        Some(&mut cache),
-        LogitsAt::Hidden,
-    )?;
-    let mut next = sync(&model.compact_logits(&logits.f_narrow(1, l - 1, 1)?)?)?;
-    let prefill = start.elapsed().as_secs_f64();
+    let prompt = prefill(model, &ids, &mask, None, &mut cache)?;
+    let mut next = model.lm_head.greedy_ids(&prompt.logits)?;
+    let prefill_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    for step in 0..a.new_tokens.saturating_sub(1) {
-        let pos: Vec<i64> = rope.next_position.iter().map(|p| p + step as i64).collect();
-        let pos = Tensor::from_slice(&pos)
-            .f_view([1, b, 1])?
-            .f_expand([3, b, 1], false)?;
-        attn = Tensor::f_cat(&[&attn, &Tensor::f_ones([b, 1], (Kind::Int64, device))?], 1)?;
-        let input = Tensor::from_slice(&next).f_view([b, 1])?;
-        let hidden = model.forward(
-            &input,
-            &pos,
-            &attn,
-            None,
-            Some(&mut cache),
-            LogitsAt::Hidden,
-        )?;
-        next = sync(&model.compact_logits(&hidden)?)?;
+    let mut decoder = Lockstep::new(prompt.attention_mask, prompt.next_position);
+    for _ in 0..a.new_tokens.saturating_sub(1) {
+        let logits = decoder.step(model, &next, &mut cache)?;
+        next = model.lm_head.greedy_ids(&logits)?;
     }
-    Ok((prefill, start.elapsed().as_secs_f64()))
+    Ok((prefill_s, start.elapsed().as_secs_f64()))
 }
 
 fn bench_generate(a: GenerateArgs) -> Result<()> {
-    let device = a.placement.device.resolve()?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&a.model, device, a.placement.dtype.kind())
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let dir = super::generate::model_dir(&a.model)?;
+    let model = a.placement.load_model(&dir)?;
     for _ in 0..a.warmup {
         one_run(&model, &a)?;
     }

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 
 use super::Placement;
 use anyhow::{Context, Result};
-use trainer::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
+use data::rng::SplitMix64;
+use trainer::generate::{generate, PromptBatch, SamplingConfig};
 use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use trainer::processor::{ChatMessage, EncodedPrompt, Processor};
 
-/// Generate from a checkpoint for one image and one prompt.
+/// A checkpoint and one `[image, text]` user turn (what `generate` and `logprobs` read).
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Checkpoint folder (config.json + safetensors).
+pub struct ImageTurn {
+    /// Checkpoint folder (config.json + safetensors) or hub id.
     #[arg(long)]
     model: PathBuf,
     /// Image file.
@@ -20,6 +21,28 @@ pub struct Args {
     /// User text, placed after the image.
     #[arg(long)]
     prompt: String,
+    #[command(flatten)]
+    placement: Placement,
+}
+
+impl ImageTurn {
+    /// Resolves `--model`, encodes the turn with its processor (so a bad image fails before the
+    /// weights are read), then loads the weights as `placement` says.
+    pub fn load(&self) -> Result<(Processor, EncodedPrompt, Qwen2_5VLForConditionalGeneration)> {
+        let dir = model_dir(&self.model)?;
+        self.placement.device.resolve()?; // a bad --device fails before anything is read
+        let processor = load_processor(&dir)?;
+        let encoded = encode_user_turn(&processor, &self.image, &self.prompt)?;
+        let model = self.placement.load_model(&dir)?;
+        Ok((processor, encoded, model))
+    }
+}
+
+/// Generate from a checkpoint for one image and one prompt.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    turn: ImageTurn,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Arg-max decoding (ignores temperature, top-p, top-k).
@@ -37,8 +60,6 @@ pub struct Args {
     /// Samples for the prompt (sharing one prefill).
     #[arg(long, default_value_t = 1)]
     samples: usize,
-    #[command(flatten)]
-    placement: super::Placement,
     /// Print `{"samples":[{"ids":[...],"text":"..."}]}`.
     #[arg(long)]
     json: bool,
@@ -56,13 +77,15 @@ pub fn load_generator(
     max_new_tokens: usize,
 ) -> Result<trainer::infer::generator::ModelGenerator> {
     let dir = model_dir(model)?;
-    trainer::infer::generator::ModelGenerator::load(
+    let mut generator = trainer::infer::generator::ModelGenerator::load(
         &dir,
         placement.device.resolve()?,
         placement.dtype.kind(),
         max_new_tokens,
     )
-    .with_context(|| format!("loading {}", dir.display()))
+    .with_context(|| format!("loading {}", dir.display()))?;
+    placement.apply_output_vocab(&mut generator.model, &dir)?;
+    Ok(generator)
 }
 
 /// Loads the processor of a checkpoint folder: its tokenizer (or the embedded one) and its
@@ -82,26 +105,8 @@ pub fn encode_user_turn(
     Ok(processor.encode_prompt(&messages, &[img])?)
 }
 
-/// Resolves `--model`, encodes the `[image, prompt]` user turn with its processor (so a bad image
-/// fails before the weights are read), then loads the weights as `placement` says.
-pub fn load_with_turn(
-    model: &Path,
-    placement: Placement,
-    image: &Path,
-    prompt: &str,
-) -> Result<(Processor, EncodedPrompt, Qwen2_5VLForConditionalGeneration)> {
-    let dir = model_dir(model)?;
-    let device = placement.device.resolve()?;
-    let processor = load_processor(&dir)?;
-    let encoded = encode_user_turn(&processor, image, prompt)?;
-    let model = Qwen2_5VLForConditionalGeneration::load(&dir, device, placement.dtype.kind())
-        .with_context(|| format!("loading {}", dir.display()))?;
-    Ok((processor, encoded, model))
-}
-
 pub fn run(args: Args) -> Result<()> {
-    let (processor, encoded, model) =
-        load_with_turn(&args.model, args.placement, &args.image, &args.prompt)?;
+    let (processor, encoded, model) = args.turn.load()?;
     let batch = PromptBatch {
         input_ids: vec![encoded.input_ids],
         images: Some(VisionInputs::new(
@@ -122,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
         &batch,
         args.samples,
         &cfg,
-        &mut SamplerRng::new(args.seed),
+        &mut SplitMix64::new(args.seed),
     )?;
     let mut out = Vec::new();
     for s in &samples {

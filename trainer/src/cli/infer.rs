@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use trainer::generate::SamplingConfig;
 use trainer::infer::overlay::draw_scene_graph;
 use trainer::infer::parse::{parse_response, ParsedResponse};
 use trainer::infer::prompt::{question_with_options, render, Template};
@@ -94,14 +93,11 @@ pub fn run(args: Args) -> Result<()> {
             let model = args.model.as_deref().context("--model is required")?;
             let mut generator =
                 crate::cli::generate::load_generator(model, args.placement, args.max_new_tokens)?;
-            if args.temperature > 0.0 {
-                let sampling = SamplingConfig {
-                    greedy: false,
-                    temperature: args.temperature,
-                    ..generator.sampling.clone()
-                };
-                generator = generator.with_sampling(sampling, args.seed);
-            }
+            let sampling = generator
+                .sampling
+                .clone()
+                .with_temperature(args.temperature);
+            generator = generator.with_sampling(sampling, args.seed);
             generator
                 .answer(&[(prompt.as_str(), Some(&image))])?
                 .remove(0)

@@ -1,39 +1,30 @@
 //! `spatialthinker logprobs`: teacher-forced log-probs of a response to one image + text turn.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use trainer::generate::{response_logprobs, ResponseBatch};
 use trainer::model::VisionInputs;
 use trainer::processor::PAD_ID;
 
-use super::generate::load_with_turn;
+use super::generate::ImageTurn;
 
 /// Log-probs of each response token given the prompt (the quantity GRPO uses).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    image: PathBuf,
-    #[arg(long)]
-    prompt: String,
+    #[command(flatten)]
+    turn: ImageTurn,
     /// Response text, tokenised without special tokens.
     #[arg(long)]
     response: String,
     /// Softmax temperature applied to the logits.
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
-    #[command(flatten)]
-    placement: super::Placement,
     /// Print `{"prompt_tokens": n, "response_ids": [...], "logprobs": [...]}`.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (processor, encoded, model) =
-        load_with_turn(&args.model, args.placement, &args.image, &args.prompt)?;
+    let (processor, encoded, model) = args.turn.load()?;
     let response = processor.tokenize(&args.response)?;
     let prompt_tokens = encoded.input_ids.len();
     let batch = ResponseBatch {

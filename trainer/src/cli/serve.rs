@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use trainer::serve::api::Limits;
 use trainer::serve::engine::DecodeEngine;
 use trainer::serve::fake::FakeEngine;
-use trainer::serve::model_engine::load_engine;
+use trainer::serve::model_engine::engine_for_model;
 use trainer::serve::scheduler::SchedulerConfig;
 use trainer::serve::{run_server, shutdown_signal, ServerConfig};
 
@@ -72,14 +72,9 @@ fn engine(args: &Args) -> Result<Box<dyn DecodeEngine>> {
     }
     let model = args.model.as_deref().context("--model is required")?;
     let dir = crate::cli::generate::model_dir(model)?;
-    let engine = load_engine(
-        &dir,
-        args.placement.device.resolve()?,
-        args.placement.dtype.kind(),
-        args.max_batch,
-        args.max_context,
-    )
-    .with_context(|| format!("loading {}", dir.display()))?;
+    let model = args.placement.load_model(&dir)?;
+    let engine = engine_for_model(&dir, model, args.max_batch, args.max_context)
+        .with_context(|| format!("loading {}", dir.display()))?;
     Ok(Box::new(engine))
 }
 

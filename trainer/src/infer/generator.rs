@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
+use data::rng::SplitMix64;
 use image::{DynamicImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::eval::runner::{AnswerGenerator, EvalPrompt};
 use crate::eval::EvalError;
-use crate::generate::{generate, PromptBatch, SamplerRng, SamplingConfig};
+use crate::generate::{generate, PromptBatch, SamplingConfig};
 use crate::model::{ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{ChatMessage, ContentPart, Processor, ProcessorError};
 
@@ -34,7 +35,7 @@ pub struct ModelGenerator {
     pub processor: Processor,
     /// How tokens are picked (greedy by default).
     pub sampling: SamplingConfig,
-    rng: SamplerRng,
+    rng: SplitMix64,
 }
 
 impl std::fmt::Debug for ModelGenerator {
@@ -62,14 +63,14 @@ impl ModelGenerator {
                 greedy: true,
                 ..SamplingConfig::default()
             },
-            rng: SamplerRng::new(0),
+            rng: SplitMix64::new(0),
         })
     }
 
     /// Uses `sampling` and a sampler seeded with `seed`.
     pub fn with_sampling(mut self, sampling: SamplingConfig, seed: u64) -> Self {
         self.sampling = sampling;
-        self.rng = SamplerRng::new(seed);
+        self.rng = SplitMix64::new(seed);
         self
     }
 

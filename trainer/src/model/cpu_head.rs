@@ -6,7 +6,7 @@
 //! than the product itself: on the tiny model it was 60% of a decode step. This kernel streams
 //! each weight row from memory once and dots it with every hidden row while it is in cache, so a
 //! step reads the weight once and writes only the logits. It is used for f32 on the CPU with at
-//! most [`MAX_ROWS`] rows (see `Qwen2_5VLForConditionalGeneration::compact_logits`); everything
+//! most [`MAX_ROWS`] rows (see `super::lm_head::LmHead::output_logits`); everything
 //! else goes to libtorch.
 //!
 //! The work is split over libtorch's own OpenMP team (the `GOMP_parallel` entry point of the

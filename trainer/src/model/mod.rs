@@ -1,16 +1,20 @@
 //! Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) on tch: config, weights, vision tower,
-//! M-RoPE text decoder and the logits head.
+//! M-RoPE text decoder and the output head ([`LmHead`]).
 //!
 //! The model holds weights only; per-sequence state (KV cache, rotary positions) is passed in by
 //! the caller, so one model serves rollouts, log-prob passes and the server at once. Weights are
-//! plain tensors named after the published checkpoint keys; [`Qwen2_5VLForConditionalGeneration::
-//! attach_to_var_store`] registers them (shared, not copied) in an `nn::VarStore` for training.
+//! plain tensors named after the published checkpoint keys, taken through a [`WeightPath`] so the
+//! loader and [`Qwen2_5VLForConditionalGeneration::named_tensors`] share one key tree;
+//! [`Qwen2_5VLForConditionalGeneration::attach_to_var_store`] registers them (shared, not copied)
+//! in an `nn::VarStore` for training.
 
 pub mod config;
 pub mod cpu_head;
+pub mod lm_head;
 pub mod rope;
 pub mod text;
 pub mod vision;
+pub mod weight_path;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -19,11 +23,12 @@ use tch::{nn, Device, Kind, Tensor};
 use thiserror::Error;
 
 pub use config::{Qwen2_5VLConfig, TextConfig, VisionConfig};
+pub use lm_head::{read_output_vocab, LmHead, OutputVocab, OUTPUT_VOCAB_FILE};
 pub use rope::{get_rope_index, RopeIndex};
 pub use text::KvCache;
+pub use weight_path::{TensorSource, WeightBuilder, WeightPath};
 pub use weights::{Checkpoint, Weights};
 
-use crate::tokenizer::TOKENIZER_VOCAB;
 use rope::MRope;
 use text::{causal_padding_mask, Qwen2_5VLTextModel};
 use vision::Qwen2_5VisionTransformer;
@@ -127,19 +132,15 @@ impl VisionInputs {
     }
 }
 
-/// Which positions of a forward get logits.
+/// Which positions of a forward pass are returned.
 #[derive(Debug)]
 pub enum LogitsAt<'a> {
-    /// Every position: `[B, L, V]`.
+    /// Every position: `[B, L, ·]`.
     All,
-    /// The last position of each row: `[B, 1, V]`.
+    /// The last position of each row: `[B, 1, ·]`.
     Last,
-    /// `index [B, K]` (int64) positions per row: `[B, K, V]`.
+    /// `index [B, K]` (int64) positions per row: `[B, K, ·]`.
     Positions(&'a Tensor),
-    /// No logits: the final hidden states `[B, L, D]` are returned instead.
-    Hidden,
-    /// No logits: the final hidden states at `index [B, K]` positions, `[B, K, D]`.
-    HiddenAt(&'a Tensor),
 }
 
 /// Finds a checkpoint: a local folder, else a hub id (`owner/name`, optionally `@revision`)
@@ -188,79 +189,38 @@ pub struct Qwen2_5VLForConditionalGeneration {
     pub config: Qwen2_5VLConfig,
     pub visual: Qwen2_5VisionTransformer,
     pub model: Qwen2_5VLTextModel,
-    /// `[vocab, D]`; the same tensor as `model.embed_tokens` when embeddings are tied.
-    pub lm_head: Tensor,
+    /// The output head (full vocabulary unless restricted explicitly).
+    pub lm_head: LmHead,
     rope: MRope,
     device: Device,
     kind: Kind,
-    /// Optional restriction of the output distribution to a set of token ids.
-    output_vocab: Option<OutputVocab>,
-}
-
-/// File of a checkpoint folder listing the token ids the output distribution is restricted to.
-pub const OUTPUT_VOCAB_FILE: &str = "output_vocab.json";
-
-/// A restriction of the softmax to a subset of token ids (every other id gets probability 0):
-/// generation and log-probs then multiply `lm_head` by only those rows. The tiny CPU preset uses
-/// it so the 151,936-row head costs ~1% on a small dataset; the weights stay a full checkpoint.
-#[derive(Debug)]
-pub struct OutputVocab {
-    /// Allowed ids, sorted, as a list.
-    pub ids: Vec<i64>,
-    /// The same ids as a tensor `[K]` on the model's device.
-    pub ids_tensor: Tensor,
-    /// `[vocab]` position of each id in `ids`, or 0 for ids outside it.
-    pub position: Tensor,
+    /// Every distinct weight under its checkpoint key, as construction took them.
+    named: Vec<(String, Tensor)>,
 }
 
 impl Qwen2_5VLForConditionalGeneration {
-    /// Reads `dir/config.json` and the safetensors weights onto `device` as `kind`.
+    /// Reads `dir/config.json` and the safetensors weights onto `device` as `kind`. The head
+    /// covers the full vocabulary: an [`OUTPUT_VOCAB_FILE`] saved in `dir` is not applied (see
+    /// [`Qwen2_5VLForConditionalGeneration::restrict_output_vocab`]).
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
         let config = Qwen2_5VLConfig::from_dir(dir)?;
         let weights = Checkpoint::open(dir)?.load(&config, device, kind)?;
-        let mut model = Self::from_weights(config, &weights, device)?;
-        let vocab_file = dir.join(OUTPUT_VOCAB_FILE);
-        if vocab_file.exists() {
-            let text = std::fs::read_to_string(&vocab_file)
-                .map_err(|e| ModelError::Input(format!("{}: {e}", vocab_file.display())))?;
-            let ids: Vec<i64> = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Input(format!("{}: {e}", vocab_file.display())))?;
-            model.restrict_output_vocab(&ids)?;
-        }
-        Ok(model)
+        Self::from_weights(config, &weights, device)
     }
 
-    /// Restricts the output distribution to `ids` (see [`OutputVocab`]).
+    /// Restricts the output distribution to `ids` ([`LmHead::restrict_output_vocab`]).
     pub fn restrict_output_vocab(&mut self, ids: &[i64]) -> Result<(), ModelError> {
-        let vocab = self.config.text.vocab_size;
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.is_empty() || ids[0] < 0 || ids[ids.len() - 1] >= vocab {
-            return Err(ModelError::Input(format!(
-                "output vocabulary must be non-empty ids below {vocab}"
-            )));
-        }
-        let mut position = vec![0i64; vocab as usize];
-        for (i, &id) in ids.iter().enumerate() {
-            position[id as usize] = i as i64;
-        }
-        self.output_vocab = Some(OutputVocab {
-            ids_tensor: Tensor::f_from_slice(&ids)?.f_to_device(self.device)?,
-            position: Tensor::f_from_slice(&position)?.f_to_device(self.device)?,
-            ids,
-        });
-        Ok(())
+        self.lm_head.restrict_output_vocab(ids)
     }
 
     /// Lifts an output restriction (the full vocabulary again).
     pub fn clear_output_vocab(&mut self) {
-        self.output_vocab = None;
+        self.lm_head.clear_output_vocab();
     }
 
     /// The output restriction, if any.
     pub fn output_vocab(&self) -> Option<&OutputVocab> {
-        self.output_vocab.as_ref()
+        self.lm_head.output_vocab()
     }
 
     /// Builds the model from named tensors (published layout).
@@ -269,39 +229,50 @@ impl Qwen2_5VLForConditionalGeneration {
         w: &Weights,
         device: Device,
     ) -> Result<Self, ModelError> {
-        let model = Qwen2_5VLTextModel::new(&config.text, w)?;
-        let visual = Qwen2_5VisionTransformer::new(&config.vision, w, device)?;
+        Self::from_source(config, TensorSource::Weights(w), device)
+    }
+
+    /// Builds the model with every tensor taken from `source`: the one description of the
+    /// checkpoint's key tree (`model.*`, `lm_head`, `visual.*`, in this order).
+    pub fn from_source(
+        config: Qwen2_5VLConfig,
+        source: TensorSource<'_>,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        let builder = WeightBuilder::new(source);
+        let root = builder.root();
+        let model = Qwen2_5VLTextModel::new(&config.text, &root.pp("model"))?;
         let lm_head = if config.tie_word_embeddings {
             model.embed_tokens.shallow_clone()
         } else {
-            w.get(
-                "lm_head.weight",
-                &[config.text.vocab_size, config.text.hidden_size],
-            )?
+            root.pp("lm_head")
+                .get("weight", &[config.text.vocab_size, config.text.hidden_size])?
         };
+        let visual = Qwen2_5VisionTransformer::new(&config.vision, &root.pp("visual"), device)?;
+        drop(root);
         let kind = model.embed_tokens.kind();
         let rope = MRope::new(&config, device)?;
         Ok(Qwen2_5VLForConditionalGeneration {
             config,
             visual,
             model,
-            lm_head,
+            lm_head: LmHead::new(lm_head),
             rope,
             device,
             kind,
-            output_vocab: None,
+            named: builder.into_named(),
         })
     }
 
-    /// A copy of the model on `device` (weights copied, config shared); used to bring an
-    /// offloaded reference model onto the GPU for one pass.
+    /// A copy of the model on `device` (weights copied, config shared, the same output
+    /// restriction); used to bring an offloaded reference model onto the GPU for one pass.
     pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
         let mut map = std::collections::HashMap::new();
         for (name, t) in self.named_tensors() {
             map.insert(name, t.f_to_device(device)?.f_detach()?);
         }
         let mut model = Self::from_weights(self.config.clone(), &Weights::from_map(map), device)?;
-        if let Some(v) = &self.output_vocab {
+        if let Some(v) = self.output_vocab() {
             model.restrict_output_vocab(&v.ids)?;
         }
         Ok(model)
@@ -317,15 +288,13 @@ impl Qwen2_5VLForConditionalGeneration {
         self.kind
     }
 
-    /// Every distinct weight with its published checkpoint name (a tied `lm_head` is not listed).
+    /// Every distinct weight with its published checkpoint name (a tied `lm_head` is not listed),
+    /// in checkpoint order: exactly the keys the loader reads.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        self.model.named_tensors(&mut out);
-        if !self.config.tie_word_embeddings {
-            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
-        }
-        self.visual.named_tensors(&mut out);
-        out
+        self.named
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shallow_clone()))
+            .collect()
     }
 
     /// Registers every weight in `vs` under its checkpoint name (`model.layers.0.mlp.up_proj.
@@ -389,16 +358,9 @@ impl Qwen2_5VLForConditionalGeneration {
         Ok(Tensor::f_cat(&occurrences, 0)?)
     }
 
-    /// One forward pass.
-    ///
-    /// * `input_ids [B, L]` new tokens (prompt at prefill, one token per row when decoding);
-    /// * `position_ids [3, B, L]` their M-RoPE positions (from [`get_rope_index`] at prefill,
-    ///   `next_position + step` when decoding);
-    /// * `attention_mask [B, S]` 0/1 over every slot, cached ones first (`S = cache.len() + L`);
-    /// * `images` for the image tokens among `input_ids` (prefill only);
-    /// * `cache`: written at its end and advanced by `L` when given.
-    ///
-    /// Returns f32 logits with ids >= 151665 (untrained rows) set to -inf, at `logits_at`.
+    /// One forward pass: f32 logits at `logits_at` from the full-vocabulary view of the head
+    /// ([`LmHead::logits`]: ids >= 151665, the untrained rows, and ids outside an output
+    /// restriction are -inf). Arguments as [`Qwen2_5VLForConditionalGeneration::hidden_states`].
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -407,6 +369,35 @@ impl Qwen2_5VLForConditionalGeneration {
         images: Option<&VisionInputs>,
         cache: Option<&mut KvCache>,
         logits_at: LogitsAt<'_>,
+    ) -> Result<Tensor, ModelError> {
+        let hidden = self.hidden_states(
+            input_ids,
+            position_ids,
+            attention_mask,
+            images,
+            cache,
+            logits_at,
+        )?;
+        self.lm_head.logits(&hidden)
+    }
+
+    /// The decoder's final (normed) hidden states `[B, ·, D]` at `at`, for the caller to apply
+    /// [`Self::lm_head`] to.
+    ///
+    /// * `input_ids [B, L]` new tokens (prompt at prefill, one token per row when decoding);
+    /// * `position_ids [3, B, L]` their M-RoPE positions (from [`get_rope_index`] at prefill,
+    ///   `next_position + step` when decoding);
+    /// * `attention_mask [B, S]` 0/1 over every slot, cached ones first (`S = cache.len() + L`);
+    /// * `images` for the image tokens among `input_ids` (prefill only);
+    /// * `cache`: written at its end and advanced by `L` when given.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        images: Option<&VisionInputs>,
+        cache: Option<&mut KvCache>,
+        at: LogitsAt<'_>,
     ) -> Result<Tensor, ModelError> {
         let embeds = self.embed(input_ids, images)?;
         let (b, l) = (embeds.size()[0], embeds.size()[1]);
@@ -423,112 +414,10 @@ impl Qwen2_5VLForConditionalGeneration {
             .rope
             .cos_sin(&position_ids.f_to_device(self.device)?, self.kind)?;
         let hidden = self.model.forward(&embeds, &cos, &sin, &mask, cache)?;
-        match logits_at {
-            LogitsAt::All => self.logits(&hidden),
-            LogitsAt::Last => self.logits(&hidden.f_narrow(1, l - 1, 1)?),
-            LogitsAt::Positions(index) => self.logits(&gather_positions(&hidden, index)?),
-            LogitsAt::HiddenAt(index) => gather_positions(&hidden, index),
-            LogitsAt::Hidden => Ok(hidden),
+        match at {
+            LogitsAt::All => Ok(hidden),
+            LogitsAt::Last => Ok(hidden.f_narrow(1, l - 1, 1)?),
+            LogitsAt::Positions(index) => gather_positions(&hidden, index),
         }
-    }
-
-    /// Logits over the output vocabulary only: `[..., K]` f32 in [`OutputVocab::ids`] order
-    /// under a restriction, else over the tokenizer's ids (`[..., 151665]`, column = token id).
-    /// Sampling picks a column; under a restriction map it back through `OutputVocab::ids`.
-    pub fn compact_logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let weight = match &self.output_vocab {
-            Some(v) => self.lm_head.f_index_select(0, &v.ids_tensor)?,
-            // the tokenizer's ids are the first rows: column i is token i, and the untrained
-            // padding rows are left out instead of being masked
-            None => {
-                self.lm_head
-                    .f_narrow(0, 0, self.config.text.vocab_size.min(TOKENIZER_VOCAB))?
-            }
-        };
-        if let Some(logits) = skinny_head(hidden, &weight)? {
-            return Ok(logits);
-        }
-        Ok(hidden.f_matmul(&weight.f_tr()?)?.f_to_kind(Kind::Float)?)
-    }
-
-    /// `lm_head` on final hidden states `[..., D]` -> f32 logits with untrained ids masked (and,
-    /// under an [`OutputVocab`], every id outside it).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        if let Some(v) = &self.output_vocab {
-            let picked = hidden
-                .f_matmul(&self.lm_head.f_index_select(0, &v.ids_tensor)?.f_tr()?)?
-                .f_to_kind(Kind::Float)?;
-            let mut shape = picked.size();
-            let last = shape.len() - 1;
-            shape[last] = self.config.text.vocab_size;
-            let index = v.ids_tensor.f_expand(picked.size(), false)?;
-            return Ok(
-                Tensor::f_full(&shape, f64::NEG_INFINITY, (Kind::Float, self.device))?
-                    .f_scatter(-1, &index, &picked)?,
-            );
-        }
-        let logits = hidden
-            .f_matmul(&self.lm_head.f_tr()?)?
-            .f_to_kind(Kind::Float)?;
-        let vocab = self.config.text.vocab_size;
-        if vocab <= TOKENIZER_VOCAB {
-            return Ok(logits);
-        }
-        let ids = Tensor::f_arange(vocab, (Kind::Int64, self.device))?;
-        Ok(logits.f_masked_fill(&ids.f_ge(TOKENIZER_VOCAB)?, f64::NEG_INFINITY)?)
-    }
-}
-
-/// `hidden [..., D] x weight [V, D]^T` through [`cpu_head::matmul_transposed`] when it applies
-/// (f32 on the CPU, at most [`cpu_head::MAX_ROWS`] rows, no autograd graph to record); `None`
-/// leaves the product to libtorch.
-fn skinny_head(hidden: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, ModelError> {
-    let mut shape = hidden.size();
-    let (Some(&dim), Some(&vocab)) = (shape.last(), weight.size().first()) else {
-        return Ok(None);
-    };
-    let rows = if dim > 0 {
-        hidden.numel() as i64 / dim
-    } else {
-        0
-    };
-    let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
-    if !cpu_f32(hidden)
-        || !cpu_f32(weight)
-        || rows == 0
-        || rows as usize > cpu_head::MAX_ROWS
-        || weight.size() != [vocab, dim]
-        || (grad_enabled() && (hidden.requires_grad() || weight.requires_grad()))
-    {
-        return Ok(None);
-    }
-    let hidden = hidden.f_contiguous()?;
-    let weight = weight.f_contiguous()?;
-    let last = shape.len() - 1;
-    shape[last] = vocab;
-    let out = Tensor::f_empty(&shape, (Kind::Float, Device::Cpu))?;
-    let (rows, dim, vocab) = (rows as usize, dim as usize, vocab as usize);
-    // SAFETY: all three are contiguous f32 CPU tensors of exactly these element counts, alive
-    // for the whole call; `out` is freshly allocated and aliases neither input.
-    unsafe {
-        cpu_head::matmul_transposed(
-            std::slice::from_raw_parts(hidden.data_ptr() as *const f32, rows * dim),
-            rows,
-            std::slice::from_raw_parts(weight.data_ptr() as *const f32, vocab * dim),
-            dim,
-            std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * vocab),
-            tch::get_num_threads().max(1) as usize,
-        );
-    }
-    Ok(Some(out))
-}
-
-/// Whether autograd records operations on this thread right now.
-fn grad_enabled() -> bool {
-    // SAFETY: reads the thread-local grad mode by setting it and putting the old value back.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(0);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
     }
 }

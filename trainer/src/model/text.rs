@@ -7,7 +7,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::config::{Qwen2_5VLConfig, TextConfig};
-use super::weights::Weights;
+use super::weight_path::WeightPath;
 use super::ModelError;
 use crate::model::rope::apply_rotary;
 
@@ -19,18 +19,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight [out, in]` (and `{name}.bias [out]`).
-    pub fn load(
-        w: &Weights,
-        name: &str,
-        out: i64,
-        inp: i64,
-        bias: bool,
-    ) -> Result<Self, ModelError> {
+    /// Loads `weight [out, in]` (and `bias [out]`) of the node `p`.
+    pub fn load(p: &WeightPath<'_>, out: i64, inp: i64, bias: bool) -> Result<Self, ModelError> {
         Ok(Linear {
-            weight: w.get(&format!("{name}.weight"), &[out, inp])?,
+            weight: p.get("weight", &[out, inp])?,
             bias: if bias {
-                Some(w.get(&format!("{name}.bias"), &[out])?)
+                Some(p.get("bias", &[out])?)
             } else {
                 None
             },
@@ -40,13 +34,6 @@ impl Linear {
     /// Applies the layer on the last axis.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
-    }
-
-    pub(crate) fn named(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{name}.weight"), self.weight.shallow_clone()));
-        if let Some(b) = &self.bias {
-            out.push((format!("{name}.bias"), b.shallow_clone()));
-        }
     }
 }
 
@@ -58,10 +45,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Loads `{name}.weight [dim]`.
-    pub fn load(w: &Weights, name: &str, dim: i64, eps: f64) -> Result<Self, ModelError> {
+    /// Loads `weight [dim]` of the node `p`.
+    pub fn load(p: &WeightPath<'_>, dim: i64, eps: f64) -> Result<Self, ModelError> {
         Ok(RmsNorm {
-            weight: w.get(&format!("{name}.weight"), &[dim])?,
+            weight: p.get("weight", &[dim])?,
             eps,
         })
     }
@@ -77,10 +64,6 @@ impl RmsNorm {
             .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
             .f_to_kind(kind)?;
         Ok(self.weight.f_mul(&normed)?)
-    }
-
-    pub(crate) fn named(&self, name: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{name}.weight"), self.weight.shallow_clone()));
     }
 }
 
@@ -328,97 +311,48 @@ impl Attention {
     }
 }
 
-impl Qwen2_5VLTextModel {
-    /// Builds the decoder from `model.*` weights.
-    pub fn new(t: &TextConfig, w: &Weights) -> Result<Self, ModelError> {
-        let d = t.hidden_size;
+impl DecoderLayer {
+    /// Loads the layer under `p` (`model.layers.{i}`).
+    fn load(t: &TextConfig, p: &WeightPath<'_>) -> Result<Self, ModelError> {
+        let (d, eps) = (t.hidden_size, t.rms_norm_eps);
         let kv = t.num_key_value_heads * t.head_dim();
-        let mut layers = Vec::with_capacity(t.num_hidden_layers as usize);
-        for i in 0..t.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(
-                    w,
-                    &format!("{p}.input_layernorm"),
-                    d,
-                    t.rms_norm_eps,
-                )?,
-                post_attention_layernorm: RmsNorm::load(
-                    w,
-                    &format!("{p}.post_attention_layernorm"),
-                    d,
-                    t.rms_norm_eps,
-                )?,
-                self_attn: Attention {
-                    q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), d, d, true)?,
-                    k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv, d, true)?,
-                    v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv, d, true)?,
-                    o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, d, false)?,
-                    num_heads: t.num_attention_heads,
-                    num_kv_heads: t.num_key_value_heads,
-                    head_dim: t.head_dim(),
-                },
-                mlp: Mlp {
-                    gate_proj: Linear::load(
-                        w,
-                        &format!("{p}.mlp.gate_proj"),
-                        t.intermediate_size,
-                        d,
-                        false,
-                    )?,
-                    up_proj: Linear::load(
-                        w,
-                        &format!("{p}.mlp.up_proj"),
-                        t.intermediate_size,
-                        d,
-                        false,
-                    )?,
-                    down_proj: Linear::load(
-                        w,
-                        &format!("{p}.mlp.down_proj"),
-                        d,
-                        t.intermediate_size,
-                        false,
-                    )?,
-                },
-            });
-        }
-        Ok(Qwen2_5VLTextModel {
-            embed_tokens: w.get("model.embed_tokens.weight", &[t.vocab_size, d])?,
-            layers,
-            norm: RmsNorm::load(w, "model.norm", d, t.rms_norm_eps)?,
+        let attn = p.pp("self_attn");
+        let mlp = p.pp("mlp");
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(&p.pp("input_layernorm"), d, eps)?,
+            post_attention_layernorm: RmsNorm::load(&p.pp("post_attention_layernorm"), d, eps)?,
+            self_attn: Attention {
+                q_proj: Linear::load(&attn.pp("q_proj"), d, d, true)?,
+                k_proj: Linear::load(&attn.pp("k_proj"), kv, d, true)?,
+                v_proj: Linear::load(&attn.pp("v_proj"), kv, d, true)?,
+                o_proj: Linear::load(&attn.pp("o_proj"), d, d, false)?,
+                num_heads: t.num_attention_heads,
+                num_kv_heads: t.num_key_value_heads,
+                head_dim: t.head_dim(),
+            },
+            mlp: Mlp {
+                gate_proj: Linear::load(&mlp.pp("gate_proj"), t.intermediate_size, d, false)?,
+                up_proj: Linear::load(&mlp.pp("up_proj"), t.intermediate_size, d, false)?,
+                down_proj: Linear::load(&mlp.pp("down_proj"), d, t.intermediate_size, false)?,
+            },
         })
     }
+}
 
-    /// Every weight with its checkpoint name.
-    pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push((
-            "model.embed_tokens.weight".into(),
-            self.embed_tokens.shallow_clone(),
-        ));
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            l.input_layernorm
-                .named(&format!("{p}.input_layernorm"), out);
-            l.post_attention_layernorm
-                .named(&format!("{p}.post_attention_layernorm"), out);
-            l.self_attn
-                .q_proj
-                .named(&format!("{p}.self_attn.q_proj"), out);
-            l.self_attn
-                .k_proj
-                .named(&format!("{p}.self_attn.k_proj"), out);
-            l.self_attn
-                .v_proj
-                .named(&format!("{p}.self_attn.v_proj"), out);
-            l.self_attn
-                .o_proj
-                .named(&format!("{p}.self_attn.o_proj"), out);
-            l.mlp.gate_proj.named(&format!("{p}.mlp.gate_proj"), out);
-            l.mlp.up_proj.named(&format!("{p}.mlp.up_proj"), out);
-            l.mlp.down_proj.named(&format!("{p}.mlp.down_proj"), out);
-        }
-        self.norm.named("model.norm", out);
+impl Qwen2_5VLTextModel {
+    /// Builds the decoder from the weights under `p` (`model`).
+    pub fn new(t: &TextConfig, p: &WeightPath<'_>) -> Result<Self, ModelError> {
+        let embed_tokens = p
+            .pp("embed_tokens")
+            .get("weight", &[t.vocab_size, t.hidden_size])?;
+        let layers = (0..t.num_hidden_layers)
+            .map(|i| DecoderLayer::load(t, &p.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Qwen2_5VLTextModel {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(&p.pp("norm"), t.hidden_size, t.rms_norm_eps)?,
+        })
     }
 
     /// Runs the decoder over `inputs_embeds [B, L, D]` with rotary `cos`/`sin` `[B, L, hd]` and a

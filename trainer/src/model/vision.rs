@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::VisionConfig;
 use super::rope::{apply_rotary, inverse_frequencies};
 use super::text::{Linear, RmsNorm};
-use super::weights::Weights;
+use super::weight_path::WeightPath;
 use super::ModelError;
 
 /// RMSNorm epsilon used throughout the vision tower.
@@ -144,6 +144,29 @@ pub struct VisionBlock {
     pub mlp: VisionMlp,
 }
 
+impl VisionBlock {
+    /// Loads the block under `p` (`visual.blocks.{i}`).
+    fn load(cfg: &VisionConfig, p: &WeightPath<'_>) -> Result<Self, ModelError> {
+        let (hv, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let (attn, mlp) = (p.pp("attn"), p.pp("mlp"));
+        Ok(VisionBlock {
+            norm1: RmsNorm::load(&p.pp("norm1"), hv, VISION_RMS_EPS)?,
+            norm2: RmsNorm::load(&p.pp("norm2"), hv, VISION_RMS_EPS)?,
+            attn: VisionAttention {
+                qkv: Linear::load(&attn.pp("qkv"), 3 * hv, hv, true)?,
+                proj: Linear::load(&attn.pp("proj"), hv, hv, true)?,
+                num_heads: cfg.num_heads,
+                head_dim: cfg.head_dim(),
+            },
+            mlp: VisionMlp {
+                gate_proj: Linear::load(&mlp.pp("gate_proj"), inter, hv, true)?,
+                up_proj: Linear::load(&mlp.pp("up_proj"), inter, hv, true)?,
+                down_proj: Linear::load(&mlp.pp("down_proj"), hv, inter, true)?,
+            },
+        })
+    }
+}
+
 /// `ln_q` -> concatenate each 2x2 unit -> Linear -> erf GELU -> Linear.
 #[derive(Debug)]
 pub struct PatchMerger {
@@ -175,7 +198,10 @@ pub struct WindowLayout {
     pub cu_seqlens: Vec<i64>,
 }
 
-/// Computes the window partition for `grids` (spec §3.4).
+/// Computes the window partition for `grids`: windows of `window_size` pixels
+/// (`window_size / spatial_merge_size / patch_size` merged tokens a side, ragged at the right and
+/// bottom edges), in the order of transformers' `Qwen2_5_VisionTransformerPretrainedModel.
+/// get_window_index` ([`modeling_qwen2_5_vl.py`](https://github.com/huggingface/transformers/blob/efa7189c5546a94e8c1194b2ccc6669e0f7ad65e/src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py)).
 pub fn window_layout(cfg: &VisionConfig, grids: &[[i64; 3]]) -> WindowLayout {
     let m = cfg.spatial_merge_size;
     let unit = m * m;
@@ -235,39 +261,11 @@ pub fn patch_coordinates(cfg: &VisionConfig, grids: &[[i64; 3]]) -> Vec<[i64; 2]
 }
 
 impl Qwen2_5VisionTransformer {
-    /// Builds the tower from `visual.*` weights.
-    pub fn new(cfg: &VisionConfig, w: &Weights, device: Device) -> Result<Self, ModelError> {
+    /// Builds the tower from the weights under `p` (`visual`).
+    pub fn new(cfg: &VisionConfig, p: &WeightPath<'_>, device: Device) -> Result<Self, ModelError> {
         let hv = cfg.hidden_size;
-        let inter = cfg.intermediate_size;
-        let lin = |name: &str, out: i64, inp: i64| Linear::load(w, name, out, inp, true);
-        let mut blocks = Vec::with_capacity(cfg.depth as usize);
-        for i in 0..cfg.depth {
-            let p = format!("visual.blocks.{i}");
-            blocks.push(VisionBlock {
-                norm1: RmsNorm::load(w, &format!("{p}.norm1"), hv, VISION_RMS_EPS)?,
-                norm2: RmsNorm::load(w, &format!("{p}.norm2"), hv, VISION_RMS_EPS)?,
-                attn: VisionAttention {
-                    qkv: lin(&format!("{p}.attn.qkv"), 3 * hv, hv)?,
-                    proj: lin(&format!("{p}.attn.proj"), hv, hv)?,
-                    num_heads: cfg.num_heads,
-                    head_dim: cfg.head_dim(),
-                },
-                mlp: VisionMlp {
-                    gate_proj: lin(&format!("{p}.mlp.gate_proj"), inter, hv)?,
-                    up_proj: lin(&format!("{p}.mlp.up_proj"), inter, hv)?,
-                    down_proj: lin(&format!("{p}.mlp.down_proj"), hv, inter)?,
-                },
-            });
-        }
-        let merged_dim = hv * cfg.spatial_merge_size * cfg.spatial_merge_size;
-        let merger = PatchMerger {
-            ln_q: RmsNorm::load(w, "visual.merger.ln_q", hv, VISION_RMS_EPS)?,
-            mlp0: lin("visual.merger.mlp.0", merged_dim, merged_dim)?,
-            mlp2: lin("visual.merger.mlp.2", cfg.out_hidden_size, merged_dim)?,
-            merged_dim,
-        };
-        let patch_embed_weight = w.get(
-            "visual.patch_embed.proj.weight",
+        let patch_embed_weight = p.pp("patch_embed").pp("proj").get(
+            "weight",
             &[
                 hv,
                 cfg.in_channels,
@@ -276,6 +274,22 @@ impl Qwen2_5VisionTransformer {
                 cfg.patch_size,
             ],
         )?;
+        let blocks = (0..cfg.depth)
+            .map(|i| VisionBlock::load(cfg, &p.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let merged_dim = hv * cfg.spatial_merge_size * cfg.spatial_merge_size;
+        let merger = p.pp("merger");
+        let merger = PatchMerger {
+            ln_q: RmsNorm::load(&merger.pp("ln_q"), hv, VISION_RMS_EPS)?,
+            mlp0: Linear::load(&merger.pp("mlp").pp(0), merged_dim, merged_dim, true)?,
+            mlp2: Linear::load(
+                &merger.pp("mlp").pp(2),
+                cfg.out_hidden_size,
+                merged_dim,
+                true,
+            )?,
+            merged_dim,
+        };
         Ok(Qwen2_5VisionTransformer {
             patch_embed_weight,
             blocks,
@@ -283,27 +297,6 @@ impl Qwen2_5VisionTransformer {
             cfg: cfg.clone(),
             inv_freq: inverse_frequencies(cfg.rope_theta, cfg.head_dim() / 2, device)?,
         })
-    }
-
-    /// Every weight with its checkpoint name.
-    pub fn named_tensors(&self, out: &mut Vec<(String, Tensor)>) {
-        out.push((
-            "visual.patch_embed.proj.weight".into(),
-            self.patch_embed_weight.shallow_clone(),
-        ));
-        for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("visual.blocks.{i}");
-            b.norm1.named(&format!("{p}.norm1"), out);
-            b.norm2.named(&format!("{p}.norm2"), out);
-            b.attn.qkv.named(&format!("{p}.attn.qkv"), out);
-            b.attn.proj.named(&format!("{p}.attn.proj"), out);
-            b.mlp.gate_proj.named(&format!("{p}.mlp.gate_proj"), out);
-            b.mlp.up_proj.named(&format!("{p}.mlp.up_proj"), out);
-            b.mlp.down_proj.named(&format!("{p}.mlp.down_proj"), out);
-        }
-        self.merger.ln_q.named("visual.merger.ln_q", out);
-        self.merger.mlp0.named("visual.merger.mlp.0", out);
-        self.merger.mlp2.named("visual.merger.mlp.2", out);
     }
 
     /// `pixel_values [N, C*T*P*P]` (any float kind) and per-image grids -> merged image features
@@ -404,7 +397,8 @@ mod tests {
         }
     }
 
-    /// Spec §3.4 worked example: 448x448 -> grid (1, 32, 32) -> 16 windows of 64 patches.
+    /// The published 7B vision config on a 448x448 image: grid (1, 32, 32) -> 16 windows of
+    /// 4x4 merged tokens (64 patches) each.
     #[test]
     fn window_layout_448() {
         let l = window_layout(&cfg(), &[[1, 32, 32]]);

@@ -16,7 +16,8 @@ use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
 use super::config::Qwen2_5VLConfig;
-use super::ModelError;
+use super::weight_path::{placeholder, TensorSource};
+use super::{ModelError, Qwen2_5VLForConditionalGeneration};
 
 /// Name of the shard index written by `save_pretrained` for sharded checkpoints.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -40,87 +41,21 @@ pub fn normalize_key(key: &str) -> String {
     key.to_string()
 }
 
-/// Every tensor a checkpoint of this config holds, in the published layout, with its shape.
-/// (729 tensors for the 7B config, 824 for the 3B one whose `lm_head` is tied.)
-pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Vec<(String, Vec<i64>)> {
-    let t = &cfg.text;
-    let v = &cfg.vision;
-    let mut out: Vec<(String, Vec<i64>)> = Vec::new();
-    let mut add = |name: String, shape: Vec<i64>| out.push((name, shape));
-    let (d, kv_dim) = (t.hidden_size, t.num_key_value_heads * t.head_dim());
-    add("model.embed_tokens.weight".into(), vec![t.vocab_size, d]);
-    for i in 0..t.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        add(format!("{p}.input_layernorm.weight"), vec![d]);
-        add(format!("{p}.post_attention_layernorm.weight"), vec![d]);
-        for (name, rows) in [("q_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
-            add(format!("{p}.self_attn.{name}.weight"), vec![rows, d]);
-            add(format!("{p}.self_attn.{name}.bias"), vec![rows]);
-        }
-        add(format!("{p}.self_attn.o_proj.weight"), vec![d, d]);
-        add(
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![t.intermediate_size, d],
-        );
-        add(
-            format!("{p}.mlp.up_proj.weight"),
-            vec![t.intermediate_size, d],
-        );
-        add(
-            format!("{p}.mlp.down_proj.weight"),
-            vec![d, t.intermediate_size],
-        );
-    }
-    add("model.norm.weight".into(), vec![d]);
-    if !cfg.tie_word_embeddings {
-        add("lm_head.weight".into(), vec![t.vocab_size, d]);
-    }
-    let hv = v.hidden_size;
-    add(
-        "visual.patch_embed.proj.weight".into(),
-        vec![
-            hv,
-            v.in_channels,
-            v.temporal_patch_size,
-            v.patch_size,
-            v.patch_size,
-        ],
-    );
-    for i in 0..v.depth {
-        let p = format!("visual.blocks.{i}");
-        add(format!("{p}.norm1.weight"), vec![hv]);
-        add(format!("{p}.norm2.weight"), vec![hv]);
-        add(format!("{p}.attn.qkv.weight"), vec![3 * hv, hv]);
-        add(format!("{p}.attn.qkv.bias"), vec![3 * hv]);
-        add(format!("{p}.attn.proj.weight"), vec![hv, hv]);
-        add(format!("{p}.attn.proj.bias"), vec![hv]);
-        for (name, shape_w, shape_b) in [
-            (
-                "gate_proj",
-                vec![v.intermediate_size, hv],
-                v.intermediate_size,
-            ),
-            (
-                "up_proj",
-                vec![v.intermediate_size, hv],
-                v.intermediate_size,
-            ),
-            ("down_proj", vec![hv, v.intermediate_size], hv),
-        ] {
-            add(format!("{p}.mlp.{name}.weight"), shape_w);
-            add(format!("{p}.mlp.{name}.bias"), vec![shape_b]);
-        }
-    }
-    let merged = hv * v.spatial_merge_size * v.spatial_merge_size;
-    add("visual.merger.ln_q.weight".into(), vec![hv]);
-    add("visual.merger.mlp.0.weight".into(), vec![merged, merged]);
-    add("visual.merger.mlp.0.bias".into(), vec![merged]);
-    add(
-        "visual.merger.mlp.2.weight".into(),
-        vec![v.out_hidden_size, merged],
-    );
-    add("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]);
-    out
+/// Every tensor a checkpoint of this config holds, in the published layout, with its shape, in
+/// the order the model lists them (729 tensors for the 7B config, 824 for the 3B one whose
+/// `lm_head` is tied). Read off the model's own construction over shape-only placeholders
+/// ([`TensorSource::Placeholders`]), so it names exactly the keys the loader asks for.
+pub fn expected_tensors(cfg: &Qwen2_5VLConfig) -> Result<Vec<(String, Vec<i64>)>, ModelError> {
+    let model = Qwen2_5VLForConditionalGeneration::from_source(
+        cfg.clone(),
+        TensorSource::Placeholders(Kind::Float),
+        Device::Cpu,
+    )?;
+    Ok(model
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.size()))
+        .collect())
 }
 
 /// Named tensors of a model in the published layout, already on their device and kind.
@@ -137,17 +72,15 @@ impl Weights {
 
     /// Zero tensors with the config's shapes that allocate one element each (stride-0 views), for
     /// name/shape coverage tests with the full 7B/3B shapes.
-    pub fn zeros_like_config(cfg: &Qwen2_5VLConfig, kind: Kind) -> Self {
-        let one = Tensor::zeros([1], (kind, Device::Cpu));
-        let tensors = expected_tensors(cfg)
+    pub fn zeros_like_config(cfg: &Qwen2_5VLConfig, kind: Kind) -> Result<Self, ModelError> {
+        let tensors = expected_tensors(cfg)?
             .into_iter()
             .map(|(name, shape)| {
-                let ones = vec![1i64; shape.len()];
-                let view = one.view(ones.as_slice()).expand(&shape, false);
-                (name, view)
+                let t = placeholder(kind, &shape);
+                (name, t)
             })
             .collect();
-        Weights { tensors }
+        Ok(Weights { tensors })
     }
 
     /// The tensor `name`, checked against `shape`.
@@ -261,7 +194,7 @@ impl Checkpoint {
         device: Device,
         kind: Kind,
     ) -> Result<Weights, ModelError> {
-        let expected = expected_tensors(cfg);
+        let expected = expected_tensors(cfg)?;
         let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
         let missing: Vec<String> = expected
             .iter()

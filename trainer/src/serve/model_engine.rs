@@ -9,6 +9,7 @@
 //! its live window is shifted to the front. Each step samples one token per row from that row's
 //! logits with the row's own parameters and seeded sampler, then runs one batched forward.
 
+use data::rng::SplitMix64;
 use image::DynamicImage;
 use tch::{Device, Kind, Tensor};
 
@@ -16,10 +17,8 @@ use super::engine::{
     Admitted, ContentPart, DecodeEngine, EngineError, FinishReason, GenerationRequest, SeqId,
     TokenEvent,
 };
-use crate::generate::{choose, SamplerRng, SamplingConfig, DEFAULT_STOP_IDS};
-use crate::model::{
-    get_rope_index, KvCache, LogitsAt, Qwen2_5VLForConditionalGeneration, VisionInputs,
-};
+use crate::generate::{decode_step, next_tokens, prefill, SamplingConfig};
+use crate::model::{KvCache, Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{self, Processor};
 use crate::tokenizer::ENDOFTEXT_ID;
 
@@ -34,7 +33,7 @@ struct Seq {
     /// Logits `[1, K]` for the next token.
     logits: Tensor,
     sampling: SamplingConfig,
-    rng: SamplerRng,
+    rng: SplitMix64,
     max_tokens: usize,
     generated: Vec<i64>,
     /// Bytes of decoded text already emitted.
@@ -194,33 +193,28 @@ impl DecodeEngine for ModelEngine {
             .then(|| VisionInputs::new(enc.pixel_values.shallow_clone(), grids.clone()));
         let ids = vec![enc.input_ids.clone()];
         let mask = vec![vec![1i64; prompt_len as usize]];
-        let rope = get_rope_index(&self.model.config, &ids, &mask, &grids).map_err(internal)?;
-        let device = self.model.device();
-        let mut prefill =
-            KvCache::new(&self.model.config, 1, prompt_len, device, self.model.kind())
-                .map_err(internal)?;
-        let hidden = self
-            .model
-            .forward(
-                &Tensor::from_slice(&enc.input_ids).view([1, prompt_len]),
-                &rope.to_tensor(device).map_err(internal)?,
-                &Tensor::ones([1, prompt_len], (Kind::Int64, device)),
-                vision.as_ref(),
-                Some(&mut prefill),
-                LogitsAt::Hidden,
-            )
-            .map_err(internal)?;
-        let logits = self
-            .model
-            .compact_logits(&hidden.narrow(1, prompt_len - 1, 1))
-            .map_err(internal)?
-            .squeeze_dim(1);
+        let mut prefill_cache = KvCache::new(
+            &self.model.config,
+            1,
+            prompt_len,
+            self.model.device(),
+            self.model.kind(),
+        )
+        .map_err(internal)?;
+        let prompt = prefill(
+            &self.model,
+            &ids,
+            &mask,
+            vision.as_ref(),
+            &mut prefill_cache,
+        )
+        .map_err(internal)?;
         // place the prompt so it ends at the shared length (advancing it if the prompt is longer)
         let end = self.cache.len().max(prompt_len);
         self.make_room(end - self.cache.len() + max_tokens as i64)?;
         let end = self.cache.len().max(prompt_len);
         self.cache
-            .write_row(row, end - prompt_len, &prefill)
+            .write_row(row, end - prompt_len, &prefill_cache)
             .map_err(internal)?;
         self.cache.set_len(end).map_err(internal)?;
         let m = &mut self.row_mask[row as usize];
@@ -229,25 +223,17 @@ impl DecodeEngine for ModelEngine {
         let p = request.params;
         let sampling = SamplingConfig {
             max_new_tokens: max_tokens,
-            greedy: p.temperature <= 0.0,
-            temperature: if p.temperature <= 0.0 {
-                1.0
-            } else {
-                f64::from(p.temperature)
-            },
             top_p: f64::from(p.top_p),
-            top_k: 0,
-            stop_token_ids: DEFAULT_STOP_IDS.to_vec(),
-            pad_token_id: ENDOFTEXT_ID,
+            ..SamplingConfig::from_temperature(f64::from(p.temperature))
         };
         self.seqs.push(Seq {
             id: seq,
             row,
             start: end - prompt_len,
-            next_pos: rope.next_position[0],
-            logits,
+            next_pos: prompt.next_position[0],
+            logits: prompt.logits,
             sampling,
-            rng: SamplerRng::new(p.seed),
+            rng: SplitMix64::new(p.seed),
             max_tokens,
             generated: Vec::new(),
             emitted: 0,
@@ -262,14 +248,12 @@ impl DecodeEngine for ModelEngine {
         let mut events = Vec::with_capacity(self.seqs.len());
         let mut finished = Vec::new();
         for i in 0..self.seqs.len() {
-            let (pos, _) = {
+            let (ids, _) = {
                 let s = &mut self.seqs[i];
-                choose(&s.logits, &s.sampling, &mut s.rng).map_err(internal)?
+                next_tokens(&self.model.lm_head, &s.logits, &s.sampling, &mut s.rng)
+                    .map_err(internal)?
             };
-            let id = match self.model.output_vocab() {
-                Some(v) => v.ids[pos[0] as usize],
-                None => pos[0],
-            };
+            let id = *ids.first().ok_or_else(|| internal("no token chosen"))?;
             let s = &self.seqs[i];
             let stop = s.sampling.stop_token_ids.contains(&id);
             let mut generated = s.generated.clone();
@@ -309,7 +293,6 @@ impl DecodeEngine for ModelEngine {
         self.make_room(1)?;
         let b = self.max_batch;
         let slot = self.cache.len();
-        let device = self.model.device();
         let mut input = vec![ENDOFTEXT_ID; b as usize];
         let mut pos = vec![0i64; b as usize];
         for s in &self.seqs {
@@ -328,26 +311,11 @@ impl DecodeEngine for ModelEngine {
                 mask.push(1);
             }
         }
-        let hidden = self
-            .model
-            .forward(
-                &Tensor::from_slice(&input).view([b, 1]),
-                &Tensor::from_slice(&pos)
-                    .view([1, b, 1])
-                    .expand([3, b, 1], false),
-                &Tensor::from_slice(&mask)
-                    .view([b, slot + 1])
-                    .to_device(device),
-                None,
-                Some(&mut self.cache),
-                LogitsAt::Hidden,
-            )
-            .map_err(internal)?;
-        let logits = self
-            .model
-            .compact_logits(&hidden)
-            .map_err(internal)?
-            .squeeze_dim(1);
+        let mask = Tensor::from_slice(&mask)
+            .view([b, slot + 1])
+            .to_device(self.model.device());
+        let logits =
+            decode_step(&self.model, &input, &pos, &mask, &mut self.cache).map_err(internal)?;
         for s in &mut self.seqs {
             s.logits = logits.narrow(0, s.row, 1);
             s.next_pos += 1;
@@ -367,7 +335,7 @@ impl DecodeEngine for ModelEngine {
     }
 }
 
-/// Loads a checkpoint folder into an engine on `device` as `kind`.
+/// Loads a checkpoint folder into an engine on `device` as `kind` (full output vocabulary).
 pub fn load_engine(
     dir: &std::path::Path,
     device: Device,
@@ -376,6 +344,17 @@ pub fn load_engine(
     max_context: usize,
 ) -> Result<ModelEngine, EngineError> {
     let model = Qwen2_5VLForConditionalGeneration::load(dir, device, kind).map_err(internal)?;
+    engine_for_model(dir, model, max_batch, max_context)
+}
+
+/// An engine serving `model`, loaded from the checkpoint folder `dir` (which gives the processor
+/// and the model id, its folder name).
+pub fn engine_for_model(
+    dir: &std::path::Path,
+    model: Qwen2_5VLForConditionalGeneration,
+    max_batch: usize,
+    max_context: usize,
+) -> Result<ModelEngine, EngineError> {
     let processor = Processor::from_model_dir(dir).map_err(internal)?;
     let id = dir
         .file_name()

@@ -11,9 +11,9 @@ use std::fmt;
 
 use super::config::{TrainConfig, WeightDtype};
 use super::{Result, TrainError};
-use crate::generate::GPU_LOGITS_CHUNK_BYTES;
 use crate::grpo::optim::StateDtype;
 use crate::model::config::Qwen2_5VLConfig;
+use crate::model::lm_head::GPU_LOGITS_CHUNK_BYTES;
 
 /// Share of device memory kept free for the allocator and workspace buffers.
 pub const HEADROOM_FRACTION: f64 = 0.10;
@@ -149,7 +149,7 @@ impl MemoryPlan {
         // Every layer's working set is kept: this build has no gradient checkpointing.
         let per_token = shape.num_hidden_layers * layer_per_token;
         // f32 logits at response positions only, kept for the backward of the chunked
-        // logsumexp (`generate::target_logprobs`; no log-softmax is stored), plus one chunk's
+        // logsumexp (`LmHead::target_log_probs`; no log-softmax is stored), plus one chunk's
         // logits gradient in flight during backward.
         let logits = resp * shape.vocab_size * 4;
         let logits_grad_chunk = (resp * shape.vocab_size * 4).min(GPU_LOGITS_CHUNK_BYTES as u64);

@@ -20,7 +20,7 @@ use super::report::{sample_rollouts, step_scalars, Phase, PhaseTimes, RewardSumm
 use super::rollout::{response_mask, sample_responses, score_samples, PromptItem, Rollout};
 use super::setup::{bar, weight_kind, Trainer};
 use super::Result;
-use crate::generate::{SamplingConfig, DEFAULT_STOP_IDS};
+use crate::generate::{GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS};
 use crate::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use crate::model::Qwen2_5VLForConditionalGeneration;
@@ -85,7 +85,7 @@ impl Trainer {
     }
 
     /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
-    fn sample(&mut self, prompts: &[PromptItem]) -> Result<Vec<crate::generate::Sample>> {
+    fn sample(&mut self, prompts: &[PromptItem]) -> Result<Vec<GeneratedSequence>> {
         let sampling = self.sampling(self.cfg.rollout.temperature);
         let pb = bar(
             (prompts.len() * self.cfg.rollout.n) as u64,
@@ -109,7 +109,7 @@ impl Trainer {
     pub(super) fn score(
         &self,
         prompts: &[PromptItem],
-        responses: Vec<crate::generate::Sample>,
+        responses: Vec<GeneratedSequence>,
     ) -> Result<Vec<Rollout>> {
         score_samples(
             &self.processor,
@@ -194,11 +194,16 @@ impl Trainer {
             } else {
                 self.device
             };
-            self.reference = Some(Qwen2_5VLForConditionalGeneration::load(
+            let mut reference = Qwen2_5VLForConditionalGeneration::load(
                 &self.reference_dir,
                 device,
                 weight_kind(self.cfg.model.dtype),
-            )?);
+            )?;
+            // the reference's log-probs are over the policy's output vocabulary
+            if let Some(vocab) = self.policy.output_vocab() {
+                reference.restrict_output_vocab(&vocab.ids)?;
+            }
+            self.reference = Some(reference);
         }
         Ok(())
     }
@@ -209,8 +214,6 @@ impl Trainer {
         let forced = self.opts.forced_response_length;
         SamplingConfig {
             max_new_tokens: forced.unwrap_or(self.cfg.data.max_response_length),
-            greedy: temperature == 0.0,
-            temperature: if temperature == 0.0 { 1.0 } else { temperature },
             top_p: self.cfg.rollout.top_p,
             top_k: self.cfg.rollout.top_k.max(0) as usize,
             stop_token_ids: if forced.is_some() {
@@ -219,6 +222,7 @@ impl Trainer {
                 DEFAULT_STOP_IDS.to_vec()
             },
             pad_token_id: ENDOFTEXT_ID,
+            ..SamplingConfig::from_temperature(temperature)
         }
     }
 }

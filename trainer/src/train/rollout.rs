@@ -2,13 +2,14 @@
 //! build each prompt the way EasyR1's dataset does, sample `n` responses per prompt with a shared
 //! prefill, decode them and score them with the reward in parallel.
 
+use data::rng::SplitMix64;
 use image::DynamicImage;
 use tch::{Device, Kind, Tensor};
 
 use rewards::{LabelSimilarity, RewardInput, RewardKind, RewardScore};
 
 use super::{Result, TrainError};
-use crate::generate::{self, PromptBatch, SamplerRng, SamplingConfig};
+use crate::generate::{self, GeneratedSequence, PromptBatch, SamplingConfig};
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
 
@@ -154,9 +155,9 @@ pub fn sample_responses(
     n: usize,
     sampling: &SamplingConfig,
     rows_per_call: usize,
-    rng: &mut SamplerRng,
+    rng: &mut SplitMix64,
     on_rows: &mut dyn FnMut(usize),
-) -> Result<Vec<generate::Sample>> {
+) -> Result<Vec<GeneratedSequence>> {
     let prompts_per_call = (rows_per_call / n.max(1)).max(1);
     let mut out = Vec::with_capacity(prompts.len() * n);
     for (chunk_index, chunk) in prompts.chunks(prompts_per_call).enumerate() {
@@ -180,7 +181,7 @@ pub fn sample_responses(
 pub fn score_samples(
     processor: &Processor,
     prompts: &[PromptItem],
-    samples: Vec<generate::Sample>,
+    samples: Vec<GeneratedSequence>,
     kind: RewardKind,
     similarity: &dyn LabelSimilarity,
 ) -> Result<Vec<Rollout>> {

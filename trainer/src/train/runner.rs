@@ -13,7 +13,7 @@ use super::report::{step_line, RewardSummary};
 use super::rollout::sample_responses;
 use super::setup::{bar, loader_config, Trainer};
 use super::Result;
-use crate::generate::SamplerRng;
+use data::rng::SplitMix64;
 
 /// Salt of the validation sampler's seed, so validation never draws from the rollout stream.
 const VALIDATION_SEED_SALT: u64 = 0x5641_4c49_4441_5445;
@@ -27,7 +27,7 @@ impl Trainer {
             loader_config(&self.cfg, self.cfg.data.val_batch_size, false, 0),
             Cursor::default(),
         )?;
-        let mut rng = SamplerRng::new(self.cfg.trainer.seed ^ VALIDATION_SEED_SALT);
+        let mut rng = SplitMix64::new(self.cfg.trainer.seed ^ VALIDATION_SEED_SALT);
         let sampling = self.sampling(self.cfg.rollout.val_temperature);
         let n = self.cfg.rollout.val_n;
         let pb = bar(

@@ -20,11 +20,12 @@ use super::metrics::MetricsLogger;
 use super::rollout::PromptBuilder;
 use super::tiny::{write_tiny_random, TinyShape, TINY_RANDOM};
 use super::{Result, TrainError};
-use crate::generate::{SamplerRng, DEFAULT_STOP_IDS};
+use crate::generate::DEFAULT_STOP_IDS;
 use crate::grpo::optim::AnyPrecisionAdamW;
 use crate::model::config::Qwen2_5VLConfig;
 use crate::model::{Qwen2_5VLForConditionalGeneration, OUTPUT_VOCAB_FILE};
 use crate::processor::Processor;
+use data::rng::SplitMix64;
 use rewards::RewardKind;
 
 /// `data.train_files` / `val_files` value that asks for the synthetic dataset.
@@ -87,7 +88,7 @@ pub struct Trainer {
     /// Prompt order and position over the training split (saved for resume).
     pub(super) loader: Loader,
     /// The rollout sampler's random stream (saved for resume).
-    pub(super) rng: SamplerRng,
+    pub(super) rng: SplitMix64,
     /// RL steps completed.
     pub(super) rl_step: u64,
     /// Optimiser steps completed.
@@ -356,7 +357,7 @@ impl Trainer {
         let mut optimizer = AnyPrecisionAdamW::new(trainable, cfg.adamw_config())?;
 
         let mut cursor = Cursor::default();
-        let mut rng = SamplerRng::new(cfg.trainer.seed);
+        let mut rng = SplitMix64::new(cfg.trainer.seed);
         let mut rl_step = 0;
         let mut optimizer_steps = 0;
         let mut reference_dir = model_dir.clone();
@@ -376,7 +377,7 @@ impl Trainer {
                         dir.display()
                     ))
                 })?;
-            rng = SamplerRng::new(seed);
+            rng = SplitMix64::new(seed);
             if let Some(r) = state.extra.get("reference_model").and_then(|v| v.as_str()) {
                 reference_dir = PathBuf::from(r);
             }

@@ -158,7 +158,7 @@ pub fn write_tiny_random(
     let parsed = Qwen2_5VLConfig::from_json_str(&config.to_string())?;
     fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     tch::manual_seed(seed as i64);
-    let tensors: Vec<(String, Tensor)> = expected_tensors(&parsed)
+    let tensors: Vec<(String, Tensor)> = expected_tensors(&parsed)?
         .into_iter()
         .map(|(name, shape)| {
             let t = init_tensor(&name, &shape);

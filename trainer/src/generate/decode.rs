@@ -1,0 +1,132 @@
+//! The decode step, written once: a prefill that fills a KV cache with the prompts and returns the
+//! logits of each row's next token, and the one-token forward that follows it. Batched
+//! generation and the benchmark drive it in lock-step ([`Lockstep`]); the server calls
+//! [`decode_step`] with its own per-row masks and positions.
+//!
+//! Both return f32 logits `[B, K]` over the head's output columns ([`crate::model::LmHead::output_logits`]),
+//! ready for [`super::sampling::next_tokens`] or [`crate::model::LmHead::greedy_ids`].
+
+use tch::{Kind, Tensor};
+
+use crate::model::{
+    get_rope_index, KvCache, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
+};
+
+/// What a prefill leaves for decoding.
+#[derive(Debug)]
+pub struct Prefill {
+    /// `[B, K]` f32 output logits of each row's next token.
+    pub logits: Tensor,
+    /// `[B, L]` the 0/1 padding mask of the prompts, on the model's device.
+    pub attention_mask: Tensor,
+    /// Per row, the M-RoPE position of its first new token.
+    pub next_position: Vec<i64>,
+}
+
+/// `[rows, width]` int64 tensor of equal-length rows.
+pub(crate) fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
+    let width = rows.first().map_or(0, Vec::len) as i64;
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Ok(Tensor::from_slice(&flat).f_view([rows.len() as i64, width])?)
+}
+
+/// Runs left-padded prompts `ids`/`mask` (equal-length rows) and their `images` into `cache`
+/// (advanced by the prompt width) and returns the logits of each row's next token.
+pub fn prefill(
+    model: &Qwen2_5VLForConditionalGeneration,
+    ids: &[Vec<i64>],
+    mask: &[Vec<i64>],
+    images: Option<&VisionInputs>,
+    cache: &mut KvCache,
+) -> Result<Prefill, ModelError> {
+    let device = model.device();
+    let grids = images.map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let rope = get_rope_index(&model.config, ids, mask, grids)?;
+    let attention_mask = to_tensor(mask)?.f_to_device(device)?;
+    let hidden = model.hidden_states(
+        &to_tensor(ids)?,
+        &rope.to_tensor(device)?,
+        &attention_mask,
+        images,
+        Some(cache),
+        LogitsAt::Last,
+    )?;
+    Ok(Prefill {
+        logits: model.lm_head.output_logits(&hidden)?.f_squeeze_dim(1)?,
+        attention_mask,
+        next_position: rope.next_position,
+    })
+}
+
+/// One decode step: feeds `tokens[r]` to row `r` at M-RoPE position `positions[r]` (the same on
+/// all three axes after the prompt), with `attention_mask [B, cache.len() + 1]` over every slot,
+/// writes the new keys and values at the cache's end and returns the logits of each row's next
+/// token.
+pub fn decode_step(
+    model: &Qwen2_5VLForConditionalGeneration,
+    tokens: &[i64],
+    positions: &[i64],
+    attention_mask: &Tensor,
+    cache: &mut KvCache,
+) -> Result<Tensor, ModelError> {
+    let rows = tokens.len() as i64;
+    if positions.len() != tokens.len() {
+        return Err(ModelError::Input(format!(
+            "{} positions for {rows} tokens",
+            positions.len()
+        )));
+    }
+    let input = Tensor::from_slice(tokens).f_view([rows, 1])?;
+    let pos = Tensor::from_slice(positions)
+        .f_view([1, rows, 1])?
+        .f_expand([3, rows, 1], false)?;
+    let hidden = model.hidden_states(
+        &input,
+        &pos,
+        attention_mask,
+        None,
+        Some(cache),
+        LogitsAt::All,
+    )?;
+    Ok(model.lm_head.output_logits(&hidden)?.f_squeeze_dim(1)?)
+}
+
+/// Rows decoded together, one token per row per step, each step at the next cache slot: the
+/// attention mask grows by one open slot per step and every row's position by one.
+#[derive(Debug)]
+pub struct Lockstep {
+    attention_mask: Tensor,
+    next_position: Vec<i64>,
+}
+
+impl Lockstep {
+    /// Continues from the prompts' padding mask `[B, L]` and next positions (of a [`Prefill`],
+    /// repeated as the cache rows are).
+    pub fn new(attention_mask: Tensor, next_position: Vec<i64>) -> Self {
+        Lockstep {
+            attention_mask,
+            next_position,
+        }
+    }
+
+    /// Feeds `tokens` (one per row) and returns the logits of each row's next token.
+    pub fn step(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+        tokens: &[i64],
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        let rows = self.next_position.len() as i64;
+        let open = Tensor::f_ones([rows, 1], (Kind::Int64, model.device()))?;
+        self.attention_mask = Tensor::f_cat(&[&self.attention_mask, &open], 1)?;
+        let logits = decode_step(
+            model,
+            tokens,
+            &self.next_position,
+            &self.attention_mask,
+            cache,
+        )?;
+        self.next_position.iter_mut().for_each(|p| *p += 1);
+        Ok(logits)
+    }
+}

@@ -1,0 +1,106 @@
+//! Teacher-forced response log-probs: the quantity GRPO's old, reference and current policy
+//! passes compute, from one forward over `prompt + response` with the head applied only at
+//! response positions ([`crate::model::LmHead::target_log_probs`]).
+
+use tch::Tensor;
+
+use super::decode::to_tensor;
+use super::left_pad;
+use crate::model::{
+    get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
+};
+
+/// Prompts with given responses, for teacher-forced log-probs.
+#[derive(Debug)]
+pub struct ResponseBatch {
+    pub prompts: Vec<Vec<i64>>,
+    pub responses: Vec<Vec<i64>>,
+    /// Images of all prompts, in prompt order.
+    pub images: Option<VisionInputs>,
+}
+
+/// Teacher-forced log-probs, right-aligned per row.
+#[derive(Debug)]
+pub struct ResponseLogprobs {
+    /// `[B, R]` f32 log-probs of response token j of row i at `[i, j]` (R = longest response);
+    /// carries grad when grad mode is on.
+    pub logprobs: Tensor,
+    /// `[B, R]` f32, 1 where `logprobs` is a real response token.
+    pub mask: Tensor,
+}
+
+/// Log-probs of each response token given its prompt and preceding response tokens, from one
+/// forward over `prompt + response` (left-padded). Only response positions go through `lm_head`
+/// and the normalisation, at `temperature`. Runs with whatever grad mode the caller has set.
+pub fn response_logprobs(
+    model: &Qwen2_5VLForConditionalGeneration,
+    batch: &ResponseBatch,
+    temperature: f64,
+    pad_token_id: i64,
+) -> Result<ResponseLogprobs, ModelError> {
+    if batch.prompts.len() != batch.responses.len() || batch.prompts.is_empty() {
+        return Err(ModelError::Input(format!(
+            "{} prompts but {} responses",
+            batch.prompts.len(),
+            batch.responses.len()
+        )));
+    }
+    if temperature <= 0.0 {
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    let device = model.device();
+    let full: Vec<Vec<i64>> = batch
+        .prompts
+        .iter()
+        .zip(&batch.responses)
+        .map(|(p, r)| p.iter().chain(r).copied().collect())
+        .collect();
+    let (ids, mask) = left_pad(&full, pad_token_id);
+    let grids = batch
+        .images
+        .as_ref()
+        .map_or(&[][..], |i| i.image_grid_thw.as_slice());
+    let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
+    let width = ids[0].len() as i64;
+    let r_max = batch.responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    // hidden state at slot p predicts the token at p + 1
+    let mut index = Vec::with_capacity((ids.len() as i64 * r_max) as usize);
+    let mut targets = Vec::with_capacity(index.capacity());
+    let mut valid = Vec::with_capacity(index.capacity());
+    for (row, resp) in batch.responses.iter().enumerate() {
+        let start = width - resp.len() as i64;
+        for j in 0..r_max {
+            let real = j < resp.len() as i64;
+            index.push(if real { start + j - 1 } else { width - 1 });
+            targets.push(if real { resp[j as usize] } else { 0 });
+            valid.push(if real { 1f32 } else { 0f32 });
+        }
+        if start < 1 {
+            return Err(ModelError::Input(format!("row {row}: empty prompt")));
+        }
+    }
+    let b = ids.len() as i64;
+    let index = Tensor::from_slice(&index)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
+    let hidden = model.hidden_states(
+        &to_tensor(&ids)?,
+        &rope.to_tensor(device)?,
+        &to_tensor(&mask)?,
+        batch.images.as_ref(),
+        None,
+        LogitsAt::Positions(&index),
+    )?;
+    let targets = Tensor::from_slice(&targets).f_to_device(device)?;
+    let lp = model
+        .lm_head
+        .target_log_probs(&hidden.f_flatten(0, 1)?, &targets, temperature)?
+        .f_view([b, r_max])?;
+    let mask = Tensor::from_slice(&valid)
+        .f_view([b, r_max])?
+        .f_to_device(device)?;
+    let lp = lp.f_mul(&mask)?;
+    Ok(ResponseLogprobs { logprobs: lp, mask })
+}

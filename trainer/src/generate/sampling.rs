@@ -1,0 +1,245 @@
+//! Token choice: [`SamplingConfig`] (greedy, or temperature with top-k / top-p) and the sampler
+//! drawing from a caller-owned, seeded [`SplitMix64`], so a run is reproducible from its seed
+//! and resumes bit for bit from the generator's [`SplitMix64::state`].
+
+use data::rng::SplitMix64;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::lm_head::argmax_columns;
+use crate::model::{LmHead, ModelError};
+use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID};
+
+/// Token ids that end a sample by default: `<|im_end|>`, `<|endoftext|>`.
+pub const DEFAULT_STOP_IDS: [i64; 2] = [IM_END_ID, ENDOFTEXT_ID];
+
+/// How to pick tokens.
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// Always take the arg-max (temperature, top-k and top-p are then ignored).
+    pub greedy: bool,
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 disables.
+    pub top_p: f64,
+    /// Keep the k most likely ids; 0 disables.
+    pub top_k: usize,
+    /// Ids that end a sample (kept as its last id).
+    pub stop_token_ids: Vec<i64>,
+    /// Id used for left padding and fed to finished rows.
+    pub pad_token_id: i64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            max_new_tokens: 256,
+            greedy: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            stop_token_ids: DEFAULT_STOP_IDS.to_vec(),
+            pad_token_id: ENDOFTEXT_ID,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// The defaults at `temperature`, where 0 means greedy (as in EasyR1's rollout config and
+    /// OpenAI's API). The one place that rule is decided.
+    pub fn from_temperature(temperature: f64) -> Self {
+        SamplingConfig::default().with_temperature(temperature)
+    }
+
+    /// This config at `temperature` (0 = greedy, see [`SamplingConfig::from_temperature`]).
+    pub fn with_temperature(self, temperature: f64) -> Self {
+        let greedy = temperature == 0.0;
+        SamplingConfig {
+            greedy,
+            temperature: if greedy { 1.0 } else { temperature },
+            ..self
+        }
+    }
+}
+
+/// Chooses the next output column per row of f32 `logits [R, K]`; returns `(columns, logprobs)`.
+///
+/// Everything but one uniform draw per row runs on the logits' device: the candidates (all
+/// columns, the top-k, or all columns sorted when top-p is on) are turned into probabilities,
+/// top-p keeps the smallest prefix whose mass reaches `top_p`, and the column is found by
+/// inverse-CDF search with the row's draw from `rng`. The log-prob returned is that of the full
+/// temperature-scaled distribution (temperature 1 when greedy). Greedy takes no draw.
+pub fn choose(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    rng: &mut SplitMix64,
+) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    let rows = logits.size()[0];
+    let temperature = if cfg.greedy { 1.0 } else { cfg.temperature };
+    if temperature <= 0.0 {
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    if cfg.greedy {
+        let ids = argmax_columns(logits)?;
+        let chosen = Tensor::f_from_slice(&ids)?
+            .f_view([rows, 1])?
+            .f_to_device(logits.device())?;
+        let lp = logits
+            .f_log_softmax(-1, Kind::Float)?
+            .f_gather(-1, &chosen, false)?;
+        let lp = Vec::<f32>::try_from(lp.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+        return Ok((ids, lp));
+    }
+    let logp = logits
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let chosen = {
+        let vocab = logp.size()[1];
+        let (cand_lp, cand_ids) = if cfg.top_k > 0 && (cfg.top_k as i64) < vocab {
+            let (v, i) = logp.f_topk(cfg.top_k as i64, -1, true, true)?;
+            (v, Some(i))
+        } else if cfg.top_p < 1.0 {
+            let (v, i) = logp.f_sort(-1, true)?;
+            (v, Some(i))
+        } else {
+            (logp.shallow_clone(), None)
+        };
+        let mut probs = cand_lp.f_exp()?;
+        if cfg.top_p < 1.0 {
+            // keep candidate i while the mass before it is below top_p (the first always stays)
+            let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
+            probs = probs.f_mul(&before.f_lt(cfg.top_p)?.f_to_kind(Kind::Float)?)?;
+        }
+        let cdf = probs.f_cumsum(-1, Kind::Float)?;
+        let total = cdf.f_narrow(-1, cdf.size()[1] - 1, 1)?;
+        let draws: Vec<f64> = (0..rows).map(|_| rng.unit()).collect();
+        let u = Tensor::f_from_slice(&draws)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(logp.device())?
+            .f_view([rows, 1])?
+            .f_mul(&total)?;
+        let pos = u
+            .f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?
+            .f_clamp_max(cdf.size()[1] - 1)?;
+        match cand_ids {
+            Some(ids) => ids.f_gather(-1, &pos, false)?,
+            None => pos,
+        }
+    };
+    let lp = logp.f_gather(-1, &chosen, false)?;
+    let ids = Vec::<i64>::try_from(chosen.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+    let lp = Vec::<f32>::try_from(lp.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+    Ok((ids, lp))
+}
+
+/// The next token of each row of `head`'s output logits `[R, K]`: [`choose`], with the chosen
+/// columns mapped back to token ids. Returns `(token ids, log-probs)`.
+pub fn next_tokens(
+    head: &LmHead,
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    rng: &mut SplitMix64,
+) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    let (columns, logprobs) = choose(logits, cfg, rng)?;
+    Ok((head.token_ids(&columns)?, logprobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampled_frequencies(cfg: &SamplingConfig, draws: usize) -> Vec<f64> {
+        // probabilities 0.5, 0.3, 0.2 at ids 2, 0, 1 of a 4-id vocabulary (id 3 impossible)
+        let logits =
+            Tensor::from_slice(&[0.3f32.ln(), 0.2f32.ln(), 0.5f32.ln(), f32::NEG_INFINITY])
+                .view([1, 4])
+                .repeat([draws as i64, 1]);
+        let mut rng = SplitMix64::new(3);
+        let (ids, lps) = choose(&logits, cfg, &mut rng).unwrap();
+        let mut counts = [0usize; 4];
+        for (id, lp) in ids.iter().zip(&lps) {
+            counts[*id as usize] += 1;
+            let p = [0.3f32, 0.2, 0.5][*id as usize];
+            assert!(
+                (lp - p.ln()).abs() < 1e-5,
+                "log-prob of the full distribution"
+            );
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn sampling_follows_probabilities_and_top_p_top_k() {
+        let base = SamplingConfig::default();
+        let f = sampled_frequencies(&base, 20000);
+        assert!(
+            (f[2] - 0.5).abs() < 0.02 && (f[0] - 0.3).abs() < 0.02,
+            "{f:?}"
+        );
+        assert_eq!(f[3], 0.0);
+        // top_p 0.45 keeps only the most likely id; 0.6 keeps the two most likely (0.5 + 0.3)
+        let f = sampled_frequencies(
+            &SamplingConfig {
+                top_p: 0.45,
+                ..base.clone()
+            },
+            2000,
+        );
+        assert_eq!(f[2], 1.0, "{f:?}");
+        let f = sampled_frequencies(
+            &SamplingConfig {
+                top_p: 0.6,
+                ..base.clone()
+            },
+            20000,
+        );
+        assert!((f[2] - 0.625).abs() < 0.02 && f[1] == 0.0, "{f:?}");
+        // top_k 1 is greedy
+        let f = sampled_frequencies(&SamplingConfig { top_k: 1, ..base }, 500);
+        assert_eq!(f[2], 1.0, "{f:?}");
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy_and_takes_no_draw() {
+        let cfg = SamplingConfig::from_temperature(0.0);
+        assert!(cfg.greedy && cfg.temperature == 1.0);
+        let cfg = SamplingConfig::from_temperature(0.7);
+        assert!(!cfg.greedy && cfg.temperature == 0.7);
+        let kept = SamplingConfig {
+            max_new_tokens: 9,
+            ..SamplingConfig::default()
+        }
+        .with_temperature(0.0);
+        assert!(kept.greedy && kept.max_new_tokens == 9);
+
+        let logits = Tensor::from_slice(&[0.1f32, 2.0, 2.0, -1.0, 5.0, 0.0]).view([2, 3]);
+        let mut rng = SplitMix64::new(5);
+        let (ids, lps) = choose(&logits, &SamplingConfig::from_temperature(0.0), &mut rng).unwrap();
+        assert_eq!(ids, [1, 1], "first maximum");
+        let want = logits.log_softmax(-1, Kind::Float);
+        assert!((f64::from(lps[1]) - want.double_value(&[1, 1])).abs() < 1e-6);
+        assert_eq!(rng.state(), 5, "greedy draws nothing");
+        // a negative temperature is refused, not taken as greedy
+        let bad = SamplingConfig::from_temperature(-1.0);
+        assert!(choose(&logits, &bad, &mut rng).is_err());
+    }
+
+    #[test]
+    fn draws_are_the_seeded_splitmix64_stream() {
+        // the stream the trainer's checkpoints were written with (SplitMix64, 53-bit uniforms)
+        let mut rng = SplitMix64::new(1234567);
+        assert_eq!(rng.next_u64(), 6457827717110365317);
+        let mut a = SplitMix64::new(9);
+        let mut b = SplitMix64::new(9);
+        let logits = Tensor::from_slice(&[0.0f32; 8]).view([2, 4]);
+        let cfg = SamplingConfig::default();
+        let first = choose(&logits, &cfg, &mut a).unwrap();
+        assert_eq!(first, choose(&logits, &cfg, &mut b).unwrap());
+        // one uniform per row: the state advanced twice
+        let mut two = SplitMix64::new(9);
+        two.next_u64();
+        two.next_u64();
+        assert_eq!(a.state(), two.state());
+    }
+}
