@@ -40,7 +40,7 @@ impl AnswerGenerator for Scripted {
 }
 
 /// Eight questions (two categories) and the model's responses, with the verdict under each
-/// matcher worked out by hand from §5.1:
+/// matcher worked out by hand from (docs/recipe.md, "Answer matching"):
 /// | id | truth | response answer     | fixed | legacy                         |
 /// | q0 | B     | (B) in front of     | ✓     | ✓ (choice text)                |
 /// | q1 | C     | C                   | ✓     | ✗ (fallback → A)               |

@@ -1,6 +1,14 @@
-//! Scene graphs (spatialthinker.md §2.4) and their JSON text exactly as Python's `json.dumps`
+//! Scene graphs — `{"objects": [{"id", "bbox"}], "relationships": [{"subject", "predicate",
+//! "object"}]}` with boxes in pixels of the image size stated in the prompt (docs/recipe.md,
+//! "Scene-graph schema and coordinates") — and their JSON text exactly as Python's `json.dumps`
 //! writes it with default arguments (`", "` and `": "` separators, non-ASCII escaped), which is
 //! the formatting of STVQA-7K's ground-truth subgraphs.
+//!
+//! This is the project's one scene-graph type: datasets (synthesis, import, the ground-truth
+//! column) and inference (a model's `<scene>` section, [`SceneGraph::parse_lenient`]) share it.
+//! The `rewards` crate deliberately keeps its own arena-parsed internal representation of scene
+//! objects (a refined label and a prepared, normalised box), built for speed and for reproducing
+//! the Python reference's errors; it is not meant to be merged into this type.
 
 use std::io;
 
@@ -35,6 +43,17 @@ pub struct SceneGraph {
     pub relationships: Vec<Relationship>,
 }
 
+/// Why a model's scene text could not be read as a scene graph at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SceneParseError {
+    /// The text is not JSON.
+    #[error("scene is not valid JSON: {0}")]
+    NotJson(String),
+    /// The text is JSON but not an object.
+    #[error("scene JSON is not an object")]
+    NotObject,
+}
+
 impl SceneObject {
     /// An object with an integer pixel box.
     pub fn with_int_box(id: impl Into<String>, bbox: [i64; 4]) -> Self {
@@ -43,12 +62,71 @@ impl SceneObject {
             bbox: bbox.map(serde_json::Number::from),
         }
     }
+
+    /// The box as floats `[x1, y1, x2, y2]` (for drawing and geometry).
+    pub fn bbox_f64(&self) -> [f64; 4] {
+        // `as_f64` is `None` only for numbers serde_json cannot hold as i64, u64 or f64, which
+        // this workspace never builds (no `arbitrary_precision`).
+        self.bbox.each_ref().map(|n| n.as_f64().unwrap_or(f64::NAN))
+    }
 }
 
 impl SceneGraph {
     /// The graph as Python `json.dumps(graph)` text.
     pub fn to_python_json(&self) -> String {
         to_python_json(self)
+    }
+
+    /// Read the scene graph a model wrote (the JSON inside its `<scene>` tags), leniently: an
+    /// object entry without a string `id` or without a `bbox` of exactly four numbers is skipped,
+    /// as is a relationship without string `subject`, `predicate` and `object`; extra keys are
+    /// ignored and missing `objects` / `relationships` lists read as empty. The whole fails only
+    /// when the text is not a JSON object. Numbers keep their JSON form (ints stay ints).
+    ///
+    /// This is for showing what a model predicted, not for scoring it: the reward's format check
+    /// is strict (docs/recipe.md, "Format") and lives in the `rewards` crate.
+    pub fn parse_lenient(text: &str) -> Result<SceneGraph, SceneParseError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SceneParseError::NotJson(e.to_string()))?;
+        let obj = value.as_object().ok_or(SceneParseError::NotObject)?;
+        let list = |key: &str| {
+            obj.get(key)
+                .and_then(|v| v.as_array())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        let objects = list("objects")
+            .iter()
+            .filter_map(|o| {
+                let id = o.get("id")?.as_str()?;
+                let bbox = match o.get("bbox")?.as_array()?.as_slice() {
+                    [a, b, c, d] => [a, b, c, d].map(|v| v.as_number().cloned()),
+                    _ => return None,
+                };
+                let [Some(x1), Some(y1), Some(x2), Some(y2)] = bbox else {
+                    return None;
+                };
+                Some(SceneObject {
+                    id: id.to_string(),
+                    bbox: [x1, y1, x2, y2],
+                })
+            })
+            .collect();
+        let relationships = list("relationships")
+            .iter()
+            .filter_map(|r| {
+                let field = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                Some(Relationship {
+                    subject: field("subject")?,
+                    predicate: field("predicate")?,
+                    object: field("object")?,
+                })
+            })
+            .collect();
+        Ok(SceneGraph {
+            objects,
+            relationships,
+        })
     }
 }
 
@@ -137,6 +215,60 @@ mod tests {
             g.to_python_json(),
             r#"{"objects": [{"id": "bike.1", "bbox": [0, 272, 310, 551]}, {"id": "man.1", "bbox": [0, 165, 38, 278]}], "relationships": [{"subject": "man.1", "predicate": "behind", "object": "bike.1"}]}"#
         );
+    }
+
+    #[test]
+    fn lenient_parse_skips_malformed_entries() {
+        let text = r#"{"objects": [{"id": "bike.1", "bbox": [0, 272, 310, 551]},
+            {"id": "man.1", "bbox": [0, 165, 38.5, 278], "label": "man"},
+            {"id": "bad.1", "bbox": [1, 2, 3]}, {"id": "bad.2", "bbox": [1, 2, "3", 4]},
+            {"bbox": [1, 2, 3, 4]}, {"id": 7, "bbox": [1, 2, 3, 4]}],
+          "relationships": [{"subject": "man.1", "predicate": "behind", "object": "bike.1"},
+            {"subject": "man.1"}, {"subject": "man.1", "predicate": 3, "object": "bike.1"}]}"#;
+        let g = SceneGraph::parse_lenient(text).unwrap();
+        let ids: Vec<&str> = g.objects.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["bike.1", "man.1"]);
+        assert_eq!(
+            g.objects[0],
+            SceneObject::with_int_box("bike.1", [0, 272, 310, 551])
+        );
+        assert_eq!(g.objects[1].bbox_f64(), [0.0, 165.0, 38.5, 278.0]);
+        // ints stay ints, floats stay floats when written back
+        assert_eq!(
+            to_python_json(&g.objects[1]),
+            r#"{"id": "man.1", "bbox": [0, 165, 38.5, 278]}"#
+        );
+        assert_eq!(
+            g.relationships,
+            vec![Relationship {
+                subject: "man.1".into(),
+                predicate: "behind".into(),
+                object: "bike.1".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn lenient_parse_errors_and_missing_lists() {
+        assert_eq!(
+            SceneGraph::parse_lenient("{}").unwrap(),
+            SceneGraph::default()
+        );
+        assert_eq!(
+            SceneGraph::parse_lenient(r#"{"objects": 5}"#).unwrap(),
+            SceneGraph::default()
+        );
+        assert_eq!(
+            SceneGraph::parse_lenient("[1]").unwrap_err(),
+            SceneParseError::NotObject
+        );
+        assert_eq!(
+            SceneGraph::parse_lenient("[1]").unwrap_err().to_string(),
+            "scene JSON is not an object"
+        );
+        let err = SceneGraph::parse_lenient("{objects: oops}").unwrap_err();
+        assert!(matches!(err, SceneParseError::NotJson(_)));
+        assert!(err.to_string().starts_with("scene is not valid JSON: "));
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn print_sections(p: &ParsedResponse) {
         (Some(g), _) => {
             println!("== scene ==");
             for o in &g.objects {
-                println!("{:<16} {:?}", o.id, o.bbox);
+                println!("{:<16} {:?}", o.id, o.bbox_f64());
             }
             for r in &g.relationships {
                 println!("{} --{}--> {}", r.subject, r.predicate, r.object);

@@ -1,6 +1,6 @@
 //! Pulling the final answer out of a generated response, as the SpatialThinker evaluation does it
-//! (spec §5.1): text after the last `Answer:`, else the text between `<answer>` tags, else the
-//! whole response.
+//! (docs/recipe.md, "Answer matching"): text after the last `Answer:`, else the text between
+//! `<answer>` tags, else the whole response.
 
 /// Opening tag of the answer section.
 pub const ANSWER_OPEN: &str = "<answer>";

@@ -1,5 +1,5 @@
 //! Scoring a multiple-choice answer against the ground-truth letter, as the SpatialThinker
-//! evaluation does it (spec §5.1), with its letter-fallback bug fixed.
+//! evaluation does it (docs/recipe.md, "Answer matching"), with its letter-fallback bug fixed.
 //!
 //! The authors' matcher maps the extracted answer to a choice letter: it strips a leading `(X)`,
 //! looks the rest up among the choices, and otherwise runs a loop meant to find `(X)`, `X)` or

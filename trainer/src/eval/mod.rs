@@ -1,6 +1,8 @@
-//! Benchmark evaluation of SpatialThinker checkpoints (spec §5.1): prompts, answer extraction,
-//! MCQ matching (authors' behaviour with the fallback bug fixed, or reproduced on request), a
-//! per-sample JSONL log that a rerun resumes, and accuracy reports with binomial standard errors.
+//! Benchmark evaluation of SpatialThinker checkpoints (docs/recipe.md, "Answer matching"): prompts,
+//! answer extraction, MCQ matching (authors' behaviour with the fallback bug fixed, or reproduced
+//! on request), a per-sample JSONL log that a rerun resumes, and accuracy reports with binomial
+//! standard errors. Evaluation sits above inference: it imports `infer` (prompts, the model
+//! generator), never the other way round.
 
 pub mod dataset;
 pub mod extract;

@@ -11,6 +11,7 @@ use super::extract::extract_answer;
 use super::matching::{score, MatchMode};
 use super::report::{SampleLog, SampleRecord};
 use super::EvalError;
+use crate::infer::generator::ModelGenerator;
 use crate::infer::prompt::{question_with_options, render, Template};
 
 /// Greedy decoding budget of the authors' evaluation.
@@ -32,6 +33,19 @@ pub struct EvalPrompt {
 pub trait AnswerGenerator {
     /// Responses for `batch`, in order.
     fn generate(&mut self, batch: &[EvalPrompt]) -> Result<Vec<String>, EvalError>;
+}
+
+/// The model itself: one batched greedy (or sampled) generation over the prompts' `[image, text]`
+/// user turns.
+impl AnswerGenerator for ModelGenerator {
+    fn generate(&mut self, batch: &[EvalPrompt]) -> Result<Vec<String>, EvalError> {
+        let turns: Vec<(&str, Option<&RgbImage>)> = batch
+            .iter()
+            .map(|p| (p.text.as_str(), p.image.as_ref()))
+            .collect();
+        self.answer(&turns)
+            .map_err(|e| EvalError::Generator(e.to_string()))
+    }
 }
 
 /// Settings of one evaluation run.

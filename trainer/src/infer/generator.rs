@@ -1,6 +1,7 @@
-//! A checkpoint answering batches of `[image, text]` user turns: what `infer` and `eval` run.
-//! Images go to the processor at their original size (no EasyR1 pre-resize, as at evaluation,
-//! spec §2.5); decoding is greedy unless a temperature is set.
+//! A checkpoint answering batches of `[image, text]` user turns: what `infer` and `eval` run
+//! (`eval` adapts it to its `AnswerGenerator` trait; this module knows nothing of evaluation).
+//! Images go to the processor at their original size, without the training-time pixel-count
+//! resize (docs/recipe.md, "Evaluation prompt"); decoding is greedy unless a temperature is set.
 
 use std::path::Path;
 
@@ -8,8 +9,6 @@ use data::rng::SplitMix64;
 use image::{DynamicImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
-use crate::eval::runner::{AnswerGenerator, EvalPrompt};
-use crate::eval::EvalError;
 use crate::generate::{generate, PromptBatch, SamplingConfig};
 use crate::model::{ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{ChatMessage, ContentPart, Processor, ProcessorError};
@@ -119,16 +118,5 @@ impl ModelGenerator {
                     .map_err(|e| GeneratorError::Decode(e.to_string()))
             })
             .collect()
-    }
-}
-
-impl AnswerGenerator for ModelGenerator {
-    fn generate(&mut self, batch: &[EvalPrompt]) -> Result<Vec<String>, EvalError> {
-        let turns: Vec<(&str, Option<&RgbImage>)> = batch
-            .iter()
-            .map(|p| (p.text.as_str(), p.image.as_ref()))
-            .collect();
-        self.answer(&turns)
-            .map_err(|e| EvalError::Generator(e.to_string()))
     }
 }

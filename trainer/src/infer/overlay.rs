@@ -5,7 +5,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::parse::SceneGraph;
+use data::scene::SceneGraph;
 
 /// Box and label colours, cycled over objects (high contrast on photos).
 pub const PALETTE: [[u8; 3]; 8] = [
@@ -48,7 +48,7 @@ pub fn draw_scene_graph(image: &RgbImage, graph: &SceneGraph, stated_size: (u32,
     };
     for (i, obj) in graph.objects.iter().enumerate() {
         let colour = Rgb(PALETTE[i % PALETTE.len()]);
-        let [x1, y1, x2, y2] = scaled(obj.bbox);
+        let [x1, y1, x2, y2] = scaled(obj.bbox_f64());
         draw_rect(&mut out, x1, y1, x2, y2, stroke, colour);
         let label_y = if y1 >= (GLYPH * scale + 2) as f64 {
             y1 - (GLYPH * scale + 2) as f64
@@ -63,8 +63,8 @@ pub fn draw_scene_graph(image: &RgbImage, graph: &SceneGraph, stated_size: (u32,
             continue;
         };
         let centre = |b: [f64; 4]| ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
-        let (ax, ay) = centre(scaled(s.bbox));
-        let (bx, by) = centre(scaled(o.bbox));
+        let (ax, ay) = centre(scaled(s.bbox_f64()));
+        let (bx, by) = centre(scaled(o.bbox_f64()));
         draw_arrow(&mut out, (ax, ay), (bx, by), stroke, Rgb(ARROW_COLOUR));
         let (mx, my) = ((ax + bx) / 2.0, (ay + by) / 2.0);
         draw_label(&mut out, &rel.predicate, mx, my, scale, Rgb(ARROW_COLOUR));
@@ -161,19 +161,25 @@ fn is(img: &RgbImage, x: u32, y: u32, c: [u8; 3]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{Relationship, SceneObject};
+    use data::scene::{Relationship, SceneObject};
+
     use super::*;
+
+    /// A float pixel box in the data crate's JSON-number form.
+    fn float_box(b: [f64; 4]) -> [serde_json::Number; 4] {
+        b.map(|x| serde_json::Number::from_f64(x).expect("finite"))
+    }
 
     fn graph() -> SceneGraph {
         SceneGraph {
             objects: vec![
                 SceneObject {
                     id: "a.1".into(),
-                    bbox: [20.0, 40.0, 100.0, 120.0],
+                    bbox: float_box([20.0, 40.0, 100.0, 120.0]),
                 },
                 SceneObject {
                     id: "b.1".into(),
-                    bbox: [120.0, 40.0, 180.0, 100.0],
+                    bbox: float_box([120.0, 40.0, 180.0, 100.0]),
                 },
             ],
             relationships: vec![Relationship {
@@ -208,7 +214,7 @@ mod tests {
     fn unknown_relation_ids_and_huge_boxes_do_not_panic() {
         let img = RgbImage::from_pixel(50, 40, Rgb([0, 0, 0]));
         let mut g = graph();
-        g.objects[0].bbox = [-1e9, -5.0, 1e9, 1e9];
+        g.objects[0].bbox = float_box([-1e9, -5.0, 1e9, 1e9]);
         g.relationships[0].object = "missing.9".into();
         let out = draw_scene_graph(&img, &g, (0, 0));
         assert_eq!(out.dimensions(), (50, 40));

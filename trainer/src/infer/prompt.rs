@@ -1,11 +1,12 @@
 //! The prompts SpatialThinker checkpoints are queried with at inference and evaluation time
-//! (spec §2.5): the model card's short template followed by the real image size.
+//! (docs/recipe.md, "Evaluation prompt"): the model card's short template followed by the real
+//! image size.
 
 use std::fmt::Write as _;
 
 /// The short SpatialThinker instruction (model card and evaluation template). The model is
 /// queried with this text as is: its last line keeps the unformatted `{Width} x {Height}`
-/// placeholder, and the real size follows on the next line (spec §2.5).
+/// placeholder, and the real size follows on the next line (docs/recipe.md, "Evaluation prompt").
 pub const SPATIAL_THINKER_TEMPLATE: &str = "You FIRST observe the image in <observe> </observe> tags, then visualise the relevant scene graph in <scene> </scene> tags, followed by thinking about the reasoning process as an internal monologue within <think> </think> tags and then provide the final answer. The final answer MUST BE put within <answer> </answer> tags, and only return the final choice including the correct option and answer within the answer tags, e.g., <answer> ({correct_option}) {correct_answer} </answer>.\n\nImage size: {Width} x {Height}";
 
 /// The think/answer instruction of the evaluation's `reasoning` template (used for baselines).
