@@ -404,7 +404,7 @@ fn check_exclusions(files: &[ParquetFile], exclude: &BTreeSet<RowRef>) -> Result
         .map(|f| (f.path.as_ref(), f.num_rows()))
         .collect();
     for r in exclude {
-        if !rows.get(r.file.as_ref()).is_some_and(|&n| r.row < n) {
+        if rows.get(r.file.as_ref()).is_none_or(|&n| r.row >= n) {
             return Err(DataError::Config(format!(
                 "the exclusion list names {r}, which is not a row of the files being loaded"
             )));

@@ -6,6 +6,7 @@
 
 pub mod policy;
 pub mod rollout;
+pub mod row_filter;
 pub mod runner;
 pub mod sft;
 pub mod tiny;
