@@ -1,5 +1,7 @@
 //! Deliberately broken parquet files: each problem gives its documented error (policy `error`,
-//! or schema problems, which no policy can skip) or skip count (policy `skip`); nothing panics.
+//! or file and schema problems, which no policy can skip) or skip count (policy `skip`); nothing
+//! panics. A file-level error is one error naming the file (and the column, where one is at
+//! fault), the same from the reader, the validator and the loader.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -197,10 +199,12 @@ fn a_missing_column_is_an_error_naming_it() {
         matches!(&err, DataError::MissingColumn { column, .. } if column == "problem"),
         "{err}"
     );
-    assert!(
-        err.to_string()
-            .ends_with("missing column `problem` (columns present: images, answer_option_text)"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: missing column `problem` (columns present: images, answer_option_text)",
+            path.display()
+        )
     );
     // Policies apply to rows; a file without a required column fails under both.
     assert!(validate_files(
@@ -228,11 +232,14 @@ fn a_column_of_the_wrong_type_is_an_error_naming_it() {
         ],
     );
     let err = ParquetFile::open(&path, &ColumnNames::default()).unwrap_err();
-    assert!(
-        err.to_string()
-            .ends_with("column `problem` has type Int64, expected string"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: column `problem` has type Int64, expected string",
+            path.display()
+        )
     );
+    assert_same_error_everywhere(&path, &err);
     // An image column that is a plain string is rejected too.
     write_columns(
         &path,
@@ -272,4 +279,125 @@ fn an_epoch_of_only_bad_rows_is_an_error_not_a_hang() {
         "{err}"
     );
     assert_eq!(loader.report().bad_rows, ROWS as usize);
+}
+
+/// The validator (both policies) and the loader fail on `path` with the reader's error.
+fn assert_same_error_everywhere(path: &Path, expected: &DataError) {
+    let files = [path.to_path_buf()];
+    let columns = ColumnNames::default();
+    for policy in [Policy::Skip, Policy::Error] {
+        let err = validate_files(&files, &columns, policy).unwrap_err();
+        assert_eq!(err.to_string(), expected.to_string());
+    }
+    let err = Loader::open(&files, LoaderConfig::default(), Cursor::default())
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), expected.to_string());
+}
+
+#[test]
+fn a_truncated_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole =
+        std::fs::read(write(dir.path(), "whole.parquet", rows(ImageEncoding::Png))).unwrap();
+    let path = dir.path().join("cut.parquet");
+    for len in [whole.len() - 1, whole.len() / 2, 11, 4, 2] {
+        std::fs::write(&path, &whole[..len]).unwrap();
+        let err = ParquetFile::open(&path, &ColumnNames::default()).unwrap_err();
+        assert!(
+            matches!(err, DataError::TruncatedParquet { len: l, .. } if l == len as u64),
+            "{len} bytes: {err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: truncated parquet file: its {len} bytes do not end with the footer magic \
+                 `PAR1` (an interrupted download or copy?)",
+                path.display()
+            )
+        );
+        assert_same_error_everywhere(&path, &err);
+    }
+}
+
+#[test]
+fn a_file_that_is_not_parquet_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train-00000-of-00001.parquet");
+    for (bytes, found) in [
+        (
+            b"problem,answer\nWhere is the cup?,left\n".as_slice(),
+            "it starts with \"prob\", not the parquet magic bytes `PAR1`",
+        ),
+        (
+            b"PK\x03".as_slice(),
+            "it starts with \"PK\\u{3}\", not the parquet magic bytes `PAR1`",
+        ),
+        (b"".as_slice(), "the file is empty"),
+    ] {
+        std::fs::write(&path, bytes).unwrap();
+        let err = ParquetFile::open(&path, &ColumnNames::default()).unwrap_err();
+        assert!(matches!(err, DataError::NotParquet { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a parquet file ({found})", path.display())
+        );
+        assert_same_error_everywhere(&path, &err);
+    }
+    // located through its folder, as the trainer and `data validate` do
+    let files = data::DatasetFiles::from_path(dir.path()).unwrap();
+    let err = Loader::open(
+        files.split("train").unwrap(),
+        LoaderConfig::default(),
+        Cursor::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err
+        .to_string()
+        .contains("train-00000-of-00001.parquet: not a parquet file"));
+}
+
+#[test]
+fn a_missing_answer_column_fails_the_same_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.parquet");
+    write_columns(
+        &path,
+        vec![
+            ("images", image_column()),
+            ("problem", Arc::new(StringArray::from(vec!["p"]))),
+        ],
+    );
+    let err = ParquetFile::open(&path, &ColumnNames::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: missing column `answer_option_text` (columns present: images, problem)",
+            path.display()
+        )
+    );
+    assert_same_error_everywhere(&path, &err);
+}
+
+#[test]
+fn damaged_bytes_inside_a_file_are_an_error_not_a_panic() {
+    // footer intact, data pages overwritten: the reader opens the file, reading rows fails
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "damaged.parquet", rows(ImageEncoding::Png));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let footer_len =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let data_end = bytes.len() - 8 - footer_len as usize;
+    for b in &mut bytes[4..data_end] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let file = ParquetFile::open(&path, &ColumnNames::default()).unwrap();
+    let err = file.read_all().unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: ", path.display())),
+        "{err}"
+    );
 }

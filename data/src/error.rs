@@ -28,6 +28,12 @@ pub enum DataError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// The file does not start with the parquet magic bytes: it holds another format.
+    #[error("{path}: not a parquet file ({found})")]
+    NotParquet { path: PathBuf, found: String },
+    /// The file starts as parquet but lacks the footer: it was cut short.
+    #[error("{path}: truncated parquet file: its {len} bytes do not end with the footer magic `PAR1` (an interrupted download or copy?)")]
+    TruncatedParquet { path: PathBuf, len: u64 },
     /// A required column is absent from a parquet file.
     #[error("{path}: missing column `{column}` (columns present: {available})")]
     MissingColumn {

@@ -17,6 +17,7 @@ pub mod schema;
 pub mod source;
 pub mod stats;
 pub mod synth;
+pub mod testing;
 pub mod validate;
 pub mod writer;
 

@@ -7,7 +7,15 @@
 //! Only the current window is resident, with images still encoded; images are decoded for one
 //! batch at a time, in parallel. The order is a pure function of (files, seed, epoch), so a
 //! [`Cursor`] (epoch, position in that order) saved in a checkpoint resumes exactly.
+//!
+//! Excluded rows ([`LoaderConfig::exclude`], e.g. the rows a scan before training found unusable)
+//! keep their place in that order: they are consumed like any other row (counted in the cursor's
+//! position) but never decoded, validated or batched, and the rows after them move up to fill the
+//! batch. So the order and the meaning of a cursor do not depend on the exclusion list; a cursor
+//! resumes at the same row under the same list (which a re-scan of unchanged files reproduces),
+//! and yields the same batches.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -15,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::reader::ParquetFile;
-use crate::record::{Record, Sample};
+use crate::record::{Record, RowRef, Sample};
 use crate::rng::SplitMix64;
 use crate::schema::ColumnNames;
 use crate::validate::{self, Checks, Fields, Policy, ValidationReport};
@@ -45,6 +53,10 @@ pub struct LoaderConfig {
     /// Which row checks apply.
     #[serde(default)]
     pub checks: Checks,
+    /// Rows never to batch, by file (the path as given to [`Loader::open`]) and row; each must be
+    /// a row of the opened files. See the module documentation for how the cursor treats them.
+    #[serde(skip)]
+    pub exclude: BTreeSet<RowRef>,
 }
 
 impl Default for LoaderConfig {
@@ -59,6 +71,7 @@ impl Default for LoaderConfig {
             columns: ColumnNames::default(),
             threads: 0,
             checks: Checks::Spatial,
+            exclude: BTreeSet::new(),
         }
     }
 }
@@ -68,7 +81,7 @@ impl Default for LoaderConfig {
 pub struct Cursor {
     /// Epoch, from 0.
     pub epoch: u64,
-    /// Rows of the epoch's order already consumed (good and skipped).
+    /// Rows of the epoch's order already consumed (good, skipped and excluded).
     pub position: u64,
 }
 
@@ -113,6 +126,8 @@ pub struct Loader {
     /// Index of the resident window and its rows in epoch order (taken as consumed).
     window: Option<(usize, Vec<Option<Record>>)>,
     report: ValidationReport,
+    /// Excluded rows passed over so far (cumulative over epochs).
+    excluded: u64,
     pool: rayon::ThreadPool,
     /// True from the start of an epoch (position 0) until it yields a batch.
     epoch_empty_so_far: bool,
@@ -141,6 +156,7 @@ impl Loader {
             }
         }
         let total_rows = groups.iter().map(|g| g.rows as u64).sum();
+        check_exclusions(&files, &config.exclude)?;
         if cursor.position > total_rows {
             return Err(DataError::Config(format!(
                 "cursor position {} is beyond the split's {total_rows} rows",
@@ -161,14 +177,25 @@ impl Loader {
             plan: None,
             window: None,
             report: ValidationReport::default(),
+            excluded: 0,
             pool,
             epoch_empty_so_far: cursor.position == 0,
         })
     }
 
-    /// Rows in one epoch (good and bad).
+    /// Rows in one epoch (good and bad, excluded ones included).
     pub fn rows_per_epoch(&self) -> u64 {
         self.total_rows
+    }
+
+    /// Rows of one epoch that are excluded ([`LoaderConfig::exclude`]).
+    pub fn excluded_per_epoch(&self) -> u64 {
+        self.config.exclude.len() as u64
+    }
+
+    /// Excluded rows passed over so far (cumulative over epochs; not in [`Loader::report`]).
+    pub fn excluded_rows(&self) -> u64 {
+        self.excluded
     }
 
     /// The position of the next batch.
@@ -246,8 +273,14 @@ impl Loader {
         self.window = None;
     }
 
-    /// Validate and decode `records` in parallel, appending good samples in order.
-    fn decode_into(&mut self, records: Vec<Record>, samples: &mut Vec<Sample>) -> Result<()> {
+    /// Validate and decode `records` in parallel, appending good samples in order; excluded
+    /// rows are dropped unread.
+    fn decode_into(&mut self, mut records: Vec<Record>, samples: &mut Vec<Sample>) -> Result<()> {
+        if !self.config.exclude.is_empty() {
+            let before = records.len();
+            records.retain(|r| !self.config.exclude.contains(&r.source));
+            self.excluded += (before - records.len()) as u64;
+        }
         let columns = &self.config.columns;
         let fields = Fields {
             checks: self.config.checks,
@@ -362,6 +395,24 @@ impl Loader {
     }
 }
 
+/// Every excluded row must be a row of `files` (compared by path as given): an exclusion that
+/// matches nothing is a mistake (e.g. a relative path against an absolute one) that would
+/// otherwise silently batch the rows meant to be left out.
+fn check_exclusions(files: &[ParquetFile], exclude: &BTreeSet<RowRef>) -> Result<()> {
+    let rows: HashMap<&PathBuf, usize> = files
+        .iter()
+        .map(|f| (f.path.as_ref(), f.num_rows()))
+        .collect();
+    for r in exclude {
+        if rows.get(r.file.as_ref()).is_none_or(|&n| r.row >= n) {
+            return Err(DataError::Config(format!(
+                "the exclusion list names {r}, which is not a row of the files being loaded"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Validate every row of `files` in file order, decoding images in parallel one row group at a
 /// time. Under [`Policy::Error`] the first bad row is returned as an error.
 pub fn validate_files(
@@ -396,4 +447,215 @@ pub fn validate_files(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::synth::{write_split, SynthConfig};
+
+    const ROWS: u64 = 23;
+
+    /// A 23-row split in row groups of 5 (so windows and groups do not line up with batches).
+    fn split(dir: &std::path::Path) -> PathBuf {
+        let cfg = SynthConfig {
+            seed: 11,
+            width: 32,
+            height: 32,
+            rows_per_group: 5,
+            ..SynthConfig::default()
+        };
+        write_split(&cfg, dir, "train", ROWS).unwrap()
+    }
+
+    fn config(exclude: &[usize], file: &std::path::Path) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 3,
+            seed: 4,
+            drop_last: false,
+            shuffle_window_rows: 8,
+            threads: 1,
+            exclude: exclude
+                .iter()
+                .map(|&row| RowRef {
+                    file: Arc::new(file.to_path_buf()),
+                    row,
+                })
+                .collect(),
+            ..LoaderConfig::default()
+        }
+    }
+
+    /// Row indices of each batch of `epoch`, and the cursor after each.
+    fn epoch_batches(loader: &mut Loader, epoch: u64) -> Vec<(Vec<usize>, Cursor)> {
+        let mut out = Vec::new();
+        while let Some(b) = loader.next_batch_of(epoch).unwrap() {
+            let rows = b.samples.iter().map(|s| s.record.source.row).collect();
+            out.push((rows, b.cursor));
+        }
+        out
+    }
+
+    #[test]
+    fn excluded_rows_are_left_out_of_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = split(dir.path());
+        let files = std::slice::from_ref(&file);
+        let excluded = [0, 7, 8, 22];
+        let mut all = Loader::open(files, config(&[], &file), Cursor::default()).unwrap();
+        let mut some = Loader::open(files, config(&excluded, &file), Cursor::default()).unwrap();
+        assert_eq!(some.rows_per_epoch(), ROWS);
+        assert_eq!(some.excluded_per_epoch(), 4);
+        for epoch in 0..2 {
+            let order: Vec<usize> = epoch_batches(&mut all, epoch)
+                .into_iter()
+                .flat_map(|b| b.0)
+                .collect();
+            assert_eq!(order.len(), ROWS as usize);
+            let expected: Vec<usize> = order
+                .into_iter()
+                .filter(|r| !excluded.contains(r))
+                .collect();
+            let batches = epoch_batches(&mut some, epoch);
+            let got: Vec<usize> = batches.iter().flat_map(|b| b.0.clone()).collect();
+            assert_eq!(got, expected, "epoch {epoch}");
+            // full batches while rows last; the cursor still counts every row of the epoch
+            assert!(batches[..batches.len() - 1].iter().all(|b| b.0.len() == 3));
+            let last = batches.last().unwrap().1;
+            assert_eq!(
+                last,
+                Cursor {
+                    epoch: epoch + 1,
+                    position: 0
+                }
+            );
+        }
+        assert_eq!(some.excluded_rows(), 8);
+        assert_eq!(some.report().bad_rows, 0);
+        assert_eq!(some.report().rows, 2 * (ROWS as usize - 4));
+    }
+
+    #[test]
+    fn positions_count_excluded_rows_and_resume_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = split(dir.path());
+        let files = std::slice::from_ref(&file);
+        // file order: rows 1 and 2 excluded, so the first batch is rows 0, 3, 4 at position 5
+        let cfg = LoaderConfig {
+            shuffle: false,
+            ..config(&[1, 2], &file)
+        };
+        let mut loader = Loader::open(files, cfg.clone(), Cursor::default()).unwrap();
+        let first = loader.next_batch().unwrap();
+        let rows: Vec<usize> = first.samples.iter().map(|s| s.record.source.row).collect();
+        assert_eq!(rows, [0, 3, 4]);
+        assert_eq!(
+            first.cursor,
+            Cursor {
+                epoch: 0,
+                position: 5
+            }
+        );
+
+        // shuffled: resuming from any batch's cursor gives the rest of the run
+        let cfg = config(&[2, 5, 13, 21], &file);
+        let mut run = Loader::open(files, cfg.clone(), Cursor::default()).unwrap();
+        let straight: Vec<(Vec<usize>, Cursor)> = (0..12)
+            .map(|_| {
+                let b = run.next_batch().unwrap();
+                (
+                    b.samples.iter().map(|s| s.record.source.row).collect(),
+                    b.cursor,
+                )
+            })
+            .collect();
+        for k in [0, 3, 6, 8] {
+            let mut resumed = Loader::open(files, cfg.clone(), straight[k].1).unwrap();
+            for expected in &straight[k + 1..] {
+                let b = resumed.next_batch().unwrap();
+                let rows: Vec<usize> = b.samples.iter().map(|s| s.record.source.row).collect();
+                assert_eq!(
+                    (&rows, b.cursor),
+                    (&expected.0, expected.1),
+                    "resumed after {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_excluded_bad_row_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SynthConfig {
+            seed: 2,
+            width: 32,
+            height: 32,
+            ..SynthConfig::default()
+        };
+        let mut rows: Vec<_> = (0..4)
+            .map(|i| crate::synth::generate_row(&cfg, "train", i).unwrap())
+            .collect();
+        rows[1].image.bytes.truncate(10);
+        let file = dir.path().join("bad.parquet");
+        let mut w = crate::writer::SplitWriter::create_file(&file, 4).unwrap();
+        for r in rows {
+            w.write(r).unwrap();
+        }
+        w.finish().unwrap();
+        let files = std::slice::from_ref(&file);
+        // under the `error` policy the bad row would end the pass; excluded, it is never checked
+        let strict = LoaderConfig {
+            policy: Policy::Error,
+            batch_size: 1,
+            shuffle: false,
+            ..config(&[1], &file)
+        };
+        let mut loader = Loader::open(files, strict, Cursor::default()).unwrap();
+        let seen: Vec<usize> = epoch_batches(&mut loader, 0)
+            .into_iter()
+            .flat_map(|b| b.0)
+            .collect();
+        assert_eq!(seen, [0, 2, 3]);
+        assert_eq!(loader.report().bad_rows, 0);
+        assert_eq!(loader.excluded_rows(), 1);
+    }
+
+    #[test]
+    fn an_exclusion_outside_the_files_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = split(dir.path());
+        let files = std::slice::from_ref(&file);
+        let err = Loader::open(files, config(&[ROWS as usize], &file), Cursor::default())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("row 23, which is not a row of the files"),
+            "{err}"
+        );
+        let elsewhere = dir.path().join("other.parquet");
+        let err = Loader::open(files, config(&[0], &elsewhere), Cursor::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("other.parquet row 0"), "{err}");
+    }
+
+    #[test]
+    fn an_epoch_with_every_row_excluded_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = split(dir.path());
+        let every: Vec<usize> = (0..ROWS as usize).collect();
+        let mut loader = Loader::open(
+            std::slice::from_ref(&file),
+            config(&every, &file),
+            Cursor::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            loader.next_batch(),
+            Err(DataError::TooFewRows { good: 0, .. })
+        ));
+    }
 }

@@ -2,6 +2,7 @@
 //! streams: only the row groups being used are resident, with images still encoded.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,9 +94,67 @@ const OPTIONAL: [(&str, Expect); 14] = [
     (schema::REFERENCE_RESPONSE, Expect::Text),
 ];
 
+/// The 4 bytes a parquet file starts with, and ends with when its footer is not encrypted.
+const PARQUET_MAGIC: &[u8; 4] = b"PAR1";
+/// The end magic of a parquet file with an encrypted footer.
+const PARQUET_MAGIC_ENCRYPTED: &[u8; 4] = b"PARE";
+
 fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    check_magic(path, &mut file)?;
     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| DataError::parquet(path, e))
+}
+
+/// Tell a file of another format and a file cut short apart before the parquet reader sees them
+/// (it would report both as a "corrupt footer"). Leaves `file` at its start.
+fn check_magic(path: &Path, file: &mut File) -> Result<()> {
+    let io = |e| DataError::io(path, e);
+    let len = file.metadata().map_err(io)?.len();
+    let mut head = [0u8; 4];
+    let read = read_up_to(file, &mut head).map_err(io)?;
+    // a file cut within the first 4 bytes is a truncated parquet file too
+    let cut_in_magic = read > 0 && read < head.len() && PARQUET_MAGIC.starts_with(&head[..read]);
+    if &head[..read] != PARQUET_MAGIC.as_slice() && !cut_in_magic {
+        let found = if len == 0 {
+            "the file is empty".to_string()
+        } else {
+            format!(
+                "it starts with {:?}, not the parquet magic bytes `PAR1`",
+                String::from_utf8_lossy(&head[..read])
+            )
+        };
+        return Err(DataError::NotParquet {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    let mut tail = [0u8; 4];
+    // magic, footer length, footer, magic: anything shorter than 12 bytes lacks a footer
+    let complete = len >= 12 && {
+        file.seek(SeekFrom::End(-4)).map_err(io)?;
+        file.read_exact(&mut tail).map_err(io)?;
+        &tail == PARQUET_MAGIC || &tail == PARQUET_MAGIC_ENCRYPTED
+    };
+    if !complete {
+        return Err(DataError::TruncatedParquet {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(())
+}
+
+/// Fill `buf` from `file` as far as it goes; returns the bytes read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 impl ParquetFile {

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Where a row lives: its parquet file and its 0-based row index within that file.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where a row lives: its parquet file and its 0-based row index within that file. Ordered by
+/// file path, then row; two refs are equal when their paths are (as given, not canonicalised).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowRef {
     /// The parquet file.
     pub file: Arc<PathBuf>,

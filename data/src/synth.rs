@@ -880,6 +880,18 @@ pub fn write_split(
     split: &str,
     rows: u64,
 ) -> Result<std::path::PathBuf> {
+    write_split_with(cfg, out, split, rows, |_, _| {})
+}
+
+/// [`write_split`] with `edit(index, row)` applied to every generated row before it is written
+/// (test fixtures use it to break chosen rows).
+pub fn write_split_with(
+    cfg: &SynthConfig,
+    out: &std::path::Path,
+    split: &str,
+    rows: u64,
+    edit: impl Fn(u64, &mut StvqaRow) + Sync,
+) -> Result<std::path::PathBuf> {
     let mut writer = SplitWriter::create(out, split, cfg.rows_per_group)?;
     let group = cfg.rows_per_group.max(1) as u64;
     let mut start = 0;
@@ -887,7 +899,11 @@ pub fn write_split(
         let end = (start + group).min(rows);
         let batch: Vec<StvqaRow> = (start..end)
             .into_par_iter()
-            .map(|i| generate_row(cfg, split, i))
+            .map(|i| {
+                let mut row = generate_row(cfg, split, i)?;
+                edit(i, &mut row);
+                Ok(row)
+            })
             .collect::<Result<_>>()?;
         for row in batch {
             writer.write(row)?;

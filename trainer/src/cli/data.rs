@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use data::schema::ColumnNames;
 use data::synth::{ImageEncoding, SynthConfig};
-use data::validate::Severity;
 use data::{DatasetFiles, Policy};
+use trainer::processor::Processor;
+use trainer::train::rollout::PromptBuilder;
+use trainer::train::row_filter::{self, PromptLengthCheck};
+
+use super::train::ConfigArgs;
 
 /// Inspect, validate, synthesise or import datasets in the STVQA-7K schema.
 #[derive(Debug, clap::Args)]
@@ -19,23 +23,25 @@ pub struct Args {
 /// Column names of the three training columns.
 #[derive(Debug, Clone, clap::Args)]
 struct Columns {
-    /// Prompt column.
-    #[arg(long, default_value = data::schema::PROBLEM)]
-    prompt_column: String,
-    /// Image column (HF Image struct {bytes, path}).
-    #[arg(long, default_value = data::schema::IMAGES)]
-    image_column: String,
-    /// Ground-truth column read by the reward.
-    #[arg(long, default_value = data::schema::ANSWER_OPTION_TEXT)]
-    answer_column: String,
+    /// Prompt column [default: `validate`: the config's data.prompt_key; else problem].
+    #[arg(long)]
+    prompt_column: Option<String>,
+    /// Image column, an HF Image struct {bytes, path} [default: data.image_key; else images].
+    #[arg(long)]
+    image_column: Option<String>,
+    /// Ground-truth column read by the reward [default: data.answer_key; else
+    /// answer_option_text].
+    #[arg(long)]
+    answer_column: Option<String>,
 }
 
 impl Columns {
-    fn names(&self) -> ColumnNames {
+    /// The names given, the others from `defaults`.
+    fn names_or(&self, defaults: ColumnNames) -> ColumnNames {
         ColumnNames {
-            prompt: self.prompt_column.clone(),
-            image: self.image_column.clone(),
-            answer: self.answer_column.clone(),
+            prompt: self.prompt_column.clone().unwrap_or(defaults.prompt),
+            image: self.image_column.clone().unwrap_or(defaults.image),
+            answer: self.answer_column.clone().unwrap_or(defaults.answer),
         }
     }
 }
@@ -49,16 +55,36 @@ enum DataCommand {
         #[command(flatten)]
         columns: Columns,
     },
-    /// Check every row; exits non-zero if any row is bad.
+    /// List the rows a training run leaves out (file, row, reason): an image that does not
+    /// decode, an answer without what the reward reads, a prompt without the `Image size: (W x H)`
+    /// line and, with --model, a prompt longer than max_prompt_length. Exits non-zero if any.
+    #[command(
+        after_help = "The column names, the reward kind and the prompt settings \
+(max_prompt_length, min_pixels, max_pixels, format_prompt) come from the training config
+(--config, --set; default the embedded configs/tiny-cpu.toml), so the rows listed are the rows
+`train` with that config skips. Example:
+  spatialthinker data validate hunarbatra/STVQA-7K --config configs/spatialthinker-7b.toml \\
+      --model Qwen/Qwen2.5-VL-7B-Instruct"
+    )]
     Validate {
         /// HF dataset folder, parquet folder or file, or hub id.
         path: String,
         #[command(flatten)]
         columns: Columns,
-        /// `skip`: report all bad rows; `error`: stop at the first.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Model folder or hub id whose tokenizer and image processor count prompt tokens;
+        /// without it prompt lengths are not checked.
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Longest prompt in tokens, image tokens included [default: the config's
+        /// data.max_prompt_length].
+        #[arg(long, value_name = "N")]
+        max_prompt_length: Option<usize>,
+        /// `skip`: list every row; `error`: stop with the first as the error.
         #[arg(long, default_value = "skip")]
         policy: String,
-        /// Issues to print (counts are always complete).
+        /// Rows and warnings to print per split (counts are always complete).
         #[arg(long, default_value_t = 50)]
         show: usize,
     },
@@ -120,11 +146,9 @@ pub fn run(args: Args) -> Result<()> {
         DataCommand::Stats { path, columns } => {
             let files = DatasetFiles::locate(&path)?;
             let mut splits = BTreeMap::new();
+            let columns = columns.names_or(ColumnNames::default());
             for (split, paths) in &files.splits {
-                splits.insert(
-                    split.clone(),
-                    data::stats::split_stats(paths, &columns.names())?,
-                );
+                splits.insert(split.clone(), data::stats::split_stats(paths, &columns)?);
             }
             println!("{}", files.root.display());
             print!("{}", data::stats::render_tables(&splits));
@@ -133,40 +157,20 @@ pub fn run(args: Args) -> Result<()> {
         DataCommand::Validate {
             path,
             columns,
+            config,
+            model,
+            max_prompt_length,
             policy,
             show,
-        } => {
-            let policy: Policy = policy.parse()?;
-            let files = DatasetFiles::locate(&path)?;
-            let mut bad = 0;
-            for (split, paths) in &files.splits {
-                let report = data::loader::validate_files(paths, &columns.names(), policy)
-                    .with_context(|| format!("validating split `{split}`"))?;
-                println!(
-                    "{split}: {} rows, {} bad, {} warnings",
-                    report.rows, report.bad_rows, report.warnings
-                );
-                for issue in report.issues.iter().take(show) {
-                    println!("  {issue}");
-                }
-                let errors = report
-                    .issues
-                    .iter()
-                    .filter(|i| i.severity == Severity::Error)
-                    .count();
-                if report.issues.len() > show {
-                    println!(
-                        "  … {} more issues ({errors} errors listed in all)",
-                        report.issues.len() - show
-                    );
-                }
-                bad += report.bad_rows;
-            }
-            if bad > 0 {
-                bail!("{bad} bad rows");
-            }
-            Ok(())
-        }
+        } => validate(ValidateArgs {
+            path,
+            columns,
+            config,
+            model,
+            max_prompt_length,
+            policy: policy.parse()?,
+            show,
+        }),
         DataCommand::Synth {
             out,
             train,
@@ -212,4 +216,89 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The arguments of `data validate`.
+struct ValidateArgs {
+    path: String,
+    columns: Columns,
+    config: ConfigArgs,
+    model: Option<PathBuf>,
+    max_prompt_length: Option<usize>,
+    policy: Policy,
+    show: usize,
+}
+
+/// `data validate`: the row scan the trainer runs before training, on every split.
+fn validate(args: ValidateArgs) -> Result<()> {
+    let cfg = args.config.load()?;
+    let columns = args.columns.names_or(ColumnNames {
+        prompt: cfg.data.prompt_key.clone(),
+        image: cfg.data.image_key.clone(),
+        answer: cfg.data.answer_key.clone(),
+    });
+    let reward = cfg.reward.kind;
+    let builder = PromptBuilder {
+        min_pixels: cfg.data.min_pixels,
+        max_pixels: cfg.data.max_pixels,
+        max_prompt_length: args.max_prompt_length.unwrap_or(cfg.data.max_prompt_length),
+        format_prompt: cfg.data.format_prompt.clone(),
+    };
+    let processor = match &args.model {
+        Some(model) => {
+            let dir = super::generate::model_dir(model)?;
+            let processor = Processor::from_model_dir(&dir)
+                .with_context(|| format!("loading the processor of {}", dir.display()))?;
+            println!(
+                "prompt lengths: checked against max_prompt_length = {} with the processor of {}",
+                builder.max_prompt_length,
+                dir.display()
+            );
+            Some(processor)
+        }
+        None => {
+            println!(
+                "prompt lengths: not checked (pass --model DIR to count prompt tokens against \
+                 max_prompt_length = {})",
+                builder.max_prompt_length
+            );
+            None
+        }
+    };
+    let prompts = processor.as_ref().map(|processor| PromptLengthCheck {
+        processor,
+        builder: &builder,
+    });
+    let files = DatasetFiles::locate(&args.path)?;
+    let mut skipped = 0;
+    for (split, paths) in &files.splits {
+        let scan = row_filter::scan_rows(paths, &columns, reward, prompts, &mut |_| {})
+            .with_context(|| format!("validating split `{split}`"))?;
+        if args.policy == Policy::Error {
+            scan.check_budget(0.0)?;
+        }
+        println!(
+            "{split}: {} rows, {} to skip, {} warnings",
+            scan.rows,
+            scan.skipped.len(),
+            scan.warnings
+        );
+        for row in scan.skipped.iter().take(args.show) {
+            println!("  {row}");
+        }
+        if scan.skipped.len() > args.show {
+            println!("  … {} more rows to skip", scan.skipped.len() - args.show);
+        }
+        for warning in scan.warning_list.iter().take(args.show) {
+            println!("  {warning}");
+        }
+        if scan.warnings > args.show {
+            println!("  … {} more warnings", scan.warnings - args.show);
+        }
+        skipped += scan.skipped.len();
+    }
+    if skipped > 0 {
+        bail!("{skipped} rows to skip");
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod report;
 pub mod rl_step;
 pub mod rollout;
+pub mod row_filter;
 pub mod runner;
 pub mod setup;
 pub mod sft;
