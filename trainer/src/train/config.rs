@@ -120,6 +120,12 @@ pub struct DataConfig {
     /// Shuffle the training prompts every epoch.
     #[serde(default = "default_true")]
     pub shuffle: bool,
+    /// Largest share of a split's rows a run may leave out (an undecodable image, an answer
+    /// without tags, a prompt without its image-size line or longer than `max_prompt_length`, a
+    /// reward that raises) before it stops with an error naming the first: 0.01. With 0, any
+    /// unusable row stops the run.
+    #[serde(default = "default_max_skipped_fraction")]
+    pub max_skipped_fraction: f64,
 }
 
 /// `algorithm.adv_estimator`: how rewards become advantages.
@@ -371,6 +377,9 @@ fn default_synthetic_val_rows() -> u64 {
 fn default_val_batch() -> usize {
     8
 }
+fn default_max_skipped_fraction() -> f64 {
+    crate::train::row_filter::DEFAULT_MAX_SKIPPED_FRACTION
+}
 fn default_data_seed() -> u64 {
     1
 }
@@ -551,6 +560,12 @@ impl TrainConfig {
         }
         if self.data.max_prompt_length == 0 || self.data.max_response_length == 0 {
             return bad("data.max_prompt_length and max_response_length must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.data.max_skipped_fraction) {
+            return bad(format!(
+                "data.max_skipped_fraction = {} must be in [0, 1]",
+                self.data.max_skipped_fraction
+            ));
         }
         if self.data.min_pixels > self.data.max_pixels {
             return bad("data.min_pixels must not exceed data.max_pixels".into());

@@ -77,6 +77,9 @@ pub enum TrainError {
     /// The memory plan does not fit the device.
     #[error("{0}")]
     DoesNotFit(String),
+    /// More dataset rows were left out than `data.max_skipped_fraction` allows.
+    #[error("too many unusable rows: {0}")]
+    TooManySkipped(#[from] row_filter::TooManySkipped),
 }
 
 impl From<data::DataError> for TrainError {

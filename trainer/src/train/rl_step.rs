@@ -18,8 +18,9 @@ use tch::{Device, Tensor};
 use super::policy::{ModelPolicy, SequenceRef};
 use super::report::{sample_rollouts, step_scalars, Phase, PhaseTimes, RewardSummary, StepReport};
 use super::rollout::{response_mask, sample_responses, score_samples, PromptItem, Rollout};
+use super::row_filter::{SkipReason, SkippedRow};
 use super::setup::{bar, weight_kind, Trainer};
-use super::Result;
+use super::{Result, TrainError};
 use crate::generate::{GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS};
 use crate::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
@@ -78,10 +79,24 @@ impl Trainer {
         Ok(report)
     }
 
-    /// The next batch of training rows as model prompts.
+    /// The next batch of training rows as model prompts; a row the processor rejects is left
+    /// out ([`Trainer::skip_rows`]).
     fn next_prompts(&mut self) -> Result<Vec<PromptItem>> {
         let batch = self.loader.next_batch()?;
-        self.builder.encode_all(&self.processor, &batch.samples)
+        let mut prompts = Vec::with_capacity(batch.samples.len());
+        let mut skipped = Vec::new();
+        for sample in &batch.samples {
+            match self.builder.encode(&self.processor, sample) {
+                Ok(prompt) => prompts.push(prompt),
+                Err(TrainError::Row { msg, .. }) => skipped.push(SkippedRow {
+                    row: sample.record.source.clone(),
+                    reason: SkipReason::Unprocessable { message: msg },
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        self.skip_rows(skipped)?;
+        Ok(prompts)
     }
 
     /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
@@ -105,19 +120,32 @@ impl Trainer {
         Ok(responses)
     }
 
-    /// Phase 2: decode and score every response.
-    pub(super) fn score(
-        &self,
+    /// Phase 2: decode and score every response. A group whose reward raises is left out with
+    /// its row ([`Trainer::skip_rows`]).
+    fn score(
+        &mut self,
         prompts: &[PromptItem],
         responses: Vec<GeneratedSequence>,
     ) -> Result<Vec<Rollout>> {
-        score_samples(
+        let scored = score_samples(
             &self.processor,
             prompts,
             responses,
             self.cfg.reward.kind,
             self.similarity.as_ref(),
-        )
+        )?;
+        let skipped = scored
+            .failed
+            .iter()
+            .map(|(p, e)| SkippedRow {
+                row: prompts[*p].row.clone(),
+                reason: SkipReason::RewardRaised {
+                    message: e.to_string(),
+                },
+            })
+            .collect();
+        self.skip_rows(skipped)?;
+        Ok(scored.rollouts)
     }
 
     /// Phases 3 and 4: log-probs of `sequences` under `model`, without grad, in micro-batches of

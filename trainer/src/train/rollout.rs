@@ -32,8 +32,8 @@ pub struct PromptItem {
     pub ground_truth: String,
     /// Target of the supervised warm-up, when the dataset has one.
     pub reference_response: Option<String>,
-    /// Where the row came from, for messages.
-    pub row: String,
+    /// Where the row came from (file and row), for messages and skips.
+    pub row: data::RowRef,
 }
 
 /// Builds model prompts from dataset rows.
@@ -54,27 +54,21 @@ impl PromptBuilder {
     /// markers]` under the default system prompt, the image pre-resized as EasyR1 does.
     pub fn encode(&self, processor: &Processor, sample: &data::Sample) -> Result<PromptItem> {
         let record = &sample.record;
-        let row = record.source.to_string();
-        let prompt = match &self.format_prompt {
-            Some(prefix) => format!("{} {}", prefix.trim(), record.prompt),
-            None => record.prompt.clone(),
-        };
-        let text = prompt.replace(IMAGE_MARKER, "");
-        let messages = [ChatMessage::new(
-            "user",
-            vec![ContentPart::Image, ContentPart::Text(text)],
-        )];
+        let row = record.source.clone();
         let image = DynamicImage::ImageRgb8(sample.image.clone());
         let resized = easyr1_pre_resize(&image, self.min_pixels, self.max_pixels);
         let encoded = processor
-            .encode_prompt(&messages, &[DynamicImage::ImageRgb8(resized)])
+            .encode_prompt(
+                &self.messages(&record.prompt),
+                &[DynamicImage::ImageRgb8(resized)],
+            )
             .map_err(|e| TrainError::Row {
-                row: row.clone(),
+                row: row.to_string(),
                 msg: e.to_string(),
             })?;
         if encoded.input_ids.len() > self.max_prompt_length {
             return Err(TrainError::Row {
-                row,
+                row: row.to_string(),
                 msg: format!(
                     "prompt has {} tokens (image included), more than data.max_prompt_length = {}",
                     encoded.input_ids.len(),
@@ -91,6 +85,20 @@ impl PromptBuilder {
             reference_response: record.reference_response.clone(),
             row,
         })
+    }
+
+    /// The chat sent for a row: one user turn holding the image, then the prompt column's text
+    /// with `format_prompt` put before it and every `<image>` marker removed.
+    pub fn messages(&self, prompt: &str) -> [ChatMessage; 1] {
+        let prompt = match &self.format_prompt {
+            Some(prefix) => format!("{} {}", prefix.trim(), prompt),
+            None => prompt.to_string(),
+        };
+        let text = prompt.replace(IMAGE_MARKER, "");
+        [ChatMessage::new(
+            "user",
+            vec![ContentPart::Image, ContentPart::Text(text)],
+        )]
     }
 
     /// Encodes a batch of samples in order.
@@ -176,15 +184,24 @@ pub fn sample_responses(
     Ok(out)
 }
 
-/// Decodes the samples and scores them in parallel. A reward error (e.g. a prompt without the
-/// `Image size` line) is an error naming the row.
+/// Rollouts of a batch, and the prompts whose reward raised.
+#[derive(Debug, Default)]
+pub struct ScoredRollouts {
+    /// Every response of the prompts that scored, in sampling order.
+    pub rollouts: Vec<Rollout>,
+    /// Prompts (by index) whose reward raised on some response, with the first error: their
+    /// whole group is left out (its advantages would be computed over a partial group).
+    pub failed: Vec<(usize, rewards::RewardError)>,
+}
+
+/// Decodes the samples and scores them in parallel.
 pub fn score_samples(
     processor: &Processor,
     prompts: &[PromptItem],
     samples: Vec<GeneratedSequence>,
     kind: RewardKind,
     similarity: &dyn LabelSimilarity,
-) -> Result<Vec<Rollout>> {
+) -> Result<ScoredRollouts> {
     let texts = samples
         .iter()
         .map(|s| {
@@ -208,24 +225,25 @@ pub fn score_samples(
         })
         .collect();
     let scores = rewards::score_batch(kind, &inputs, similarity);
-    samples
-        .into_iter()
-        .zip(texts)
-        .zip(scores)
-        .map(|((s, text), score)| {
-            let score = score.map_err(|e| TrainError::Row {
-                row: prompts[s.prompt_index].row.clone(),
-                msg: format!("reward: {e}"),
-            })?;
-            Ok(Rollout {
+    let mut out = ScoredRollouts::default();
+    for ((s, text), score) in samples.into_iter().zip(texts).zip(scores) {
+        match score {
+            Ok(score) => out.rollouts.push(Rollout {
                 prompt: s.prompt_index,
                 ids: s.ids,
                 text,
                 stopped: s.stopped,
                 score,
-            })
-        })
-        .collect()
+            }),
+            Err(e) if !out.failed.iter().any(|(p, _)| *p == s.prompt_index) => {
+                out.failed.push((s.prompt_index, e));
+            }
+            Err(_) => {}
+        }
+    }
+    out.rollouts
+        .retain(|r| !out.failed.iter().any(|(p, _)| *p == r.prompt));
+    Ok(out)
 }
 
 /// `[N, T]` f32 mask with 1 on the first `len_i` positions of row i (`T` = longest).

@@ -20,11 +20,11 @@ use data::reader::ParquetFile;
 use data::validate::{self, Checks, Fields, Issue};
 use data::{ColumnNames, Record, RowRef};
 
-use super::rollout::{PromptBuilder, IMAGE_MARKER};
+use super::config::TrainConfig;
+use super::rollout::PromptBuilder;
+use super::setup::{bar, data_columns, Trainer};
 use super::Result;
-use crate::processor::{
-    easyr1_pre_resize, render_chat, ChatMessage, ContentPart, Processor, ProcessorError,
-};
+use crate::processor::{easyr1_pre_resize, render_chat, Processor, ProcessorError};
 use crate::tokenizer::IMAGE_PAD_ID;
 
 /// Default largest share of rows a run may skip before it stops (1 %).
@@ -318,20 +318,6 @@ fn reason_of(issues: &[Issue], fields: &Fields<'_>) -> SkipReason {
     }
 }
 
-/// The chat [`PromptBuilder::encode`] sends for a row: one user turn holding the image, then the
-/// prompt column's text with `format_prompt` put before it and every `<image>` marker removed.
-pub fn prompt_messages(builder: &PromptBuilder, prompt: &str) -> [ChatMessage; 1] {
-    let prompt = match &builder.format_prompt {
-        Some(prefix) => format!("{} {}", prefix.trim(), prompt),
-        None => prompt.to_string(),
-    };
-    let text = prompt.replace(IMAGE_MARKER, "");
-    [ChatMessage::new(
-        "user",
-        vec![ContentPart::Image, ContentPart::Text(text)],
-    )]
-}
-
 /// Length in tokens of the prompt [`PromptBuilder::encode`] builds for a row with this prompt text
 /// and decoded image — chat template, and `<|image_pad|>` expanded for the image after EasyR1's
 /// pre-resize — counted from the image's size, without computing its pixel values.
@@ -341,7 +327,7 @@ pub fn prompt_token_count(
     prompt: &str,
     image: &DynamicImage,
 ) -> std::result::Result<usize, ProcessorError> {
-    let messages = prompt_messages(builder, prompt);
+    let messages = builder.messages(prompt);
     let ids = processor.tokenize(&render_chat(&messages, true))?;
     let placeholders = ids.iter().filter(|&&id| id == IMAGE_PAD_ID).count();
     if placeholders != 1 {
@@ -420,6 +406,74 @@ pub fn check_skip_budget(
         total_rows,
         max_skipped_fraction,
     })
+}
+
+/// Scans one split at set-up (a progress bar named `what` when `progress`), printing a warning
+/// per row it leaves out.
+pub(super) fn scan_split(
+    what: &str,
+    files: &[PathBuf],
+    cfg: &TrainConfig,
+    check: PromptLengthCheck<'_>,
+    progress: bool,
+) -> Result<RowScan> {
+    let columns = data_columns(cfg);
+    let pb = bar(count_rows(files, &columns)? as u64, what, progress);
+    let scan = scan_rows(files, &columns, cfg.reward.kind, Some(check), &mut |done| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    for row in &scan.skipped {
+        eprintln!("warning: skipping {row}");
+    }
+    Ok(scan)
+}
+
+/// The `skipped_rows` event of `metrics.jsonl`: the split and every row with its reason.
+pub(super) fn skipped_rows_event(
+    split: &str,
+    rows: &[SkippedRow],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert("split".into(), split.into());
+    fields.insert(
+        "rows".into(),
+        rows.iter()
+            .map(SkippedRow::to_json)
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    fields
+}
+
+impl Trainer {
+    /// Leaves training rows out during the run (e.g. their reward raised): a warning per row,
+    /// a `skipped_rows` event in `metrics.jsonl`, and the budget of `data.max_skipped_fraction`
+    /// over the training split. A row already left out is not counted again.
+    pub(super) fn skip_rows(&mut self, rows: Vec<SkippedRow>) -> Result<()> {
+        let known: BTreeSet<RowRef> = self.train_scan.exclusion();
+        let new: Vec<SkippedRow> = rows
+            .into_iter()
+            .filter(|r| !known.contains(&r.row))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        for row in &new {
+            eprintln!("warning: skipping {row}");
+        }
+        if let Some(logger) = self.logger.as_mut() {
+            logger.log_event(
+                self.rl_step,
+                "skipped_rows",
+                skipped_rows_event("train", &new),
+            )?;
+        }
+        self.train_scan.skipped.extend(new);
+        self.train_scan
+            .check_budget(self.cfg.data.max_skipped_fraction)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::checkpoint::{ModelFiles, TrainerState};
 use super::report::{step_line, RewardSummary};
-use super::rollout::sample_responses;
+use super::rollout::{sample_responses, score_samples};
 use super::setup::{bar, loader_config, Trainer};
 use super::Result;
 use data::rng::SplitMix64;
@@ -24,7 +24,13 @@ impl Trainer {
     pub fn validate(&mut self) -> Result<RewardSummary> {
         let mut loader = Loader::open(
             &self.val_files,
-            loader_config(&self.cfg, self.cfg.data.val_batch_size, false, 0),
+            loader_config(
+                &self.cfg,
+                self.cfg.data.val_batch_size,
+                false,
+                0,
+                &self.val_exclusion,
+            ),
             Cursor::default(),
         )?;
         let mut rng = SplitMix64::new(self.cfg.trainer.seed ^ VALIDATION_SEED_SALT);
@@ -48,7 +54,20 @@ impl Trainer {
                 &mut |_| {},
             )?;
             pb.inc(samples.len() as u64);
-            all.extend(self.score(&prompts, samples)?);
+            let scored = score_samples(
+                &self.processor,
+                &prompts,
+                samples,
+                self.cfg.reward.kind,
+                self.similarity.as_ref(),
+            )?;
+            for (p, e) in &scored.failed {
+                eprintln!(
+                    "warning: validation leaves out {}: the reward raised ({e})",
+                    prompts[*p].row
+                );
+            }
+            all.extend(scored.rollouts);
         }
         pb.finish_and_clear();
         Ok(RewardSummary::from_rollouts(&all))

@@ -3,10 +3,11 @@
 //! plan, and — when resuming — the checkpoint's weights, optimiser state, step, data cursor and
 //! sampler RNG. Everything a run holds lives in [`Trainer`]'s fields.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use data::{ColumnNames, Cursor, DatasetFiles, Loader, LoaderConfig};
+use data::{ColumnNames, Cursor, DatasetFiles, Loader, LoaderConfig, RowRef};
 use indicatif::{ProgressBar, ProgressStyle};
 use rewards::{ExactLabelSimilarity, LabelSimilarity, WordVectorSimilarity};
 use tch::{Device, Kind, Tensor};
@@ -18,6 +19,7 @@ use super::config::{OutputVocabMode, TrainConfig, WeightDtype};
 use super::memory::{MemoryPlan, ModelShape};
 use super::metrics::MetricsLogger;
 use super::rollout::PromptBuilder;
+use super::row_filter::{checks_for, scan_split, skipped_rows_event, PromptLengthCheck, RowScan};
 use super::tiny::{write_tiny_random, TinyShape, TINY_RANDOM};
 use super::{Result, TrainError};
 use crate::generate::DEFAULT_STOP_IDS;
@@ -26,7 +28,6 @@ use crate::model::config::Qwen2_5VLConfig;
 use crate::model::{Qwen2_5VLForConditionalGeneration, OUTPUT_VOCAB_FILE};
 use crate::processor::Processor;
 use data::rng::SplitMix64;
-use rewards::RewardKind;
 
 /// `data.train_files` / `val_files` value that asks for the synthetic dataset.
 pub const SYNTHETIC: &str = "synthetic";
@@ -101,6 +102,10 @@ pub struct Trainer {
     pub(super) similarity: Box<dyn LabelSimilarity>,
     /// Whether this run continues a checkpoint.
     pub(super) resumed: bool,
+    /// The training split's rows and those left out so far (at set-up and during the run).
+    pub(super) train_scan: RowScan,
+    /// Validation rows left out at set-up.
+    pub(super) val_exclusion: BTreeSet<RowRef>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -211,8 +216,17 @@ fn model_side_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The token ids of every reference response and ground truth of the training split, plus the
 /// end tokens: the output vocabulary of `model.output_vocab = "dataset"`.
-fn dataset_vocab(cfg: &TrainConfig, files: &[PathBuf], processor: &Processor) -> Result<Vec<i64>> {
-    let mut loader = Loader::open(files, loader_config(cfg, 256, false, 0), Cursor::default())?;
+fn dataset_vocab(
+    cfg: &TrainConfig,
+    files: &[PathBuf],
+    exclude: &BTreeSet<RowRef>,
+    processor: &Processor,
+) -> Result<Vec<i64>> {
+    let mut loader = Loader::open(
+        files,
+        loader_config(cfg, 256, false, 0, exclude),
+        Cursor::default(),
+    )?;
     let mut ids: std::collections::BTreeSet<i64> = DEFAULT_STOP_IDS.into_iter().collect();
     while let Some(batch) = loader.next_batch_of(0)? {
         for s in &batch.samples {
@@ -231,26 +245,31 @@ fn dataset_vocab(cfg: &TrainConfig, files: &[PathBuf], processor: &Processor) ->
     Ok(ids.into_iter().collect())
 }
 
+/// The dataset columns the config names.
+pub(super) fn data_columns(cfg: &TrainConfig) -> ColumnNames {
+    ColumnNames {
+        prompt: cfg.data.prompt_key.clone(),
+        image: cfg.data.image_key.clone(),
+        answer: cfg.data.answer_key.clone(),
+    }
+}
+
+/// A loader over the config's columns with the reward's row checks, leaving out `exclude`.
 pub(super) fn loader_config(
     cfg: &TrainConfig,
     batch_size: usize,
     shuffle: bool,
     seed: u64,
+    exclude: &BTreeSet<RowRef>,
 ) -> LoaderConfig {
     LoaderConfig {
         batch_size,
         seed,
         shuffle,
         drop_last: shuffle,
-        columns: ColumnNames {
-            prompt: cfg.data.prompt_key.clone(),
-            image: cfg.data.image_key.clone(),
-            answer: cfg.data.answer_key.clone(),
-        },
-        checks: match cfg.reward.kind {
-            RewardKind::Spatial => data::Checks::Spatial,
-            RewardKind::R1v => data::Checks::Plain,
-        },
+        columns: data_columns(cfg),
+        checks: checks_for(cfg.reward.kind),
+        exclude: exclude.clone(),
         ..LoaderConfig::default()
     }
 }
@@ -330,13 +349,29 @@ impl Trainer {
         plan.check()?;
 
         let processor = Processor::from_model_dir(&model_dir)?;
+        let builder = PromptBuilder {
+            min_pixels: cfg.data.min_pixels,
+            max_pixels: cfg.data.max_pixels,
+            max_prompt_length: cfg.data.max_prompt_length,
+            format_prompt: cfg.data.format_prompt.clone(),
+        };
+        // rows that cannot be used are left out before anything is trained (docs/architecture.md)
+        let check = PromptLengthCheck {
+            processor: &processor,
+            builder: &builder,
+        };
+        let train_scan = scan_split("scan train", &train_files, &cfg, check, opts.progress)?;
+        let val_scan = scan_split("scan val", &val_files, &cfg, check, opts.progress)?;
+        train_scan.check_budget(cfg.data.max_skipped_fraction)?;
+        val_scan.check_budget(cfg.data.max_skipped_fraction)?;
+        let train_exclusion = train_scan.exclusion();
         let kind = weight_kind(cfg.model.dtype);
         // a checkpoint is a complete model folder: resuming loads the weights from it directly
         let weights_dir = resume_dir.as_deref().unwrap_or(&model_dir);
         let mut policy = Qwen2_5VLForConditionalGeneration::load(weights_dir, device, kind)?;
         let mut copy_files = model_side_files(&model_dir)?;
         if cfg.model.output_vocab == OutputVocabMode::Dataset {
-            let ids = dataset_vocab(&cfg, &train_files, &processor)?;
+            let ids = dataset_vocab(&cfg, &train_files, &train_exclusion, &processor)?;
             let path = out_dir.join(OUTPUT_VOCAB_FILE);
             fs::write(&path, serde_json::to_string(&ids)?).map_err(|e| TrainError::io(&path, e))?;
             policy.restrict_output_vocab(&ids)?;
@@ -389,6 +424,7 @@ impl Trainer {
                 cfg.data.rollout_batch_size,
                 cfg.data.shuffle,
                 cfg.data.seed,
+                &train_exclusion,
             ),
             cursor,
         )?;
@@ -403,13 +439,14 @@ impl Trainer {
         } else {
             fs::write(out_dir.join(CONFIG_FILE), cfg.to_toml_string()?)
                 .map_err(|e| TrainError::io(out_dir.join(CONFIG_FILE), e))?;
-            Some(MetricsLogger::create(&out_dir)?)
-        };
-        let builder = PromptBuilder {
-            min_pixels: cfg.data.min_pixels,
-            max_pixels: cfg.data.max_pixels,
-            max_prompt_length: cfg.data.max_prompt_length,
-            format_prompt: cfg.data.format_prompt.clone(),
+            let mut logger = MetricsLogger::create(&out_dir)?;
+            for (split, scan) in [("train", &train_scan), ("val", &val_scan)] {
+                if !scan.skipped.is_empty() {
+                    let event = skipped_rows_event(split, &scan.skipped);
+                    logger.log_event(rl_step, "skipped_rows", event)?;
+                }
+            }
+            Some(logger)
         };
         Ok(Trainer {
             copy_files,
@@ -435,6 +472,8 @@ impl Trainer {
             checkpoints,
             similarity,
             resumed: resume_dir.is_some(),
+            val_exclusion: val_scan.exclusion(),
+            train_scan,
         })
     }
 

@@ -46,7 +46,7 @@ pub fn target_ids(
         .iter()
         .map(|p| {
             let text = p.reference_response.as_deref().ok_or_else(|| TrainError::Row {
-                row: p.row.clone(),
+                row: p.row.to_string(),
                 msg: "no reference response for the supervised warm-up (the warm-up reads the reference_response column; set sft.enabled = false)".into(),
             })?;
             let mut ids = processor.tokenize(text)?;
@@ -126,6 +126,7 @@ impl Trainer {
                 sft.batch_size,
                 true,
                 self.cfg.data.seed.wrapping_add(1),
+                &self.train_scan.exclusion(),
             ),
             Cursor::default(),
         )?;
