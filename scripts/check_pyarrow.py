@@ -3,7 +3,7 @@
 
 Usage: check_pyarrow.py DATASET_DIR
 Reads every data/*.parquet file, prints its columns and Arrow types, and exits non-zero unless they
-are exactly the 15 STVQA-7K columns (spatialthinker.md section 4.3) plus `reference_response`, with
+are exactly the 15 STVQA-7K columns (docs/recipe.md, "Dataset schema") plus `reference_response`, with
 the published types, and every image decodes with Pillow to the size stated in `problem`.
 """
 import glob

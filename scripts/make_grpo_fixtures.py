@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the GRPO fixtures under tests/fixtures/grpo/ from an independent PyTorch implementation
-of the formulas the trainer reproduces (EasyR1 as used by SpatialThinker; spec §3.3–3.6):
+of the formulas the trainer reproduces (EasyR1 as used by SpatialThinker; docs/recipe.md, "Advantages" to "Optimiser and learning-rate schedule"):
 
 - advantages.json: group-normalised advantages (unbiased std, eps 1e-6, all-equal groups -> 0);
 - policy_loss.safetensors: per-token clipped policy loss (clip 0.2/0.3, dual clip 3.0) for every

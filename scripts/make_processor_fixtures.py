@@ -53,7 +53,7 @@ QWEN25VL_PREPROCESSOR = {
 }
 
 # The Qwen2-VL / Qwen2.5-VL chat template (behaviour of the published chat_template.json,
-# qwen25vl-spec.md §1.4), as the reference Jinja the processor renders.
+# docs/recipe.md, "Training prompt"), as the reference Jinja the processor renders.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"

@@ -70,7 +70,7 @@ fn synthetic_dataset_validates_and_reference_responses_score_full_reward() {
 }
 
 /// The spatial reward of the rewards crate gives the reference response its maximum:
-/// 1.0, or 0.999999… where the CIoU epsilon shows (spatialthinker.md §1.10).
+/// 1.0, or 0.999999… where the CIoU epsilon shows (docs/recipe.md, "Spatial grounding").
 fn assert_full_reward(response: &str, ground_truth: &str, problem: &str) {
     let score = rewards::score(
         rewards::RewardKind::Spatial,

@@ -1,4 +1,4 @@
-//! The golden table of the spec (§1.10 of the SpatialThinker notes): numbers produced by running the
+//! The golden table (docs/recipe.md, "The reward"): numbers produced by running the
 //! reference `spatial_sgg.py` with the exact-label similarity stub, plus the raw CIoU01 checks.
 
 use rewards::spatial::ciou01;

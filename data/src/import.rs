@@ -53,7 +53,7 @@ pub struct ImportReport {
 
 fn id_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    // The id form the reward accepts (spatialthinker.md §1.3).
+    // The id form the reward accepts (docs/recipe.md, "Format").
     RE.get_or_init(|| Regex::new(r"^[a-zA-Z_]+\.\d+$").expect("valid regex"))
 }
 

@@ -1,4 +1,4 @@
-//! Datasets in the STVQA-7K schema (spatialthinker.md §4.3): locating them (local folders or the
+//! Datasets in the STVQA-7K schema (docs/recipe.md, "Dataset schema"): locating them (local folders or the
 //! Hugging Face hub), streaming and validating rows for training, statistics, synthetic spatial
 //! VQA that is exact by construction, and import of user JSONL datasets.
 // Errors carry the file, row and field they name, so they are large; that is intended.

@@ -1,6 +1,6 @@
-//! Text columns of a row: the training prompt (`problem`, structure of spatialthinker.md §2.1 in
-//! this project's own, shorter words), the question/option strings and the ground-truth answers
-//! (§4.3), and the reference response used for supervised warm-up.
+//! Text columns of a row: the training prompt (`problem`, the structure of docs/recipe.md,
+//! "Training prompt", in this project's own, shorter words), the question/option strings and the ground-truth answers
+//! (docs/recipe.md, "Dataset schema"), and the reference response used for supervised warm-up.
 
 use crate::scene::SceneGraph;
 
@@ -27,7 +27,7 @@ Example: Where is the cup with respect to the car? (A) right of (B) left of
 <answer>(B) left of</answer>";
 
 /// The full training prompt: instruction, `Image size: (W x H)`, a blank line,
-/// `Now answer the following question:`, then `\nQ. ` and the question with options (§2.1).
+/// `Now answer the following question:`, then `\nQ. ` and the question with options (docs/recipe.md, "Training prompt").
 pub fn problem_text(width: u32, height: u32, question_with_options: &str) -> String {
     format!(
         "{INSTRUCTION}\nImage size: ({width} x {height})\n\nNow answer the following question:\n\nQ. {question_with_options}"
@@ -47,7 +47,7 @@ pub struct Question {
     pub scene: SceneGraph,
 }
 
-/// The six answer columns of §4.3 for one row.
+/// The six answer columns of the dataset schema for one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnswerColumns {
     /// `<scene>…</scene>\n<answer>B</answer>`.
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn columns_follow_the_published_layout() {
-        // The §4.4 example row, written out by hand.
+        // An example row (the bike/man scene of the training prompt), written out by hand.
         let q = example();
         assert_eq!(
             q.question_with_options(),

@@ -76,7 +76,7 @@ fn is_text(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
-/// The optional §4.3 columns (beyond the three configured ones) and their kinds.
+/// The optional STVQA-7K columns (docs/recipe.md, "Dataset schema") (beyond the three configured ones) and their kinds.
 const OPTIONAL: [(&str, Expect); 14] = [
     (schema::IMAGE_ID, Expect::Text),
     (schema::QUESTION_ONLY, Expect::Text),
@@ -159,7 +159,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 impl ParquetFile {
     /// Open `path`, read its footer and check that the configured prompt, image and answer
-    /// columns exist with the right types (and that any other §4.3 column present has its type).
+    /// columns exist with the right types (and that any other STVQA-7K column present has its type).
     pub fn open(path: &Path, columns: &ColumnNames) -> Result<Self> {
         let builder = open_builder(path)?;
         let arrow_schema = builder.schema().clone();

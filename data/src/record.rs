@@ -30,7 +30,7 @@ pub struct ImageData {
 
 /// A row of an STVQA-7K-schema dataset. The three training columns (`prompt`, `image`,
 /// `ground_truth`, read from the configured column names) are always present (empty when null;
-/// validation reports that); the other §4.3 columns are `None` when the file lacks them.
+/// validation reports that); the other STVQA-7K columns (docs/recipe.md, "Dataset schema") are `None` when the file lacks them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// Where the row was read from.

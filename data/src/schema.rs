@@ -1,4 +1,4 @@
-//! The STVQA-7K column layout (spatialthinker.md §4.3) and configurable column names.
+//! The STVQA-7K column layout (docs/recipe.md, "Dataset schema") and configurable column names.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub const STVQA_COLUMNS: [&str; 15] = [
     RATING,
 ];
 
-/// The nine STVQA-7K category strings (§4.2).
+/// The nine STVQA-7K category strings.
 pub const CATEGORIES: [&str; 9] = [
     "relation",
     "reach",

@@ -4,7 +4,7 @@
 //! `Image size: (W x H)` line (the reward reads it); the ground truth has a `<scene>` holding a
 //! JSON object with well-formed `objects`/`relationships` lists and a non-empty `<answer>`; and
 //! the stated size equals the decoded size (a warning only: a dataset may legitimately state the
-//! original size of a re-encoded image, see spatialthinker.md §2.3).
+//! original size of a re-encoded image, see docs/recipe.md, "Training prompt").
 
 use std::fmt;
 use std::str::FromStr;

@@ -201,7 +201,8 @@ mod tests {
         Qwen2_5VLConfig::from_dir(&dir).unwrap()
     }
 
-    /// The worked example of the spec (§5.2): 5 text tokens, a (1, 4, 6) image, 4 text tokens.
+    /// A worked example of transformers' `get_rope_index`: 5 text tokens, a (1, 4, 6) image, 4
+    /// text tokens.
     #[test]
     fn worked_example() {
         let c = cfg();

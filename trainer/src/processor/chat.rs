@@ -1,5 +1,6 @@
 //! The Qwen2-VL / Qwen2.5-VL chat template (`chat_template.json`), rendered without a Jinja
-//! engine, and the expansion of `<|image_pad|>` placeholders (qwen25vl-spec.md §1.4).
+//! engine, and the expansion of `<|image_pad|>` placeholders (docs/recipe.md,
+//! "Training prompt").
 
 /// System prompt the template inserts when the first message is not a system message.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant.";

@@ -2,7 +2,7 @@
 //! resize, rescale + normalise, and patchify into `pixel_values [N, C·T·P·P]`.
 //!
 //! Reference: transformers 5.23 `Qwen2VLImageProcessorPil` with Pillow 13.0.0 (the slow/PIL
-//! processor the SpatialThinker authors trained with), qwen25vl-spec.md §2.
+//! processor the SpatialThinker authors trained with); docs/numerical-traps.md, "The processor".
 
 use std::path::Path;
 
@@ -133,7 +133,7 @@ pub fn resize_rgb(img: &RgbImage, width: u32, height: u32) -> RgbImage {
 }
 
 /// The pre-resize EasyR1 applies to training images before the HF processor
-/// (`ImageProcessMixin.process_image`, spatialthinker.md §2.3): if the area exceeds
+/// (`ImageProcessMixin.process_image`; docs/recipe.md, "Training prompt"): if the area exceeds
 /// `max_pixels` both sides are scaled by `sqrt(max/area)`, then if it is below `min_pixels`
 /// by `sqrt(min/area)`, each side `int()`-truncated, with `PIL.Image.resize`'s default filter
 /// (BICUBIC for RGB and L images); the result is converted to RGB.

@@ -6,7 +6,7 @@
 //! f64, normalised to sum 1, then turned into 22-bit fixed point; the accumulator starts at half
 //! an output unit and is shifted back and clamped to 0..=255. Any other bicubic (torch, `image`,
 //! `fast_image_resize`) differs in a few percent of the bytes, which moves log-probs measurably
-//! (qwen25vl-spec.md §2), so this module reproduces the Pillow 13.0.0 behaviour exactly:
+//! (docs/numerical-traps.md, "The processor"), so this module reproduces the Pillow 13.0.0 behaviour exactly:
 //!
 //! * kernel: cubic convolution with a = −0.5 and support 2, stretched by `max(in/out, 1)`;
 //! * per output index `i`: `center = (i + 0.5) · in/out`, window

@@ -96,7 +96,7 @@ impl Trainer {
                 "base_model": self.model_dir,
             }),
         };
-        Ok(self.checkpoints.save(
+        self.checkpoints.save(
             self.rl_step,
             &ModelFiles {
                 tensors: &tensors,
@@ -106,7 +106,7 @@ impl Trainer {
             },
             Some(&self.optimizer),
             &state,
-        )?)
+        )
     }
 
     /// The whole run: supervised warm-up when enabled (fresh runs only), validation before
