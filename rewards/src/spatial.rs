@@ -678,7 +678,9 @@ impl<'a> BoxColumns<'a> {
 }
 
 /// An object after the reference's preprocessing (refined id, box divided by the image size),
-/// kept as what matching uses: the label of the refined id and the prepared box.
+/// kept as what matching uses: the label of the refined id and the prepared box. This is the
+/// reward's private, arena-borrowed form (for scoring speed and the reference's exact errors);
+/// the scene-graph type the rest of the project shares is `data::scene::SceneGraph`.
 #[derive(Debug, Clone, Copy)]
 struct SceneObject<'a> {
     label: &'a str,

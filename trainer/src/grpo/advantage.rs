@@ -17,7 +17,9 @@ pub const GRPO_EPS: f64 = 1e-6;
 ///
 /// `group_ids[i]` names the prompt response `i` was sampled for. Every group needs at least two
 /// responses (the unbiased std of one value is undefined). A group whose scores are all equal gets
-/// advantage 0 for every member. Arithmetic is f32 like the reference.
+/// advantage 0 for every member. A group's mean and unbiased standard deviation are accumulated
+/// in f64 and rounded to f32 (the reference accumulates in f32, so the last bit can differ); the
+/// normalisation itself is f32 like the reference's.
 pub fn grpo_advantages(scores: &[f32], group_ids: &[u64], eps: f64) -> Result<Vec<f32>> {
     if scores.len() != group_ids.len() {
         return Err(GrpoError::Invalid(format!(

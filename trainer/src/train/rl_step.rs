@@ -36,23 +36,28 @@ impl Trainer {
         // advantages below need no communication.
         let prompts = self.next_prompts()?;
 
+        // 1. sample
         let t = Instant::now();
         let responses = self.sample(&prompts)?;
         times.add(Phase::Rollout, t);
 
+        // 2. score
         let t = Instant::now();
         let rollouts = self.score(&prompts, responses)?;
         times.add(Phase::Reward, t);
 
+        // 3. old log-probs
         let sequences = sequences(&prompts, &rollouts);
         let t = Instant::now();
         let old_log_probs = self.log_probs(&self.policy, &sequences)?;
         times.add(Phase::OldLogProbs, t);
 
+        // 4. reference log-probs
         let t = Instant::now();
         let ref_log_probs = self.reference_log_probs(&sequences)?;
         times.add(Phase::RefLogProbs, t);
 
+        // 5. advantages, 6. actor update
         let t = Instant::now();
         let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
@@ -65,6 +70,7 @@ impl Trainer {
         )?;
         times.add(Phase::Update, t);
 
+        // 7. metrics
         self.rl_step += 1;
         self.optimizer_steps += update.grad_norms.len() as u64;
         let report = StepReport {
@@ -145,6 +151,12 @@ impl Trainer {
             })
             .collect();
         self.skip_rows(skipped)?;
+        if scored.rollouts.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "every prompt of RL step {} was left out (see the warnings above)",
+                self.rl_step + 1
+            )));
+        }
         Ok(scored.rollouts)
     }
 

@@ -288,6 +288,42 @@ pub(super) fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
     pb
 }
 
+/// The checkpoint a run continues: `--resume DIR` names a checkpoint or a folder holding
+/// `checkpoint-<step>` (the newest is taken); without it, an output folder that already holds
+/// a checkpoint is refused unless the run is dry.
+fn find_resume_dir(
+    opts: &TrainerOptions,
+    checkpoints: &CheckpointManager,
+    out_dir: &Path,
+) -> Result<Option<PathBuf>> {
+    Ok(match &opts.resume {
+        Some(p) if p.join(TRAINER_STATE_FILE).exists() => Some(p.clone()),
+        Some(p) => Some(
+            CheckpointManager::new(p, 1, DEFAULT_MAX_SHARD_BYTES)
+                .latest()?
+                .ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "--resume {}: neither a checkpoint nor a folder holding checkpoint-<step>",
+                        p.display()
+                    ))
+                })?,
+        ),
+        None => {
+            if !opts.dry {
+                if let Some(existing) = checkpoints.latest()? {
+                    return Err(TrainError::Config(format!(
+                        "{} already holds {}; continue it with --resume {}, or start over with --overwrite or another --set trainer.output_dir=…",
+                        out_dir.display(),
+                        existing.display(),
+                        out_dir.display()
+                    )));
+                }
+            }
+            None
+        }
+    })
+}
+
 impl Trainer {
     /// Prepares a run: output folder, model (built, local or from the hub cache), data
     /// (synthesised when asked), optimiser, and — with `opts.resume` — the checkpoint's weights,
@@ -302,34 +338,7 @@ impl Trainer {
         fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
         let checkpoints =
             CheckpointManager::new(&out_dir, cfg.trainer.save_limit, DEFAULT_MAX_SHARD_BYTES);
-        let resume_dir = match &opts.resume {
-            Some(p) if p.join(TRAINER_STATE_FILE).exists() => {
-                Some(p.clone())
-            }
-            Some(p) => Some(
-                CheckpointManager::new(p, 1, DEFAULT_MAX_SHARD_BYTES)
-                    .latest()?
-                    .ok_or_else(|| {
-                        TrainError::Config(format!(
-                            "--resume {}: neither a checkpoint nor a folder holding checkpoint-<step>",
-                            p.display()
-                        ))
-                    })?,
-            ),
-            None => {
-                if !opts.dry {
-                    if let Some(existing) = checkpoints.latest()? {
-                        return Err(TrainError::Config(format!(
-                            "{} already holds {}; continue it with --resume {}, or start over with --overwrite or another --set trainer.output_dir=…",
-                            out_dir.display(),
-                            existing.display(),
-                            out_dir.display()
-                        )));
-                    }
-                }
-                None
-            }
-        };
+        let resume_dir = find_resume_dir(&opts, &checkpoints, &out_dir)?;
 
         let model_dir = resolve_model_dir(&cfg, &out_dir)?;
         let train_files =
