@@ -17,7 +17,9 @@ use tch::{Device, Tensor};
 
 use super::policy::{ModelPolicy, SequenceRef};
 use super::report::{sample_rollouts, step_scalars, Phase, PhaseTimes, RewardSummary, StepReport};
-use super::rollout::{response_mask, sample_responses, score_samples, PromptItem, Rollout};
+use super::rollout::{
+    response_mask, sample_responses, score_samples, PromptItem, Rollout, ScoredRollouts,
+};
 use super::row_filter::{SkipReason, SkippedRow};
 use super::setup::{bar, weight_kind, Trainer};
 use super::{Result, TrainError};
@@ -133,13 +135,7 @@ impl Trainer {
         prompts: &[PromptItem],
         responses: Vec<GeneratedSequence>,
     ) -> Result<Vec<Rollout>> {
-        let scored = score_samples(
-            &self.processor,
-            prompts,
-            responses,
-            self.cfg.reward.kind,
-            self.similarity.as_ref(),
-        )?;
+        let scored = self.score_responses(prompts, responses)?;
         let skipped = scored
             .failed
             .iter()
@@ -158,6 +154,22 @@ impl Trainer {
             )));
         }
         Ok(scored.rollouts)
+    }
+
+    /// Decodes `responses` and scores them with the configured reward and label similarity
+    /// (training and validation alike).
+    pub(super) fn score_responses(
+        &self,
+        prompts: &[PromptItem],
+        responses: Vec<GeneratedSequence>,
+    ) -> Result<ScoredRollouts> {
+        score_samples(
+            &self.processor,
+            prompts,
+            responses,
+            self.cfg.reward.kind,
+            self.similarity.as_ref(),
+        )
     }
 
     /// Phases 3 and 4: log-probs of `sequences` under `model`, without grad, in micro-batches of

@@ -423,10 +423,15 @@ pub(super) fn scan_split(
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();
-    for row in &scan.skipped {
+    warn_skipped(&scan.skipped);
+    Ok(scan)
+}
+
+/// One `warning: skipping <file> row <n>: <reason>` line per row, whatever `--quiet` says.
+fn warn_skipped(rows: &[SkippedRow]) {
+    for row in rows {
         eprintln!("warning: skipping {row}");
     }
-    Ok(scan)
 }
 
 /// The `skipped_rows` event of `metrics.jsonl`: the split and every row with its reason.
@@ -451,6 +456,10 @@ impl Trainer {
     /// a `skipped_rows` event in `metrics.jsonl`, and the budget of `data.max_skipped_fraction`
     /// over the training split. A row already left out is not counted again.
     pub(super) fn skip_rows(&mut self, rows: Vec<SkippedRow>) -> Result<()> {
+        // called twice per step, nearly always with nothing to skip
+        if rows.is_empty() {
+            return Ok(());
+        }
         let known: BTreeSet<RowRef> = self.train_scan.exclusion();
         let new: Vec<SkippedRow> = rows
             .into_iter()
@@ -459,9 +468,7 @@ impl Trainer {
         if new.is_empty() {
             return Ok(());
         }
-        for row in &new {
-            eprintln!("warning: skipping {row}");
-        }
+        warn_skipped(&new);
         if let Some(logger) = self.logger.as_mut() {
             logger.log_event(
                 self.rl_step,

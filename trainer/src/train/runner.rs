@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::checkpoint::{ModelFiles, TrainerState};
 use super::report::{step_line, RewardSummary};
-use super::rollout::{sample_responses, score_samples};
+use super::rollout::sample_responses;
 use super::setup::{bar, loader_config, Trainer};
 use super::Result;
 use data::rng::SplitMix64;
@@ -54,13 +54,7 @@ impl Trainer {
                 &mut |_| {},
             )?;
             pb.inc(samples.len() as u64);
-            let scored = score_samples(
-                &self.processor,
-                &prompts,
-                samples,
-                self.cfg.reward.kind,
-                self.similarity.as_ref(),
-            )?;
+            let scored = self.score_responses(&prompts, samples)?;
             for (p, e) in &scored.failed {
                 eprintln!(
                     "warning: validation leaves out {}: the reward raised ({e})",
