@@ -1,4 +1,6 @@
-//! `spatialthinker bench generate`: prefill and decode throughput of batched greedy generation.
+//! `spatialthinker bench`: `generate` (prefill and decode throughput of batched greedy
+//! generation through the engine), `rollout` (the RL rollout workload, [`super::bench_rollout`])
+//! and `train` (seconds per RL-step phase).
 //!
 //! Prompts are synthetic text ids (`bench_prompt_ids`), so `scripts/bench_hf_generate.py` can
 //! feed transformers exactly the same inputs and print the ratio.
@@ -7,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use trainer::generate::{left_pad, prefill, Lockstep, SamplingConfig};
-use trainer::model::{KvCache, Qwen2_5VLForConditionalGeneration};
+use trainer::generate::{Engine, EngineConfig, GroupRequest, SamplingConfig};
+use trainer::model::Qwen2_5VLForConditionalGeneration;
+
+use super::bench_rollout::{bench_rollout, RolloutArgs};
 
 /// Benchmarks.
 #[derive(Debug, clap::Args)]
@@ -21,6 +25,9 @@ pub struct Args {
 enum What {
     /// Greedy generation: prefill and decode tokens/s.
     Generate(GenerateArgs),
+    /// The RL rollout workload (P prompts x n, natural stop lengths): tokens/s and row
+    /// occupancy of continuous batching against static chunks, through the same engine.
+    Rollout(RolloutArgs),
     /// RL steps: seconds per phase (rollout, reward, old and reference log-probs, update),
     /// tokens/s and peak memory, with no checkpoints or logs written.
     Train(TrainArgs),
@@ -84,34 +91,38 @@ pub fn bench_prompt_ids(b: usize, len: usize) -> Vec<i64> {
 pub fn run(args: Args) -> Result<()> {
     match args.what {
         What::Generate(a) => bench_generate(a),
+        What::Rollout(a) => bench_rollout(a),
         What::Train(a) => bench_train(a),
     }
 }
 
-/// Returns (prefill seconds, decode seconds).
+/// Returns (prefill seconds, decode seconds): the engine's admission of the batch (one prefill
+/// per prompt), then its steps until every row has `new_tokens` tokens.
 fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Result<(f64, f64)> {
-    let _guard = tch::no_grad_guard();
-    let prompts: Vec<Vec<i64>> = (0..a.batch)
-        .map(|b| bench_prompt_ids(b, a.prompt_len))
-        .collect();
-    let (ids, mask) = left_pad(&prompts, SamplingConfig::default().pad_token_id);
-    let mut cache = KvCache::new(
-        &model.config,
-        a.batch as i64,
-        (a.prompt_len + a.new_tokens) as i64,
-        model.device(),
-        model.kind(),
+    let sampling = SamplingConfig {
+        max_new_tokens: a.new_tokens,
+        greedy: true,
+        stop_token_ids: Vec::new(),
+        ..SamplingConfig::default()
+    };
+    let mut engine = Engine::new(
+        model,
+        EngineConfig::new(a.batch, a.prompt_len + a.new_tokens),
     )?;
-    // the greedy pick generation uses; reading the ids also waits for the device
+    for b in 0..a.batch {
+        engine.add(GroupRequest {
+            prompt_ids: bench_prompt_ids(b, a.prompt_len),
+            images: None,
+            sampling: sampling.clone(),
+            seeds: vec![b as u64],
+        })?;
+    }
     let start = Instant::now();
-    let prompt = prefill(model, &ids, &mask, None, &mut cache)?;
-    let mut next = model.lm_head.greedy_ids(&prompt.logits)?;
+    engine.admit_waiting(model)?;
     let prefill_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let mut decoder = Lockstep::new(prompt.attention_mask, prompt.next_position);
-    for _ in 0..a.new_tokens.saturating_sub(1) {
-        let logits = decoder.step(model, &next, &mut cache)?;
-        next = model.lm_head.greedy_ids(&logits)?;
+    while !engine.is_idle() {
+        engine.step(model)?;
     }
     Ok((prefill_s, start.elapsed().as_secs_f64()))
 }

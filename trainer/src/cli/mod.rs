@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap `Args` and a `run` function.
 
 pub mod bench;
+pub mod bench_rollout;
 pub mod data;
 pub mod doctor;
 pub mod eval;

@@ -1,12 +1,11 @@
 //! The decode step, written once: a prefill that fills a KV cache with the prompts and returns the
-//! logits of each row's next token, and the one-token forward that follows it. Batched
-//! generation and the benchmark drive it in lock-step ([`Lockstep`]); the server calls
-//! [`decode_step`] with its own per-row masks and positions.
+//! logits of each row's next token, and the one-token forward that follows it. The
+//! [`super::engine`] drives both, with per-row slots, masks and positions.
 //!
 //! Both return f32 logits `[B, K]` over the head's output columns ([`crate::model::LmHead::output_logits`]),
 //! ready for [`super::sampling::next_tokens`] or [`crate::model::LmHead::greedy_ids`].
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::model::{
     get_rope_index, KvCache, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
@@ -60,8 +59,8 @@ pub fn prefill(
 
 /// One decode step: feeds `tokens[r]` to row `r` at M-RoPE position `positions[r]` (the same on
 /// all three axes after the prompt), with `attention_mask [B, cache.len() + 1]` over every slot,
-/// writes the new keys and values at the cache's end and returns the logits of each row's next
-/// token.
+/// writes the new keys and values at the cache's end (or at each row's own slot after
+/// [`KvCache::set_row_positions`]) and returns the logits of each row's next token.
 pub fn decode_step(
     model: &Qwen2_5VLForConditionalGeneration,
     tokens: &[i64],
@@ -89,44 +88,4 @@ pub fn decode_step(
         LogitsAt::All,
     )?;
     Ok(model.lm_head.output_logits(&hidden)?.f_squeeze_dim(1)?)
-}
-
-/// Rows decoded together, one token per row per step, each step at the next cache slot: the
-/// attention mask grows by one open slot per step and every row's position by one.
-#[derive(Debug)]
-pub struct Lockstep {
-    attention_mask: Tensor,
-    next_position: Vec<i64>,
-}
-
-impl Lockstep {
-    /// Continues from the prompts' padding mask `[B, L]` and next positions (of a [`Prefill`],
-    /// repeated as the cache rows are).
-    pub fn new(attention_mask: Tensor, next_position: Vec<i64>) -> Self {
-        Lockstep {
-            attention_mask,
-            next_position,
-        }
-    }
-
-    /// Feeds `tokens` (one per row) and returns the logits of each row's next token.
-    pub fn step(
-        &mut self,
-        model: &Qwen2_5VLForConditionalGeneration,
-        tokens: &[i64],
-        cache: &mut KvCache,
-    ) -> Result<Tensor, ModelError> {
-        let rows = self.next_position.len() as i64;
-        let open = Tensor::f_ones([rows, 1], (Kind::Int64, model.device()))?;
-        self.attention_mask = Tensor::f_cat(&[&self.attention_mask, &open], 1)?;
-        let logits = decode_step(
-            model,
-            tokens,
-            &self.next_position,
-            &self.attention_mask,
-            cache,
-        )?;
-        self.next_position.iter_mut().for_each(|p| *p += 1);
-        Ok(logits)
-    }
 }

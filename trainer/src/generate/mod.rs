@@ -1,28 +1,31 @@
-//! Batched generation with a preallocated KV cache, and teacher-forced response log-probs.
+//! Generation: the [`engine`] (continuous batching over a KV pool) that every caller goes
+//! through, the decode step it runs ([`decode`]), token choice ([`sampling`]) and teacher-forced
+//! response log-probs ([`logprobs`]).
 //!
-//! Prompts are left-padded to one width; `n` samples per prompt share one prefill whose cache is
-//! repeated into the decode cache, then every row decodes in lock-step ([`decode`]). Tokens are
-//! chosen by [`sampling`] (greedy, or temperature with top-k / top-p) from a caller-owned seeded
-//! [`SplitMix64`], so a run is reproducible from its seed. The per-token log-probs returned are
-//! those of the temperature-scaled distribution over the head's output vocabulary, the same
+//! Tokens are chosen from caller-seeded [`SplitMix64`] generators, one per sequence, so a run is
+//! reproducible from its seed whatever else is decoded with it. The per-token log-probs returned
+//! are those of the temperature-scaled distribution over the head's output vocabulary, the same
 //! quantity [`response_logprobs`] recomputes for GRPO.
 
 pub mod decode;
+pub mod engine;
 pub mod logprobs;
 pub mod sampling;
 
 use data::rng::SplitMix64;
+use tch::Tensor;
 
-pub use decode::{decode_step, prefill, Lockstep, Prefill};
+pub use decode::{decode_step, prefill, Prefill};
+pub use engine::{Engine, EngineConfig, EngineStats, Finish, GroupRequest, SeqId, TokenOut};
 pub use logprobs::{response_logprobs, ResponseBatch, ResponseLogprobs};
 pub use sampling::{choose, next_tokens, SamplingConfig, DEFAULT_STOP_IDS};
 
-use crate::model::{KvCache, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
+use crate::model::{ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
 
 /// Unpadded prompts of one batch with their images.
 #[derive(Debug)]
 pub struct PromptBatch {
-    /// One id list per prompt (image pads already expanded).
+    /// One id list per prompt (image pads expanded).
     pub input_ids: Vec<Vec<i64>>,
     /// Images of all prompts, in prompt order.
     pub images: Option<VisionInputs>,
@@ -52,8 +55,10 @@ pub fn left_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
     (split(ids), split(mask))
 }
 
-/// Generates `n_samples` continuations per prompt (rows ordered prompt-major). Runs without
-/// grad. The entry point of rollouts, validation, `infer`, `eval` and `generate`.
+/// Generates `n_samples` continuations per prompt (rows ordered prompt-major) through one
+/// [`Engine`] holding every row at once. Sample `s` of prompt `p` draws from its own generator,
+/// seeded with the `(p * n_samples + s)`-th value of `rng`. Runs without grad. The entry point
+/// of validation, `infer`, `eval` and `generate`.
 pub fn generate(
     model: &Qwen2_5VLForConditionalGeneration,
     batch: &PromptBatch,
@@ -61,96 +66,79 @@ pub fn generate(
     cfg: &SamplingConfig,
     rng: &mut SplitMix64,
 ) -> Result<Vec<GeneratedSequence>, ModelError> {
-    let width = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let rows = (batch.input_ids.len() * n_samples) as i64;
-    let mut cache = KvCache::new(
-        &model.config,
-        rows,
-        width + cfg.max_new_tokens as i64,
-        model.device(),
-        model.kind(),
+    let width = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = batch.input_ids.len() * n_samples;
+    let mut engine = Engine::new(
+        model,
+        EngineConfig::new(rows.max(1), width + cfg.max_new_tokens),
     )?;
-    generate_with_cache(model, batch, n_samples, cfg, rng, &mut cache)
+    let images = split_images(model, &batch.input_ids, batch.images.as_ref())?;
+    for (ids, images) in batch.input_ids.iter().zip(images) {
+        engine.add(GroupRequest {
+            prompt_ids: ids.clone(),
+            images,
+            sampling: cfg.clone(),
+            seeds: (0..n_samples).map(|_| rng.next_u64()).collect(),
+        })?;
+    }
+    engine.run(model, &mut |_| {})
 }
 
-/// [`generate`] into a caller-provided empty cache of `prompts * n_samples` rows and at least
-/// `prompt width + max_new_tokens` slots (reuse it across calls to avoid reallocation).
-pub fn generate_with_cache(
+/// Splits the images of a batch into each prompt's own: prompt `p` takes the next images in
+/// order until their merged patches cover its `<|image_pad|>` tokens.
+pub fn split_images(
     model: &Qwen2_5VLForConditionalGeneration,
-    batch: &PromptBatch,
-    n_samples: usize,
-    cfg: &SamplingConfig,
-    rng: &mut SplitMix64,
-    cache: &mut KvCache,
-) -> Result<Vec<GeneratedSequence>, ModelError> {
-    let _guard = tch::no_grad_guard();
-    if batch.input_ids.is_empty() || batch.input_ids.iter().any(Vec::is_empty) || n_samples == 0 {
-        return Err(ModelError::Input(
-            "generate needs non-empty prompts and n_samples >= 1".into(),
-        ));
+    prompts: &[Vec<i64>],
+    images: Option<&VisionInputs>,
+) -> Result<Vec<Option<VisionInputs>>, ModelError> {
+    let Some(images) = images else {
+        return Ok(prompts.iter().map(|_| None).collect());
+    };
+    let merge = model.config.vision.spatial_merge_size.pow(2);
+    let patches = |g: &[i64; 3]| g[0] * g[1] * g[2];
+    // first pixel row of each distinct image
+    let mut offsets = vec![0i64];
+    for g in images.distinct_grids()? {
+        offsets.push(offsets.last().copied().unwrap_or(0) + patches(&g));
     }
-    let (ids, mask) = left_pad(&batch.input_ids, cfg.pad_token_id);
-    let n = n_samples as i64;
-    let prompts = ids.len() as i64;
-    let width = ids[0].len() as i64;
-    if cache.batch() != prompts * n || cache.capacity() < width + cfg.max_new_tokens as i64 {
+    let source = |k: usize| images.sources.get(k).copied().unwrap_or(k);
+    let mut next = 0;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (p, ids) in prompts.iter().enumerate() {
+        let mut pads = ids
+            .iter()
+            .filter(|&&i| i == model.config.image_token_id)
+            .count() as i64;
+        let (mut pixels, mut grids) = (Vec::new(), Vec::new());
+        while pads > 0 {
+            let grid = images.image_grid_thw.get(next).ok_or_else(|| {
+                ModelError::Input(format!("prompt {p} has more image tokens than images"))
+            })?;
+            pads -= patches(grid) / merge;
+            let start = offsets[source(next)];
+            pixels.push(images.pixel_values.f_narrow(0, start, patches(grid))?);
+            grids.push(*grid);
+            next += 1;
+        }
+        if pads < 0 {
+            return Err(ModelError::ImageTokenMismatch {
+                tokens: pads + grids.iter().map(|g| patches(g) / merge).sum::<i64>(),
+                features: grids.iter().map(|g| patches(g) / merge).sum(),
+            });
+        }
+        out.push(if grids.is_empty() {
+            None
+        } else {
+            Some(VisionInputs::new(Tensor::f_cat(&pixels, 0)?, grids))
+        });
+    }
+    if next != images.image_grid_thw.len() {
         return Err(ModelError::Input(format!(
-            "cache of {} rows x {} slots, need {} x {}",
-            cache.batch(),
-            cache.capacity(),
-            prompts * n,
-            width + cfg.max_new_tokens as i64
+            "{} images for prompts that show {next}",
+            images.image_grid_thw.len()
         )));
     }
-    let mut prefill_cache =
-        KvCache::new(&model.config, prompts, width, model.device(), model.kind())?;
-    let prompt = prefill(
-        model,
-        &ids,
-        &mask,
-        batch.images.as_ref(),
-        &mut prefill_cache,
-    )?;
-    cache.fill_repeated(&prefill_cache, n)?;
-    drop(prefill_cache);
-    let mut logits = prompt.logits.f_repeat_interleave_self_int(n, 0, None)?;
-    let mut decoder = Lockstep::new(
-        prompt
-            .attention_mask
-            .f_repeat_interleave_self_int(n, 0, None)?,
-        prompt
-            .next_position
-            .iter()
-            .flat_map(|&p| std::iter::repeat_n(p, n_samples))
-            .collect(),
-    );
-    let mut sequences: Vec<GeneratedSequence> = (0..prompts as usize * n_samples)
-        .map(|r| GeneratedSequence {
-            prompt_index: r / n_samples,
-            ids: Vec::new(),
-            logprobs: Vec::new(),
-            stopped: false,
-        })
-        .collect();
-    for step in 0..cfg.max_new_tokens {
-        let (next, lps) = next_tokens(&model.lm_head, &logits, cfg, rng)?;
-        let mut feed = Vec::with_capacity(next.len());
-        for (s, (id, lp)) in sequences.iter_mut().zip(next.into_iter().zip(lps)) {
-            if s.stopped {
-                feed.push(cfg.pad_token_id);
-                continue;
-            }
-            s.ids.push(id);
-            s.logprobs.push(lp);
-            s.stopped = cfg.stop_token_ids.contains(&id);
-            feed.push(id);
-        }
-        if sequences.iter().all(|s| s.stopped) || step + 1 == cfg.max_new_tokens {
-            break;
-        }
-        logits = decoder.step(model, &feed, cache)?;
-    }
-    Ok(sequences)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID};
 pub const DEFAULT_STOP_IDS: [i64; 2] = [IM_END_ID, ENDOFTEXT_ID];
 
 /// How to pick tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplingConfig {
     pub max_new_tokens: usize,
     /// Always take the arg-max (temperature, top-k and top-p are then ignored).
@@ -62,17 +62,37 @@ impl SamplingConfig {
 }
 
 /// Chooses the next output column per row of f32 `logits [R, K]`; returns `(columns, logprobs)`.
-///
-/// Everything but one uniform draw per row runs on the logits' device: the candidates (all
-/// columns, the top-k, or all columns sorted when top-p is on) are turned into probabilities,
-/// top-p keeps the smallest prefix whose mass reaches `top_p`, and the column is found by
-/// inverse-CDF search with the row's draw from `rng`. The log-prob returned is that of the full
-/// temperature-scaled distribution (temperature 1 when greedy). Greedy takes no draw.
+/// Draws one uniform per row from `rng` (none when greedy), then [`choose_with_draws`].
 pub fn choose(
     logits: &Tensor,
     cfg: &SamplingConfig,
     rng: &mut SplitMix64,
 ) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    let rows = logits.size()[0] as usize;
+    let draws: Vec<f64> = if cfg.greedy {
+        Vec::new()
+    } else {
+        (0..rows).map(|_| rng.unit()).collect()
+    };
+    let (columns, logprobs) = choose_with_draws(logits, cfg, &draws)?;
+    to_host(&columns, &logprobs)
+}
+
+/// The sampling rule, with row `r`'s uniform draw `draws[r]` given (so each row may have its
+/// own generator; greedy takes none). Returns the chosen columns `[R]` (int64) and their
+/// log-probs `[R]` (f32), left on the logits' device.
+///
+/// Everything runs on the logits' device: the candidates (all columns, the top-k, or all
+/// columns sorted when top-p is on) are turned into probabilities, top-p keeps the smallest
+/// prefix whose mass reaches `top_p`, and the column is found by inverse-CDF search with the
+/// row's draw. The log-prob returned is that of the full temperature-scaled distribution
+/// (temperature 1 when greedy). Every operation is row-wise, so a row's choice does not depend
+/// on the other rows.
+pub fn choose_with_draws(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    draws: &[f64],
+) -> Result<(Tensor, Tensor), ModelError> {
     let rows = logits.size()[0];
     let temperature = if cfg.greedy { 1.0 } else { cfg.temperature };
     if temperature <= 0.0 {
@@ -80,16 +100,23 @@ pub fn choose(
             "temperature must be > 0, got {temperature}"
         )));
     }
+    if !cfg.greedy && draws.len() as i64 != rows {
+        return Err(ModelError::Input(format!(
+            "{} draws for {rows} rows",
+            draws.len()
+        )));
+    }
     if cfg.greedy {
-        let ids = argmax_columns(logits)?;
-        let chosen = Tensor::f_from_slice(&ids)?
-            .f_view([rows, 1])?
-            .f_to_device(logits.device())?;
+        let chosen = if logits.device() == Device::Cpu {
+            Tensor::f_from_slice(&argmax_columns(logits)?)?
+        } else {
+            logits.f_argmax(-1, false)?
+        }
+        .f_view([rows, 1])?;
         let lp = logits
             .f_log_softmax(-1, Kind::Float)?
             .f_gather(-1, &chosen, false)?;
-        let lp = Vec::<f32>::try_from(lp.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
-        return Ok((ids, lp));
+        return Ok((chosen.f_flatten(0, -1)?, lp.f_flatten(0, -1)?));
     }
     let logp = logits
         .f_div_scalar(temperature)?
@@ -113,8 +140,7 @@ pub fn choose(
         }
         let cdf = probs.f_cumsum(-1, Kind::Float)?;
         let total = cdf.f_narrow(-1, cdf.size()[1] - 1, 1)?;
-        let draws: Vec<f64> = (0..rows).map(|_| rng.unit()).collect();
-        let u = Tensor::f_from_slice(&draws)?
+        let u = Tensor::f_from_slice(draws)?
             .f_to_kind(Kind::Float)?
             .f_to_device(logp.device())?
             .f_view([rows, 1])?
@@ -128,9 +154,26 @@ pub fn choose(
         }
     };
     let lp = logp.f_gather(-1, &chosen, false)?;
-    let ids = Vec::<i64>::try_from(chosen.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
-    let lp = Vec::<f32>::try_from(lp.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
-    Ok((ids, lp))
+    Ok((chosen.f_flatten(0, -1)?, lp.f_flatten(0, -1)?))
+}
+
+/// Columns `[R]` and log-probs `[R]` of [`choose_with_draws`] to the host in one transfer (the
+/// one synchronisation a decode step needs on an accelerator): both travel as f64, which holds
+/// every column index and every f32 exactly.
+pub fn to_host(columns: &Tensor, logprobs: &Tensor) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    let rows = columns.size()[0] as usize;
+    let both = Tensor::f_cat(
+        &[
+            columns.f_to_kind(Kind::Double)?,
+            logprobs.f_to_kind(Kind::Double)?,
+        ],
+        0,
+    )?
+    .f_to_device(Device::Cpu)?;
+    let both = Vec::<f64>::try_from(both)?;
+    let columns = both[..rows].iter().map(|&c| c as i64).collect();
+    let logprobs = both[rows..].iter().map(|&l| l as f32).collect();
+    Ok((columns, logprobs))
 }
 
 /// The next token of each row of `head`'s output logits `[R, K]`: [`choose`], with the chosen

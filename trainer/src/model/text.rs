@@ -72,6 +72,11 @@ impl RmsNorm {
 /// Slot `j` of every row is the `j`-th token fed for that row (padding included); `len` slots are
 /// filled. The caller owns it and passes it to each forward, so one set of weights serves many
 /// concurrent rollouts.
+///
+/// Two ways to write: in lock-step (the default), every forward writes its `q` new tokens at slots
+/// `len..len + q` of every row; after [`KvCache::set_row_positions`], a one-token forward over the
+/// first `R` rows writes row `r`'s token at its own slot instead (rows of a KV pool that hold
+/// sequences of different lengths), and attends over slots `0..=len`.
 #[derive(Debug)]
 pub struct KvCache {
     keys: Vec<Tensor>,
@@ -79,6 +84,8 @@ pub struct KvCache {
     len: i64,
     capacity: i64,
     batch: i64,
+    /// Per-row write slot `[R]` (int64, on the cache's device) for the next one-token forward.
+    row_positions: Option<Tensor>,
 }
 
 impl KvCache {
@@ -104,7 +111,47 @@ impl KvCache {
             len: 0,
             capacity,
             batch,
+            row_positions: None,
         })
+    }
+
+    /// Bytes held by the keys and values of every layer.
+    pub fn bytes(&self) -> u64 {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
+    /// Bytes a cache of `batch` rows x `capacity` slots of `kind` takes for `cfg`.
+    pub fn bytes_for(cfg: &Qwen2_5VLConfig, batch: i64, capacity: i64, kind: Kind) -> u64 {
+        let t = &cfg.text;
+        (2 * t.num_hidden_layers * batch * t.num_key_value_heads * capacity * t.head_dim()) as u64
+            * kind.elt_size_in_bytes() as u64
+    }
+
+    /// Makes the next forward a ragged one-token step over the first `positions.len()` rows:
+    /// row `r` writes its token at slot `positions[r]` and the forward attends over slots
+    /// `0..=max(positions)` (the attention mask `[R, max + 1]` must open only each row's own
+    /// slots). Cleared by that forward.
+    pub fn set_row_positions(&mut self, positions: &[i64]) -> Result<(), ModelError> {
+        let rows = positions.len() as i64;
+        let top = positions.iter().copied().max().unwrap_or(0);
+        if rows == 0
+            || rows > self.batch
+            || top >= self.capacity
+            || positions.iter().any(|&p| p < 0)
+        {
+            return Err(ModelError::Input(format!(
+                "row positions {positions:?} do not fit a cache of {} rows x {} slots",
+                self.batch, self.capacity
+            )));
+        }
+        let device = self.keys.first().map_or(Device::Cpu, Tensor::device);
+        self.row_positions = Some(Tensor::f_from_slice(positions)?.f_to_device(device)?);
+        self.len = top;
+        Ok(())
     }
 
     /// Filled slots per row.
@@ -218,6 +265,9 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor), ModelError> {
+        if let Some(positions) = &self.row_positions {
+            return self.append_ragged(layer, positions.shallow_clone(), k, v);
+        }
         let q = k.size()[2];
         if self.len + q > self.capacity {
             return Err(ModelError::CacheFull {
@@ -231,6 +281,38 @@ impl KvCache {
             self.keys[layer].f_narrow(2, 0, self.len + q)?,
             self.values[layer].f_narrow(2, 0, self.len + q)?,
         ))
+    }
+}
+
+impl KvCache {
+    /// The ragged write of [`KvCache::set_row_positions`]: `k`, `v` `[R, kvh, 1, hd]` go to slot
+    /// `positions[r]` of row `r`; returns slots `0..=len` of the first `R` rows.
+    fn append_ragged(
+        &mut self,
+        layer: usize,
+        positions: Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let [rows, heads, q, dim] = k.size()[..] else {
+            return Err(ModelError::Input(format!("keys of shape {:?}", k.size())));
+        };
+        if q != 1 || rows != positions.size()[0] {
+            return Err(ModelError::Input(format!(
+                "a ragged step takes one token for each of {} rows, got {rows} x {q}",
+                positions.size()[0]
+            )));
+        }
+        let index = positions
+            .f_view([rows, 1, 1, 1])?
+            .f_expand([rows, heads, 1, dim], false)?;
+        let mut out = Vec::with_capacity(2);
+        for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
+            let written = cache.f_narrow(0, 0, rows)?.f_scatter_(2, &index, new)?;
+            out.push(written.f_narrow(2, 0, self.len + 1)?);
+        }
+        let v = out.pop().expect("two tensors");
+        Ok((out.pop().expect("two tensors"), v))
     }
 }
 
@@ -390,6 +472,7 @@ impl Qwen2_5VLTextModel {
         }
         if let Some(c) = cache {
             c.len += inputs_embeds.size()[1];
+            c.row_positions = None;
         }
         self.norm.forward(&h)
     }
@@ -397,8 +480,9 @@ impl Qwen2_5VLTextModel {
 
 /// Boolean mask `[B, 1, L, S]` for `L` new tokens after `past` cached slots, from the 0/1 padding
 /// mask `[B, S]` over all slots: key `s` is visible to query `q` when it is a real token and
-/// `s <= past + q`. Every query also sees itself, so padding rows never become fully masked
-/// (their outputs are ignored).
+/// `s <= past + q`. A query that sees no key at all (a padding position) sees itself instead,
+/// so no row becomes fully masked (those outputs are ignored); a query that sees some key never
+/// sees more than the padding mask opens (a ragged decode row's own slot need not be the last).
 pub fn causal_padding_mask(
     attention_mask: &Tensor,
     past: i64,
@@ -411,8 +495,8 @@ pub fn causal_padding_mask(
         Tensor::f_arange_start(past, past + new, (Kind::Int64, device))?.f_view([1, new, 1])?;
     let causal = keys.f_le_tensor(&queries)?;
     let valid = attention_mask.f_ne(0)?.f_unsqueeze(1)?;
-    let allowed = causal
-        .f_logical_and(&valid)?
-        .f_logical_or(&keys.f_eq_tensor(&queries)?)?;
+    let allowed = causal.f_logical_and(&valid)?;
+    let blind = allowed.f_any_dim(-1, true)?.f_logical_not()?;
+    let allowed = allowed.f_logical_or(&keys.f_eq_tensor(&queries)?.f_logical_and(&blind)?)?;
     Ok(allowed.f_unsqueeze(1)?)
 }

@@ -10,6 +10,7 @@ use rewards::RewardKind;
 use serde::{Deserialize, Serialize};
 
 use super::{Result, TrainError};
+use crate::generate::EngineConfig;
 use crate::grpo::actor::UpdateConfig;
 use crate::grpo::loss::PolicyClip;
 use crate::grpo::optim::{AdamWConfig, LrSchedule, StateDtype};
@@ -234,9 +235,25 @@ pub struct RolloutConfig {
     /// Responses per validation prompt: 1.
     #[serde(default = "default_one")]
     pub val_n: usize,
-    /// Sequences decoded together during rollouts (bounds the KV cache).
-    #[serde(default = "default_gen_batch")]
-    pub generation_batch_size: usize,
+    /// Most sequences the generation engine decodes together (rows of its KV pool); a row is
+    /// refilled the moment its sequence stops. `generation_batch_size` is read as this.
+    #[serde(default = "default_gen_batch", alias = "generation_batch_size")]
+    pub max_num_seqs: usize,
+    /// KV pool budget in GiB: when set, the pool takes as many rows (up to `max_num_seqs`) as
+    /// fit in it, with one row's worth kept for a prompt's prefill.
+    #[serde(default)]
+    pub kv_cache_gib: Option<f64>,
+}
+
+impl RolloutConfig {
+    /// The generation engine for prompts of at most `max_prompt` tokens and responses of at
+    /// most `max_new_tokens`.
+    pub fn engine_config(&self, max_prompt: usize, max_new_tokens: usize) -> EngineConfig {
+        EngineConfig {
+            kv_budget_bytes: self.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64),
+            ..EngineConfig::new(self.max_num_seqs, max_prompt + max_new_tokens)
+        }
+    }
 }
 
 /// `[reward]`: scoring.

@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use tch::{Device, Kind, Tensor};
+
 use super::memory::peak_rss_bytes;
 use super::metrics::LoggedRollout;
 use super::rollout::{PromptItem, Rollout};
+use super::Result;
+use crate::generate::EngineStats;
 use crate::grpo::actor::UpdateMetrics;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -150,6 +154,50 @@ pub struct StepReport {
     pub times: PhaseTimes,
     /// Response tokens generated.
     pub response_tokens: usize,
+    /// What the generation engine did.
+    pub generation: GenerationReport,
+}
+
+/// The rollout phase seen from the generation engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationReport {
+    /// Mean fraction of the KV pool's rows holding a live sequence.
+    pub occupancy: f64,
+    /// Bytes of the KV pool.
+    pub kv_pool_bytes: u64,
+    /// Mean and max `|sampling log-prob - old-policy log-prob|` over the response tokens: the
+    /// mismatch between the engine and the training forward (0 up to rounding on CPU f32).
+    pub logprob_diff_mean: f64,
+    pub logprob_diff_max: f64,
+}
+
+impl GenerationReport {
+    /// The engine's accounting, with the log-prob mismatch of `rollouts` against the old
+    /// policy's log-probs `old [N, T]` (response tokens left-aligned, rollout order).
+    pub fn new(stats: &EngineStats, rollouts: &[Rollout], old: &Tensor) -> Result<Self> {
+        let (rows, width) = (old.size()[0] as usize, old.size()[1] as usize);
+        let old = Vec::<f32>::try_from(
+            old.f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?
+                .f_flatten(0, -1)?,
+        )?;
+        let (mut sum, mut max, mut count) = (0.0f64, 0.0f64, 0usize);
+        for (i, r) in rollouts.iter().enumerate().take(rows) {
+            for (t, &lp) in r.sampling_logprobs.iter().enumerate().take(width) {
+                let d = f64::from((lp - old[i * width + t]).abs());
+                sum += d;
+                max = max.max(d);
+                count += 1;
+            }
+        }
+        Ok(GenerationReport {
+            occupancy: stats.occupancy(),
+            kv_pool_bytes: stats.pool_bytes,
+            logprob_diff_mean: sum / count.max(1) as f64,
+            logprob_diff_max: max,
+        })
+    }
 }
 
 /// The one-line summary of an RL step.
@@ -211,6 +259,11 @@ pub fn step_scalars(report: &StepReport, rollouts: &[Rollout]) -> BTreeMap<Strin
         "perf/rollout_tokens_per_s".into(),
         report.response_tokens as f64 / rollout_s,
     );
+    let g = &report.generation;
+    s.insert("rollout/logprob_diff_mean".into(), g.logprob_diff_mean);
+    s.insert("rollout/logprob_diff_max".into(), g.logprob_diff_max);
+    s.insert("rollout/occupancy".into(), g.occupancy);
+    s.insert("rollout/kv_pool_gib".into(), g.kv_pool_bytes as f64 / GIB);
     s.insert(
         "perf/peak_rss_gib".into(),
         peak_rss_bytes().unwrap_or(0) as f64 / GIB,

@@ -16,14 +16,18 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 use super::policy::{ModelPolicy, SequenceRef};
-use super::report::{sample_rollouts, step_scalars, Phase, PhaseTimes, RewardSummary, StepReport};
+use super::report::{
+    sample_rollouts, step_scalars, GenerationReport, Phase, PhaseTimes, RewardSummary, StepReport,
+};
 use super::rollout::{
     response_mask, sample_responses, score_samples, PromptItem, Rollout, ScoredRollouts,
 };
 use super::row_filter::{SkipReason, SkippedRow};
 use super::setup::{bar, weight_kind, Trainer};
 use super::{Result, TrainError};
-use crate::generate::{GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS};
+use crate::generate::{
+    EngineConfig, EngineStats, GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS,
+};
 use crate::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use crate::model::Qwen2_5VLForConditionalGeneration;
@@ -40,7 +44,7 @@ impl Trainer {
 
         // 1. sample
         let t = Instant::now();
-        let responses = self.sample(&prompts)?;
+        let (responses, engine) = self.sample(&prompts)?;
         times.add(Phase::Rollout, t);
 
         // 2. score
@@ -53,6 +57,7 @@ impl Trainer {
         let t = Instant::now();
         let old_log_probs = self.log_probs(&self.policy, &sequences)?;
         times.add(Phase::OldLogProbs, t);
+        let generation = GenerationReport::new(&engine, &rollouts, &old_log_probs)?;
 
         // 4. reference log-probs
         let t = Instant::now();
@@ -82,6 +87,7 @@ impl Trainer {
             lr,
             times,
             response_tokens: rollouts.iter().map(|r| r.ids.len()).sum(),
+            generation,
         };
         self.log_step(&report, &prompts, &rollouts)?;
         Ok(report)
@@ -108,8 +114,9 @@ impl Trainer {
     }
 
     /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
-    fn sample(&mut self, prompts: &[PromptItem]) -> Result<Vec<GeneratedSequence>> {
+    fn sample(&mut self, prompts: &[PromptItem]) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
         let sampling = self.sampling(self.cfg.rollout.temperature);
+        let engine = self.engine_config(prompts, &sampling);
         let pb = bar(
             (prompts.len() * self.cfg.rollout.n) as u64,
             "rollout",
@@ -120,7 +127,7 @@ impl Trainer {
             prompts,
             self.cfg.rollout.n,
             &sampling,
-            self.cfg.rollout.generation_batch_size,
+            engine,
             &mut self.rng,
             &mut |done| pb.set_position(done as u64),
         )?;
@@ -258,6 +265,18 @@ impl Trainer {
             self.reference = Some(reference);
         }
         Ok(())
+    }
+
+    /// The generation engine for `prompts`: rows of their longest prompt plus `max_new_tokens`.
+    pub(super) fn engine_config(
+        &self,
+        prompts: &[PromptItem],
+        sampling: &SamplingConfig,
+    ) -> EngineConfig {
+        let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
+        self.cfg
+            .rollout
+            .engine_config(longest, sampling.max_new_tokens)
     }
 
     /// Sampling settings at `temperature` (0: greedy), `rollout.top_p`/`top_k`, stopping at the

@@ -9,7 +9,9 @@ use tch::{Device, Kind, Tensor};
 use rewards::{LabelSimilarity, RewardInput, RewardKind, RewardScore};
 
 use super::{Result, TrainError};
-use crate::generate::{self, GeneratedSequence, PromptBatch, SamplingConfig};
+use crate::generate::{
+    Engine, EngineConfig, EngineStats, GeneratedSequence, GroupRequest, SamplingConfig,
+};
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
 
@@ -146,6 +148,8 @@ pub struct Rollout {
     pub prompt: usize,
     /// Response ids, the stop id included when one ended it.
     pub ids: Vec<i64>,
+    /// Each id's log-prob as the engine sampled it (temperature-scaled distribution).
+    pub sampling_logprobs: Vec<f32>,
     /// Decoded text (special tokens skipped), what the reward reads.
     pub text: String,
     /// Whether a stop id ended it (else the length limit).
@@ -154,34 +158,30 @@ pub struct Rollout {
     pub score: RewardScore,
 }
 
-/// Samples `n` responses per prompt, `rows_per_call` sequences per generation call (prompts of a
-/// call share one prefill per prompt), rows in prompt-major order. `on_rows` is told how many
-/// responses are done after each call.
+/// Samples `n` responses per prompt through one generation [`Engine`] (`engine` sizes its KV
+/// pool), rows in prompt-major order: each prompt is prefilled once and each response draws from
+/// its own generator, seeded from `rng` in that order. `on_rows` is told how many responses are
+/// done as they finish. Returns the sequences and the engine's accounting.
 pub fn sample_responses(
     model: &Qwen2_5VLForConditionalGeneration,
     prompts: &[PromptItem],
     n: usize,
     sampling: &SamplingConfig,
-    rows_per_call: usize,
+    engine: EngineConfig,
     rng: &mut SplitMix64,
     on_rows: &mut dyn FnMut(usize),
-) -> Result<Vec<GeneratedSequence>> {
-    let prompts_per_call = (rows_per_call / n.max(1)).max(1);
-    let mut out = Vec::with_capacity(prompts.len() * n);
-    for (chunk_index, chunk) in prompts.chunks(prompts_per_call).enumerate() {
-        let refs: Vec<&PromptItem> = chunk.iter().collect();
-        let batch = PromptBatch {
-            input_ids: chunk.iter().map(|p| p.ids.clone()).collect(),
-            images: Some(vision_inputs(&refs)?),
-        };
-        let first = chunk_index * prompts_per_call;
-        for mut s in generate::generate(model, &batch, n, sampling, rng)? {
-            s.prompt_index += first;
-            out.push(s);
-        }
-        on_rows(out.len());
+) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
+    let mut engine = Engine::new(model, engine)?;
+    for p in prompts {
+        engine.add(GroupRequest {
+            prompt_ids: p.ids.clone(),
+            images: Some(vision_inputs(&[p])?),
+            sampling: sampling.clone(),
+            seeds: (0..n).map(|_| rng.next_u64()).collect(),
+        })?;
     }
-    Ok(out)
+    let sequences = engine.run(model, on_rows)?;
+    Ok((sequences, engine.stats().clone()))
 }
 
 /// Rollouts of a batch, and the prompts whose reward raised.
@@ -231,6 +231,7 @@ pub fn score_samples(
             Ok(score) => out.rollouts.push(Rollout {
                 prompt: s.prompt_index,
                 ids: s.ids,
+                sampling_logprobs: s.logprobs,
                 text,
                 stopped: s.stopped,
                 score,

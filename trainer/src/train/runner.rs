@@ -44,12 +44,12 @@ impl Trainer {
         let mut all = Vec::new();
         while let Some(batch) = loader.next_batch_of(0)? {
             let prompts = self.builder.encode_all(&self.processor, &batch.samples)?;
-            let samples = sample_responses(
+            let (samples, _) = sample_responses(
                 &self.policy,
                 &prompts,
                 n,
                 &sampling,
-                self.cfg.rollout.generation_batch_size,
+                self.engine_config(&prompts, &sampling),
                 &mut rng,
                 &mut |_| {},
             )?;

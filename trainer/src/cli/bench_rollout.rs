@@ -1,0 +1,231 @@
+//! `spatialthinker bench rollout`: the RL step's rollout workload (P prompts × n responses with
+//! natural, sampled stop lengths, under a KV budget) through the generation engine with
+//! continuous refill, and the same workload through the same engine with refill off (static
+//! chunks that step until their longest sequence ends, as rollouts did before the engine).
+//!
+//! Both runs draw each sequence from its own seed, so they generate the same tokens and differ
+//! only in scheduling; the benchmark checks that and prints the length distribution, tokens/s,
+//! mean row occupancy and KV bytes of each.
+//!
+//! Without `--model` it writes the tiny-random preset (full 151,936-row vocabulary) and gives it a
+//! natural stop length: every token embedding carries a constant in hidden dimension 0, and the
+//! `<|im_end|>` row of the (tied) head is raised along that dimension so that its logit stands
+//! `--stop-logit` above the others. Sampling at temperature 1 then ends a response after a
+//! geometrically distributed number of tokens (mean ≈ V / e^stop_logit), the wide spread of RL
+//! response lengths.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use data::rng::SplitMix64;
+use trainer::generate::{Engine, EngineConfig, GeneratedSequence, GroupRequest, SamplingConfig};
+use trainer::model::{LogitsAt, Qwen2_5VLForConditionalGeneration};
+use trainer::tokenizer::IM_END_ID;
+use trainer::train::tiny::{write_tiny_random, TinyShape};
+
+use super::bench::bench_prompt_ids;
+
+/// Constant put in hidden dimension 0 of every token embedding of the generated checkpoint.
+const EMBED_OFFSET: f64 = 1.0;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example (the README's figures):
+  spatialthinker bench rollout --prompts 64 --group-size 8")]
+pub struct RolloutArgs {
+    /// Checkpoint folder; without it the tiny-random preset with a stop bias is written to
+    /// runs/bench-rollout/tiny-random-stop and used.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompts (GRPO groups).
+    #[arg(long, default_value_t = 64)]
+    prompts: usize,
+    /// Responses per prompt (rollout.n).
+    #[arg(long, default_value_t = 8)]
+    group_size: usize,
+    /// Prompt length in tokens (synthetic text ids).
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    /// Response limit (data.max_response_length).
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Rollout temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Rows of the KV pool (rollout.max_num_seqs); also the static chunk size.
+    #[arg(long, default_value_t = 64)]
+    max_num_seqs: usize,
+    /// KV pool budget in GiB (rollout.kv_cache_gib); default: max_num_seqs rows.
+    #[arg(long)]
+    kv_cache_gib: Option<f64>,
+    /// The generated checkpoint's `<|im_end|>` logit above the others (mean response length
+    /// ≈ 151,665 / e^x: 7.8 gives ≈ 62 tokens). Ignored with --model unless given.
+    #[arg(long)]
+    stop_logit: Option<f64>,
+    /// Seed of the responses' generators.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    placement: super::Placement,
+}
+
+/// Default stop logit of the generated checkpoint.
+const DEFAULT_STOP_LOGIT: f64 = 7.8;
+
+/// One run of the workload.
+struct RunResult {
+    sequences: Vec<GeneratedSequence>,
+    seconds: f64,
+    occupancy: f64,
+    kv_bytes: u64,
+    rows: usize,
+    steps: u64,
+}
+
+pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
+    let (dir, stop_logit) = match &a.model {
+        Some(m) => (super::generate::model_dir(m)?, a.stop_logit),
+        None => {
+            let dir = PathBuf::from("runs/bench-rollout/tiny-random-stop");
+            if !dir.join("model.safetensors").exists() {
+                write_tiny_random(&dir, &TinyShape::default(), 0, (3136, 12544))?;
+            }
+            (dir, Some(a.stop_logit.unwrap_or(DEFAULT_STOP_LOGIT)))
+        }
+    };
+    let model = a.placement.load_model(&dir)?;
+    if let Some(x) = stop_logit {
+        raise_stop_logit(&model, x)?;
+    }
+    let sampling = SamplingConfig {
+        max_new_tokens: a.max_new_tokens,
+        ..SamplingConfig::from_temperature(a.temperature)
+    };
+    let mut config = EngineConfig::new(a.max_num_seqs, a.prompt_len + a.max_new_tokens);
+    config.kv_budget_bytes = a.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64);
+    // warm-up: a few rows through the same path
+    run_workload(&model, &a, &sampling, &config, 2)?;
+    let continuous = run_workload(&model, &a, &sampling, &config, a.prompts)?;
+    let static_chunks = run_workload(
+        &model,
+        &a,
+        &sampling,
+        &EngineConfig {
+            refill: false,
+            ..config.clone()
+        },
+        a.prompts,
+    )?;
+    if continuous.sequences != static_chunks.sequences {
+        bail!("the continuous and static runs generated different tokens");
+    }
+    let lengths: Vec<f64> = continuous
+        .sequences
+        .iter()
+        .map(|s| s.ids.len() as f64)
+        .collect();
+    let n = lengths.len() as f64;
+    let mean = lengths.iter().sum::<f64>() / n;
+    let sd = (lengths.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let stopped = continuous.sequences.iter().filter(|s| s.stopped).count();
+    let tokens: usize = continuous.sequences.iter().map(|s| s.ids.len()).sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": dir, "device": a.placement.device.to_string(), "threads": tch::get_num_threads(),
+            "prompts": a.prompts, "group_size": a.group_size, "prompt_len": a.prompt_len,
+            "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "stop_logit": stop_logit,
+            "lengths": {
+                "mean": mean, "min": lengths.iter().copied().fold(f64::INFINITY, f64::min),
+                "max": lengths.iter().copied().fold(0.0, f64::max), "cv": sd / mean,
+                "stopped_fraction": stopped as f64 / n,
+            },
+            "tokens": tokens,
+        })
+    );
+    for (name, r) in [("continuous", &continuous), ("static", &static_chunks)] {
+        println!(
+            "{}",
+            serde_json::json!({
+                "run": name, "seconds": r.seconds, "tokens_per_s": tokens as f64 / r.seconds,
+                "steps": r.steps, "pool_rows": r.rows, "occupancy": r.occupancy,
+                "kv_bytes_allocated": r.kv_bytes,
+            })
+        );
+    }
+    let (x, y) = (
+        tokens as f64 / continuous.seconds,
+        tokens as f64 / static_chunks.seconds,
+    );
+    println!(
+        "rollout_tok_s={x:.1} static_tok_s={y:.1} ratio={:.2} occupancy={:.3}",
+        x / y,
+        continuous.occupancy
+    );
+    Ok(())
+}
+
+/// `prompts` groups of `group_size` through one engine built from `config`.
+fn run_workload(
+    model: &Qwen2_5VLForConditionalGeneration,
+    a: &RolloutArgs,
+    sampling: &SamplingConfig,
+    config: &EngineConfig,
+    prompts: usize,
+) -> Result<RunResult> {
+    let mut engine = Engine::new(model, config.clone())?;
+    let mut seeds = SplitMix64::new(a.seed);
+    for p in 0..prompts {
+        engine.add(GroupRequest {
+            prompt_ids: bench_prompt_ids(p, a.prompt_len),
+            images: None,
+            sampling: sampling.clone(),
+            seeds: (0..a.group_size).map(|_| seeds.next_u64()).collect(),
+        })?;
+    }
+    let start = Instant::now();
+    let sequences = engine.run(model, &mut |_| {})?;
+    let seconds = start.elapsed().as_secs_f64();
+    let stats = engine.stats();
+    Ok(RunResult {
+        sequences,
+        seconds,
+        occupancy: stats.occupancy(),
+        kv_bytes: stats.peak_bytes(),
+        rows: stats.rows,
+        steps: stats.steps,
+    })
+}
+
+/// Gives `model` a stop logit `x` above the rest (see the module docs): dimension 0 of every
+/// token embedding is set to [`EMBED_OFFSET`], then the `<|im_end|>` head row is raised along
+/// dimension 0 by `x` over the mean final hidden value there (measured on a probe prompt).
+fn raise_stop_logit(model: &Qwen2_5VLForConditionalGeneration, x: f64) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    model
+        .model
+        .embed_tokens
+        .f_narrow(1, 0, 1)?
+        .f_fill_(EMBED_OFFSET)
+        .map(drop)?;
+    let probe = bench_prompt_ids(0, 32);
+    let ids = tch::Tensor::from_slice(&probe).view([1, -1]);
+    let len = probe.len() as i64;
+    let positions = tch::Tensor::arange(len, (tch::Kind::Int64, model.device()))
+        .view([1, 1, len])
+        .expand([3, 1, len], false);
+    let mask = tch::Tensor::ones([1, len], (tch::Kind::Int64, model.device()));
+    let hidden = model.hidden_states(&ids, &positions, &mask, None, None, LogitsAt::All)?;
+    let h0 = f64::try_from(hidden.f_select(2, 0)?.f_mean(tch::Kind::Float)?)?;
+    if h0.abs() < 1e-3 {
+        bail!("the probe's final hidden dimension 0 is {h0}: cannot raise the stop logit");
+    }
+    let row = model
+        .lm_head
+        .weight
+        .f_narrow(0, IM_END_ID, 1)?
+        .f_narrow(1, 0, 1)?;
+    let raised = row.f_add_scalar(x / h0)?;
+    row.shallow_clone().f_copy_(&raised)?;
+    Ok(())
+}

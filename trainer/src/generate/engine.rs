@@ -1,0 +1,641 @@
+//! The generation engine: continuous batching over a KV pool of fixed capacity. Every caller that
+//! generates — training rollouts and validation, `infer`, `eval`, `generate`, `serve` and the
+//! benchmarks — goes through it (docs/architecture.md, "Generation engine").
+//!
+//! The pool is one [`KvCache`] of `rows × max_seq_len` slots, sized from a byte budget (or
+//! `max_num_seqs`) when the engine is built and never grown. A request is a *group*: one prompt
+//! and `n` samples, each with its own seed. A group's prompt is prefilled once, alone (batch 1,
+//! so no padding; its images go through the vision tower once), and its keys and values are
+//! copied into a free row for each sample. Every [`Engine::step`] then
+//!
+//! 1. **admits** waiting samples into free rows (with `refill` off, only into an empty pool:
+//!    static chunks, the baseline of `bench rollout`);
+//! 2. **samples** one token for every live sequence, each from its own seeded generator, so a
+//!    sequence's tokens depend on its own request only, never on its neighbours or on the pool
+//!    size; a sequence that stops frees its row at once;
+//! 3. **decodes** one token for every live row in one forward, each row writing at its own slot
+//!    ([`KvCache::set_row_positions`]) and attending to its own slots only.
+//!
+//! Rows are taken lowest first and a step runs only up to the highest live row, so a draining
+//! pool also computes less. The tokens sampled stay on the device until one transfer per step
+//! brings ids and log-probs to the host for the stop check.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+
+use data::rng::SplitMix64;
+use tch::{Device, Kind, Tensor};
+
+use super::decode::{decode_step, prefill};
+use super::sampling::{choose_with_draws, to_host, SamplingConfig};
+use super::GeneratedSequence;
+use crate::model::{KvCache, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
+
+/// Identifies one sequence (one sample of one group) inside an engine.
+pub type SeqId = u64;
+
+/// The pool's size and the admission policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Most sequences decoded together (the pool's rows, unless the budget allows fewer).
+    pub max_num_seqs: usize,
+    /// Slots per row: the longest prompt plus its `max_new_tokens` must fit.
+    pub max_seq_len: usize,
+    /// Bytes the pool and the prefill of one waiting prompt may take together; `None`:
+    /// `max_num_seqs` rows.
+    pub kv_budget_bytes: Option<u64>,
+    /// Give a row to the next waiting sequence the moment its sequence stops (continuous
+    /// batching). Off: admit only into an empty pool, one static chunk at a time.
+    pub refill: bool,
+}
+
+impl EngineConfig {
+    /// `max_num_seqs` rows of `max_seq_len` slots, refilled continuously.
+    pub fn new(max_num_seqs: usize, max_seq_len: usize) -> Self {
+        EngineConfig {
+            max_num_seqs,
+            max_seq_len,
+            kv_budget_bytes: None,
+            refill: true,
+        }
+    }
+}
+
+/// One prompt and its samples.
+#[derive(Debug)]
+pub struct GroupRequest {
+    /// Prompt ids (image pads expanded).
+    pub prompt_ids: Vec<i64>,
+    /// The prompt's images, in the order of its image blocks.
+    pub images: Option<VisionInputs>,
+    /// How every sample of the group picks tokens.
+    pub sampling: SamplingConfig,
+    /// One seed per sample; the group has `seeds.len()` samples.
+    pub seeds: Vec<u64>,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// A stop id was sampled (it is the sequence's last token).
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+}
+
+/// One token of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOut {
+    /// The sequence.
+    pub seq: SeqId,
+    /// The order of its group among the engine's requests (0 for the first [`Engine::add`]).
+    pub group: usize,
+    /// The token id.
+    pub token: i64,
+    /// Its log-prob under the temperature-scaled distribution it was drawn from.
+    pub logprob: f32,
+    /// Set on the sequence's last token; its row is free from then on.
+    pub finish: Option<Finish>,
+}
+
+/// What the engine allocated and did: its own accounting, which tests and `bench rollout` read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Rows of the pool.
+    pub rows: usize,
+    /// Bytes of the pool (allocated once).
+    pub pool_bytes: u64,
+    /// Largest prefill cache of a waiting prompt alive at once.
+    pub peak_prefill_bytes: u64,
+    /// The budget the pool was sized to.
+    pub budget_bytes: u64,
+    /// Steps that sampled at least one token.
+    pub steps: u64,
+    /// Tokens sampled (one per live sequence per step).
+    pub tokens: u64,
+    /// Prompts prefilled, and their tokens.
+    pub prefills: u64,
+    pub prefill_tokens: u64,
+}
+
+impl EngineStats {
+    /// Mean fraction of the pool's rows holding a live sequence over the sampling steps.
+    pub fn occupancy(&self) -> f64 {
+        if self.steps == 0 || self.rows == 0 {
+            return 0.0;
+        }
+        self.tokens as f64 / (self.steps as f64 * self.rows as f64)
+    }
+
+    /// The most KV bytes held at once: the pool plus the largest prefill cache.
+    pub fn peak_bytes(&self) -> u64 {
+        self.pool_bytes + self.peak_prefill_bytes
+    }
+}
+
+/// A group waiting for rows, prefilled when its first sample is admitted.
+struct Waiting {
+    first: SeqId,
+    index: usize,
+    prompt_ids: Vec<i64>,
+    images: Option<VisionInputs>,
+    config: usize,
+    seeds: Vec<u64>,
+    /// Samples given a row (or released) so far.
+    placed: usize,
+    released: Vec<SeqId>,
+    prefilled: Option<Prefilled>,
+}
+
+impl Waiting {
+    /// Ids of the samples not given a row yet.
+    fn unplaced(&self) -> Range<SeqId> {
+        self.first + self.placed as u64..self.first + self.seeds.len() as u64
+    }
+
+    /// Unplaced samples that were not released.
+    fn wanted(&self) -> usize {
+        self.unplaced()
+            .filter(|id| !self.released.contains(id))
+            .count()
+    }
+}
+
+/// A prompt's keys and values and its next-token logits, copied into each sample's row.
+struct Prefilled {
+    cache: KvCache,
+    logits: Tensor,
+    next_position: i64,
+}
+
+/// A sequence holding a row.
+struct Live {
+    id: SeqId,
+    group: usize,
+    config: usize,
+    rng: SplitMix64,
+    /// Filled slots of its row: the next token is written at this slot.
+    len: i64,
+    /// M-RoPE position of the next token (the same on all three axes after the prompt).
+    position: i64,
+    produced: usize,
+    /// The token sampled last step, fed by the next forward.
+    feed: i64,
+}
+
+/// Continuous-batching generation over one model (passed to every call that runs it, so the
+/// same weights serve the trainer, other engines and the server).
+pub struct Engine {
+    config: EngineConfig,
+    pool: KvCache,
+    rows: Vec<Option<Live>>,
+    waiting: VecDeque<Waiting>,
+    /// Distinct sampling configurations, referenced by index.
+    samplings: Vec<SamplingConfig>,
+    next_id: SeqId,
+    next_group: usize,
+    /// Rows admitted since the last forward, with their prompt's logits.
+    fresh: Vec<(usize, Tensor)>,
+    /// `[h, K]` logits of the last forward's rows.
+    logits: Option<Tensor>,
+    device: Device,
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("live", &self.live())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Allocates the pool for `model`'s shapes, device and dtype: `max_num_seqs` rows, or as
+    /// many as the budget holds after keeping one row's worth for a prompt's prefill.
+    pub fn new(
+        model: &Qwen2_5VLForConditionalGeneration,
+        config: EngineConfig,
+    ) -> Result<Self, ModelError> {
+        let slots = config.max_seq_len.max(1) as i64;
+        let row_bytes = KvCache::bytes_for(&model.config, 1, slots, model.kind());
+        let budget = config
+            .kv_budget_bytes
+            .unwrap_or(row_bytes * (config.max_num_seqs as u64 + 1));
+        let rows = config
+            .max_num_seqs
+            .min((budget / row_bytes).saturating_sub(1) as usize);
+        if rows == 0 {
+            return Err(ModelError::Input(format!(
+                "a KV budget of {budget} bytes holds no sequence: a row of {slots} slots takes \
+                 {row_bytes} bytes and one more row's worth is kept for a prompt's prefill \
+                 (max_num_seqs = {})",
+                config.max_num_seqs
+            )));
+        }
+        let pool = KvCache::new(
+            &model.config,
+            rows as i64,
+            slots,
+            model.device(),
+            model.kind(),
+        )?;
+        let stats = EngineStats {
+            rows,
+            pool_bytes: pool.bytes(),
+            budget_bytes: budget,
+            ..EngineStats::default()
+        };
+        Ok(Engine {
+            config,
+            pool,
+            rows: (0..rows).map(|_| None).collect(),
+            waiting: VecDeque::new(),
+            samplings: Vec::new(),
+            next_id: 0,
+            next_group: 0,
+            fresh: Vec::new(),
+            logits: None,
+            device: model.device(),
+            stats,
+        })
+    }
+
+    /// Queues a group; returns its sequences' ids (consecutive, in sample order).
+    pub fn add(&mut self, request: GroupRequest) -> Result<Range<SeqId>, ModelError> {
+        let GroupRequest {
+            prompt_ids,
+            images,
+            sampling,
+            seeds,
+        } = request;
+        let needed = prompt_ids.len() + sampling.max_new_tokens;
+        if prompt_ids.is_empty() || seeds.is_empty() || sampling.max_new_tokens == 0 {
+            return Err(ModelError::Input(
+                "a generation request needs a prompt, at least one sample and max_new_tokens >= 1"
+                    .into(),
+            ));
+        }
+        if needed > self.config.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "a prompt of {} tokens plus {} new tokens exceeds the engine's {} slots per sequence",
+                prompt_ids.len(),
+                sampling.max_new_tokens,
+                self.config.max_seq_len
+            )));
+        }
+        let config = match self.samplings.iter().position(|s| *s == sampling) {
+            Some(i) => i,
+            None => {
+                self.samplings.push(sampling);
+                self.samplings.len() - 1
+            }
+        };
+        let first = self.next_id;
+        self.next_id += seeds.len() as u64;
+        self.waiting.push_back(Waiting {
+            first,
+            index: self.next_group,
+            prompt_ids,
+            images,
+            config,
+            seeds,
+            placed: 0,
+            released: Vec::new(),
+            prefilled: None,
+        });
+        self.next_group += 1;
+        Ok(first..self.next_id)
+    }
+
+    /// Admits, samples one token per live sequence and decodes them (see the module docs);
+    /// returns the tokens sampled.
+    pub fn step(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+    ) -> Result<Vec<TokenOut>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        // 1. admit
+        self.admit(model)?;
+        let Some(hi) = self.highest_live_row() else {
+            return Ok(Vec::new());
+        };
+        // 2. sample
+        let logits = self.current_logits(hi)?;
+        let chosen = self.sample(model, &logits, hi)?;
+        let mut out = Vec::with_capacity(chosen.len());
+        for (row, token, logprob) in chosen {
+            let live = self.rows[row].as_mut().expect("sampled rows are live");
+            let cfg = &self.samplings[live.config];
+            live.produced += 1;
+            let finish = if cfg.stop_token_ids.contains(&token) {
+                Some(Finish::Stop)
+            } else if live.produced >= cfg.max_new_tokens {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            live.feed = token;
+            out.push(TokenOut {
+                seq: live.id,
+                group: live.group,
+                token,
+                logprob,
+                finish,
+            });
+            if finish.is_some() {
+                self.rows[row] = None;
+            }
+        }
+        self.stats.steps += 1;
+        self.stats.tokens += out.len() as u64;
+        self.fresh.clear();
+        // 3. decode
+        self.logits = match self.highest_live_row() {
+            Some(hi) => Some(self.decode(model, hi)?),
+            None => None,
+        };
+        Ok(out)
+    }
+
+    /// Gives free rows to waiting sequences now (prefilling their prompts), as the next
+    /// [`Engine::step`] would first; lets a caller time prefill apart from decoding.
+    pub fn admit_waiting(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+    ) -> Result<(), ModelError> {
+        let _guard = tch::no_grad_guard();
+        self.admit(model)
+    }
+
+    /// Steps until every queued sequence has finished; returns them in id order (prompt-major
+    /// when groups were added in order). `on_finished` is told how many have finished after
+    /// each step that finished one.
+    pub fn run(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+        on_finished: &mut dyn FnMut(usize),
+    ) -> Result<Vec<GeneratedSequence>, ModelError> {
+        let mut sequences: HashMap<SeqId, GeneratedSequence> = HashMap::new();
+        let mut finished = 0;
+        while !self.is_idle() {
+            let before = finished;
+            for t in self.step(model)? {
+                let s = sequences.entry(t.seq).or_insert_with(|| GeneratedSequence {
+                    prompt_index: t.group,
+                    ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    stopped: false,
+                });
+                s.ids.push(t.token);
+                s.logprobs.push(t.logprob);
+                if let Some(f) = t.finish {
+                    s.stopped = f == Finish::Stop;
+                    finished += 1;
+                }
+            }
+            if finished > before {
+                on_finished(finished);
+            }
+        }
+        let mut sequences: Vec<(SeqId, GeneratedSequence)> = sequences.into_iter().collect();
+        sequences.sort_by_key(|(id, _)| *id);
+        Ok(sequences.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Drops a sequence, waiting or live; its row is free at the next step.
+    pub fn release(&mut self, seq: SeqId) {
+        for row in &mut self.rows {
+            if row.as_ref().is_some_and(|l| l.id == seq) {
+                *row = None;
+            }
+        }
+        let rows = &self.rows;
+        self.fresh.retain(|(row, _)| rows[*row].is_some());
+        for w in &mut self.waiting {
+            if w.unplaced().contains(&seq) && !w.released.contains(&seq) {
+                w.released.push(seq);
+            }
+        }
+        self.waiting.retain(|w| w.wanted() > 0);
+    }
+
+    /// Sequences holding a row.
+    pub fn live(&self) -> usize {
+        self.rows.iter().filter(|r| r.is_some()).count()
+    }
+
+    /// Sequences queued but not yet given a row.
+    pub fn waiting(&self) -> usize {
+        self.waiting.iter().map(Waiting::wanted).sum()
+    }
+
+    /// Nothing live and nothing waiting.
+    pub fn is_idle(&self) -> bool {
+        self.live() == 0 && self.waiting.is_empty()
+    }
+
+    /// The pool's rows.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Slots per row.
+    pub fn max_seq_len(&self) -> usize {
+        self.config.max_seq_len
+    }
+
+    /// The engine's accounting so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// One past the highest row holding a live sequence.
+    fn highest_live_row(&self) -> Option<usize> {
+        self.rows.iter().rposition(Option::is_some).map(|r| r + 1)
+    }
+
+    /// Gives free rows (lowest first) to waiting samples, prefilling a group's prompt when its
+    /// first sample is admitted.
+    fn admit(&mut self, model: &Qwen2_5VLForConditionalGeneration) -> Result<(), ModelError> {
+        if !self.config.refill && self.rows.iter().any(Option::is_some) {
+            return Ok(());
+        }
+        while let Some(row) = self.rows.iter().position(Option::is_none) {
+            let Some(group) = self.waiting.front_mut() else {
+                break;
+            };
+            let sample = group.placed;
+            group.placed += 1;
+            let id = group.first + sample as u64;
+            if group.released.contains(&id) {
+                if group.placed == group.seeds.len() {
+                    self.waiting.pop_front();
+                }
+                continue;
+            }
+            if group.prefilled.is_none() {
+                let prefilled = prefill_prompt(model, &group.prompt_ids, group.images.as_ref())?;
+                self.stats.prefills += 1;
+                self.stats.prefill_tokens += group.prompt_ids.len() as u64;
+                self.stats.peak_prefill_bytes =
+                    self.stats.peak_prefill_bytes.max(prefilled.cache.bytes());
+                group.prefilled = Some(prefilled);
+            }
+            let p = group.prefilled.as_ref().expect("prefilled above");
+            self.pool.write_row(row as i64, 0, &p.cache)?;
+            self.fresh.push((row, p.logits.shallow_clone()));
+            self.rows[row] = Some(Live {
+                id,
+                group: group.index,
+                config: group.config,
+                rng: SplitMix64::new(group.seeds[sample]),
+                len: group.prompt_ids.len() as i64,
+                position: p.next_position,
+                produced: 0,
+                feed: 0,
+            });
+            if group.placed == group.seeds.len() {
+                self.waiting.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    /// `[hi, K]` logits of rows `0..hi`: the last forward's, with the rows admitted since then
+    /// set to their prompt's logits (rows without a sequence hold values nobody reads).
+    fn current_logits(&mut self, hi: usize) -> Result<Tensor, ModelError> {
+        let hi = hi as i64;
+        let columns = match (&self.logits, self.fresh.first()) {
+            (Some(l), _) => l.size()[1],
+            (None, Some((_, f))) => f.size()[1],
+            (None, None) => return Err(ModelError::Input("no logits to sample from".into())),
+        };
+        let device = self.device;
+        let base = match self.logits.take() {
+            Some(l) if l.size()[0] >= hi => l.f_narrow(0, 0, hi)?,
+            Some(l) => {
+                let extra = Tensor::f_zeros([hi - l.size()[0], columns], (Kind::Float, device))?;
+                Tensor::f_cat(&[l, extra], 0)?
+            }
+            None => Tensor::f_zeros([hi, columns], (Kind::Float, device))?,
+        };
+        for (row, logits) in &self.fresh {
+            base.f_narrow(0, *row as i64, 1)?.f_copy_(logits)?;
+        }
+        Ok(base)
+    }
+
+    /// One token per live row of `logits [hi, K]`, each drawn with its sequence's generator:
+    /// `(row, token id, log-prob)` in row order. Rows sharing a sampling configuration are
+    /// chosen together (all of them at once in rollouts).
+    fn sample(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+        logits: &Tensor,
+        hi: usize,
+    ) -> Result<Vec<(usize, i64, f32)>, ModelError> {
+        let mut configs: Vec<usize> = self.rows[..hi].iter().flatten().map(|l| l.config).collect();
+        configs.sort_unstable();
+        configs.dedup();
+        let mut out = Vec::new();
+        for config in configs {
+            let cfg = &self.samplings[config];
+            let rows: Vec<usize> = (0..hi)
+                .filter(|&r| self.rows[r].as_ref().is_some_and(|l| l.config == config))
+                .collect();
+            // one configuration for every row up to `hi`: sample them all without a gather
+            // (rows without a sequence get a dummy draw and are ignored)
+            let all = rows.len() == hi;
+            let draw_rows: Vec<usize> = if all { (0..hi).collect() } else { rows.clone() };
+            let draws: Vec<f64> = if cfg.greedy {
+                Vec::new()
+            } else {
+                draw_rows
+                    .iter()
+                    .map(|&r| self.rows[r].as_mut().map_or(0.5, |l| l.rng.unit()))
+                    .collect()
+            };
+            let sub = if all {
+                logits.shallow_clone()
+            } else {
+                let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                logits.f_index_select(
+                    0,
+                    &Tensor::f_from_slice(&index)?.f_to_device(logits.device())?,
+                )?
+            };
+            let (columns, logprobs) = choose_with_draws(&sub, cfg, &draws)?;
+            let (columns, logprobs) = to_host(&columns, &logprobs)?;
+            let tokens = model.lm_head.token_ids(&columns)?;
+            for ((&r, token), logprob) in draw_rows.iter().zip(tokens).zip(logprobs) {
+                if self.rows[r].is_some() {
+                    out.push((r, token, logprob));
+                }
+            }
+        }
+        out.sort_by_key(|(r, _, _)| *r);
+        Ok(out)
+    }
+
+    /// Feeds each live row of `0..hi` its last token at its own slot; rows without a sequence
+    /// write a padding token at their slot 0 (overwritten by their next prompt). Returns the
+    /// `[hi, K]` logits.
+    fn decode(
+        &mut self,
+        model: &Qwen2_5VLForConditionalGeneration,
+        hi: usize,
+    ) -> Result<Tensor, ModelError> {
+        let mut tokens = vec![0i64; hi];
+        let mut slots = vec![0i64; hi];
+        let mut positions = vec![0i64; hi];
+        for (r, live) in self.rows[..hi].iter().enumerate() {
+            if let Some(l) = live {
+                tokens[r] = l.feed;
+                slots[r] = l.len;
+                positions[r] = l.position;
+            }
+        }
+        self.pool.set_row_positions(&slots)?;
+        let device = model.device();
+        let width = self.pool.len() + 1;
+        let mask = Tensor::f_arange(width, (Kind::Int64, device))?
+            .f_view([1, width])?
+            .f_le_tensor(
+                &Tensor::f_from_slice(&slots)?
+                    .f_to_device(device)?
+                    .f_view([hi as i64, 1])?,
+            )?
+            .f_to_kind(Kind::Int64)?;
+        let logits = decode_step(model, &tokens, &positions, &mask, &mut self.pool)?;
+        for l in self.rows[..hi].iter_mut().flatten() {
+            l.len += 1;
+            l.position += 1;
+        }
+        Ok(logits)
+    }
+}
+
+/// Prefills one prompt alone into a cache of its own length.
+fn prefill_prompt(
+    model: &Qwen2_5VLForConditionalGeneration,
+    ids: &[i64],
+    images: Option<&VisionInputs>,
+) -> Result<Prefilled, ModelError> {
+    let len = ids.len() as i64;
+    let mut cache = KvCache::new(&model.config, 1, len, model.device(), model.kind())?;
+    let prompt = prefill(
+        model,
+        &[ids.to_vec()],
+        &[vec![1; ids.len()]],
+        images,
+        &mut cache,
+    )?;
+    Ok(Prefilled {
+        cache,
+        logits: prompt.logits,
+        next_position: prompt.next_position[0],
+    })
+}
