@@ -49,15 +49,17 @@ fn sampling(greedy: bool, max_new: usize) -> SamplingConfig {
     }
 }
 
-/// Runs `order` of the groups through one engine; returns each sequence's (tokens, log-probs)
-/// keyed by its seed.
+/// Each sequence's (tokens, log-probs), keyed by its seed.
+type BySeed = HashMap<u64, (Vec<i64>, Vec<f32>)>;
+
+/// Runs `order` of the groups through one engine; returns each sequence's output by seed.
 fn run(
     model: &Qwen2_5VLForConditionalGeneration,
     config: EngineConfig,
     order: &[usize],
     greedy: bool,
     split_groups: bool,
-) -> (HashMap<u64, (Vec<i64>, Vec<f32>)>, Engine) {
+) -> (BySeed, Engine) {
     let all = groups();
     let mut engine = Engine::new(model, config).unwrap();
     let mut seed_of = HashMap::new();
@@ -82,7 +84,7 @@ fn run(
             }
         }
     }
-    let mut out: HashMap<u64, (Vec<i64>, Vec<f32>)> = HashMap::new();
+    let mut out = BySeed::new();
     while !engine.is_idle() {
         for TokenOut {
             seq,

@@ -103,6 +103,7 @@ fn one_run(model: &Qwen2_5VLForConditionalGeneration, a: &GenerateArgs) -> Resul
         max_new_tokens: a.new_tokens,
         greedy: true,
         stop_token_ids: Vec::new(),
+        logprobs: false,
         ..SamplingConfig::default()
     };
     let mut engine = Engine::new(

@@ -3,9 +3,11 @@
 //! continuous refill, and the same workload through the same engine with refill off (static
 //! chunks that step until their longest sequence ends, as rollouts did before the engine).
 //!
-//! Both runs draw each sequence from its own seed, so they generate the same tokens and differ
-//! only in scheduling; the benchmark checks that and prints the length distribution, tokens/s,
-//! mean row occupancy and KV bytes of each.
+//! Both runs draw each sequence from its own seed, so they sample the same distribution and differ
+//! in scheduling only (and, for a few sequences, where batched matmuls of other shapes round
+//! differently and a draw lands on the other side of a boundary); the benchmark prints the share
+//! of sequences identical in both, the length distribution, tokens/s, mean row occupancy and KV
+//! bytes of each.
 //!
 //! Without `--model` it writes the tiny-random preset (full 151,936-row vocabulary) and gives it a
 //! natural stop length: every token embedding carries a constant in hidden dimension 0, and the
@@ -19,7 +21,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use data::rng::SplitMix64;
-use trainer::generate::{Engine, EngineConfig, GeneratedSequence, GroupRequest, SamplingConfig};
+use trainer::generate::{
+    Engine, EngineConfig, EngineStats, GeneratedSequence, GroupRequest, SamplingConfig,
+};
 use trainer::model::{LogitsAt, Qwen2_5VLForConditionalGeneration};
 use trainer::tokenizer::IM_END_ID;
 use trainer::train::tiny::{write_tiny_random, TinyShape};
@@ -43,8 +47,9 @@ pub struct RolloutArgs {
     /// Responses per prompt (rollout.n).
     #[arg(long, default_value_t = 8)]
     group_size: usize,
-    /// Prompt length in tokens (synthetic text ids).
-    #[arg(long, default_value_t = 64)]
+    /// Prompt length in tokens (synthetic text ids). The recipe's prompts are ~1,000-5,400
+    /// tokens, most of them the image's.
+    #[arg(long, default_value_t = 2048)]
     prompt_len: usize,
     /// Response limit (data.max_response_length).
     #[arg(long, default_value_t = 256)]
@@ -59,7 +64,8 @@ pub struct RolloutArgs {
     #[arg(long)]
     kv_cache_gib: Option<f64>,
     /// The generated checkpoint's `<|im_end|>` logit above the others (mean response length
-    /// ≈ 151,665 / e^x: 7.8 gives ≈ 62 tokens). Ignored with --model unless given.
+    /// ≈ 151,665 / e^x before the --max-new-tokens cap: 7.3 gives ≈ 100, ≈ 86 after a cap of
+    /// 256). Ignored with --model unless given.
     #[arg(long)]
     stop_logit: Option<f64>,
     /// Seed of the responses' generators.
@@ -70,16 +76,13 @@ pub struct RolloutArgs {
 }
 
 /// Default stop logit of the generated checkpoint.
-const DEFAULT_STOP_LOGIT: f64 = 7.8;
+const DEFAULT_STOP_LOGIT: f64 = 7.3;
 
 /// One run of the workload.
 struct RunResult {
     sequences: Vec<GeneratedSequence>,
     seconds: f64,
-    occupancy: f64,
-    kv_bytes: u64,
-    rows: usize,
-    steps: u64,
+    stats: EngineStats,
 }
 
 pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
@@ -116,9 +119,12 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
         },
         a.prompts,
     )?;
-    if continuous.sequences != static_chunks.sequences {
-        bail!("the continuous and static runs generated different tokens");
-    }
+    let identical = continuous
+        .sequences
+        .iter()
+        .zip(&static_chunks.sequences)
+        .filter(|(a, b)| a.ids == b.ids)
+        .count();
     let lengths: Vec<f64> = continuous
         .sequences
         .iter()
@@ -129,6 +135,7 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
     let sd = (lengths.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n).sqrt();
     let stopped = continuous.sequences.iter().filter(|s| s.stopped).count();
     let tokens: usize = continuous.sequences.iter().map(|s| s.ids.len()).sum();
+    let static_tokens: usize = static_chunks.sequences.iter().map(|s| s.ids.len()).sum();
     println!(
         "{}",
         serde_json::json!({
@@ -141,26 +148,31 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
                 "stopped_fraction": stopped as f64 / n,
             },
             "tokens": tokens,
+            // same seeds: the runs differ only where batched matmuls round differently
+            "identical_in_both_runs": identical as f64 / n,
         })
     );
     for (name, r) in [("continuous", &continuous), ("static", &static_chunks)] {
         println!(
             "{}",
             serde_json::json!({
-                "run": name, "seconds": r.seconds, "tokens_per_s": tokens as f64 / r.seconds,
-                "steps": r.steps, "pool_rows": r.rows, "occupancy": r.occupancy,
-                "kv_bytes_allocated": r.kv_bytes,
+                "run": name, "seconds": r.seconds,
+                "tokens": r.sequences.iter().map(|s| s.ids.len()).sum::<usize>(),
+                "tokens_per_s": r.sequences.iter().map(|s| s.ids.len()).sum::<usize>() as f64 / r.seconds,
+                "steps": r.stats.steps, "pool_rows": r.stats.rows, "occupancy": r.stats.occupancy(),
+                "kv_bytes_allocated": r.stats.peak_bytes(),
+                "admit_s": r.stats.admit_s, "sample_s": r.stats.sample_s, "decode_s": r.stats.decode_s,
             })
         );
     }
     let (x, y) = (
         tokens as f64 / continuous.seconds,
-        tokens as f64 / static_chunks.seconds,
+        static_tokens as f64 / static_chunks.seconds,
     );
     println!(
         "rollout_tok_s={x:.1} static_tok_s={y:.1} ratio={:.2} occupancy={:.3}",
         x / y,
-        continuous.occupancy
+        continuous.stats.occupancy()
     );
     Ok(())
 }
@@ -186,14 +198,10 @@ fn run_workload(
     let start = Instant::now();
     let sequences = engine.run(model, &mut |_| {})?;
     let seconds = start.elapsed().as_secs_f64();
-    let stats = engine.stats();
     Ok(RunResult {
         sequences,
         seconds,
-        occupancy: stats.occupancy(),
-        kv_bytes: stats.peak_bytes(),
-        rows: stats.rows,
-        steps: stats.steps,
+        stats: engine.stats().clone(),
     })
 }
 

@@ -2,8 +2,10 @@
 //! logits of each row's next token, and the one-token forward that follows it. The
 //! [`super::engine`] drives both, with per-row slots, masks and positions.
 //!
-//! Both return f32 logits `[B, K]` over the head's output columns ([`crate::model::LmHead::output_logits`]),
-//! ready for [`super::sampling::next_tokens`] or [`crate::model::LmHead::greedy_ids`].
+//! Both return the final-norm hidden state `[B, D]` of each row's last position; the engine
+//! turns them into logits over the head's output columns
+//! ([`crate::model::LmHead::output_logits`]) a few rows at a time, so a `[B, K]` block of logits
+//! is never held whole.
 
 use tch::Tensor;
 
@@ -14,8 +16,9 @@ use crate::model::{
 /// What a prefill leaves for decoding.
 #[derive(Debug)]
 pub struct Prefill {
-    /// `[B, K]` f32 output logits of each row's next token.
-    pub logits: Tensor,
+    /// `[B, D]` final hidden state of each row's last prompt position (its next token's input
+    /// to the head).
+    pub hidden: Tensor,
     /// `[B, L]` the 0/1 padding mask of the prompts, on the model's device.
     pub attention_mask: Tensor,
     /// Per row, the M-RoPE position of its first new token.
@@ -30,7 +33,7 @@ pub(crate) fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
 }
 
 /// Runs left-padded prompts `ids`/`mask` (equal-length rows) and their `images` into `cache`
-/// (advanced by the prompt width) and returns the logits of each row's next token.
+/// (advanced by the prompt width) and returns the hidden state of each row's last position.
 pub fn prefill(
     model: &Qwen2_5VLForConditionalGeneration,
     ids: &[Vec<i64>],
@@ -51,7 +54,7 @@ pub fn prefill(
         LogitsAt::Last,
     )?;
     Ok(Prefill {
-        logits: model.lm_head.output_logits(&hidden)?.f_squeeze_dim(1)?,
+        hidden: hidden.f_squeeze_dim(1)?,
         attention_mask,
         next_position: rope.next_position,
     })
@@ -60,7 +63,7 @@ pub fn prefill(
 /// One decode step: feeds `tokens[r]` to row `r` at M-RoPE position `positions[r]` (the same on
 /// all three axes after the prompt), with `attention_mask [B, cache.len() + 1]` over every slot,
 /// writes the new keys and values at the cache's end (or at each row's own slot after
-/// [`KvCache::set_row_positions`]) and returns the logits of each row's next token.
+/// [`KvCache::set_row_positions`]) and returns the final hidden state `[B, D]` of each row.
 pub fn decode_step(
     model: &Qwen2_5VLForConditionalGeneration,
     tokens: &[i64],
@@ -87,5 +90,5 @@ pub fn decode_step(
         Some(cache),
         LogitsAt::All,
     )?;
-    Ok(model.lm_head.output_logits(&hidden)?.f_squeeze_dim(1)?)
+    Ok(hidden.f_squeeze_dim(1)?)
 }

@@ -17,11 +17,17 @@
 //!    ([`KvCache::set_row_positions`]) and attending to its own slots only.
 //!
 //! Rows are taken lowest first and a step runs only up to the highest live row, so a draining
-//! pool also computes less. The tokens sampled stay on the device until one transfer per step
-//! brings ids and log-probs to the host for the stop check.
+//! pool also computes less. The engine keeps each row's final hidden state, not its logits: the
+//! head and the sampler run only for live rows, as many at a time as keep the f32 logits within
+//! one logits chunk ([`crate::model::LmHead::rows_per_logits_chunk`]: 55 rows of the full
+//! vocabulary on the CPU, where a larger block would be mapped fresh from the kernel every step;
+//! every row on an accelerator). The tokens sampled stay on the device until one transfer per
+//! chunk (one per step on an accelerator) brings ids and log-probs to the host for the stop
+//! check.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::time::Instant;
 
 use data::rng::SplitMix64;
 use tch::{Device, Kind, Tensor};
@@ -116,6 +122,11 @@ pub struct EngineStats {
     /// Prompts prefilled, and their tokens.
     pub prefills: u64,
     pub prefill_tokens: u64,
+    /// Seconds spent admitting (prefill and copies into rows), sampling (head and sampler) and
+    /// decoding (the batched forward), as the host saw them.
+    pub admit_s: f64,
+    pub sample_s: f64,
+    pub decode_s: f64,
 }
 
 impl EngineStats {
@@ -161,10 +172,10 @@ impl Waiting {
     }
 }
 
-/// A prompt's keys and values and its next-token logits, copied into each sample's row.
+/// A prompt's keys and values and its last hidden state, copied into each sample's row.
 struct Prefilled {
     cache: KvCache,
-    logits: Tensor,
+    hidden: Tensor,
     next_position: i64,
 }
 
@@ -194,10 +205,10 @@ pub struct Engine {
     samplings: Vec<SamplingConfig>,
     next_id: SeqId,
     next_group: usize,
-    /// Rows admitted since the last forward, with their prompt's logits.
+    /// Rows admitted since the last forward, with their prompt's last hidden state `[1, D]`.
     fresh: Vec<(usize, Tensor)>,
-    /// `[h, K]` logits of the last forward's rows.
-    logits: Option<Tensor>,
+    /// `[h, D]` final hidden states of the last forward's rows.
+    hidden: Option<Tensor>,
     device: Device,
     stats: EngineStats,
 }
@@ -257,7 +268,7 @@ impl Engine {
             next_id: 0,
             next_group: 0,
             fresh: Vec::new(),
-            logits: None,
+            hidden: None,
             device: model.device(),
             stats,
         })
@@ -318,13 +329,16 @@ impl Engine {
     ) -> Result<Vec<TokenOut>, ModelError> {
         let _guard = tch::no_grad_guard();
         // 1. admit
+        let t = Instant::now();
         self.admit(model)?;
+        self.stats.admit_s += t.elapsed().as_secs_f64();
         let Some(hi) = self.highest_live_row() else {
             return Ok(Vec::new());
         };
         // 2. sample
-        let logits = self.current_logits(hi)?;
-        let chosen = self.sample(model, &logits, hi)?;
+        let t = Instant::now();
+        let hidden = self.current_hidden(hi)?;
+        let chosen = self.sample(model, &hidden, hi)?;
         let mut out = Vec::with_capacity(chosen.len());
         for (row, token, logprob) in chosen {
             let live = self.rows[row].as_mut().expect("sampled rows are live");
@@ -352,11 +366,14 @@ impl Engine {
         self.stats.steps += 1;
         self.stats.tokens += out.len() as u64;
         self.fresh.clear();
+        self.stats.sample_s += t.elapsed().as_secs_f64();
         // 3. decode
-        self.logits = match self.highest_live_row() {
+        let t = Instant::now();
+        self.hidden = match self.highest_live_row() {
             Some(hi) => Some(self.decode(model, hi)?),
             None => None,
         };
+        self.stats.decode_s += t.elapsed().as_secs_f64();
         Ok(out)
     }
 
@@ -486,7 +503,7 @@ impl Engine {
             }
             let p = group.prefilled.as_ref().expect("prefilled above");
             self.pool.write_row(row as i64, 0, &p.cache)?;
-            self.fresh.push((row, p.logits.shallow_clone()));
+            self.fresh.push((row, p.hidden.shallow_clone()));
             self.rows[row] = Some(Live {
                 id,
                 group: group.index,
@@ -504,74 +521,72 @@ impl Engine {
         Ok(())
     }
 
-    /// `[hi, K]` logits of rows `0..hi`: the last forward's, with the rows admitted since then
-    /// set to their prompt's logits (rows without a sequence hold values nobody reads).
-    fn current_logits(&mut self, hi: usize) -> Result<Tensor, ModelError> {
+    /// `[hi, D]` hidden states of rows `0..hi`: the last forward's, with the rows admitted since
+    /// then set to their prompt's (rows without a sequence hold values nobody reads).
+    fn current_hidden(&mut self, hi: usize) -> Result<Tensor, ModelError> {
         let hi = hi as i64;
-        let columns = match (&self.logits, self.fresh.first()) {
-            (Some(l), _) => l.size()[1],
-            (None, Some((_, f))) => f.size()[1],
-            (None, None) => return Err(ModelError::Input("no logits to sample from".into())),
-        };
-        let device = self.device;
-        let base = match self.logits.take() {
-            Some(l) if l.size()[0] >= hi => l.f_narrow(0, 0, hi)?,
-            Some(l) => {
-                let extra = Tensor::f_zeros([hi - l.size()[0], columns], (Kind::Float, device))?;
-                Tensor::f_cat(&[l, extra], 0)?
+        let (width, kind) = match (&self.hidden, self.fresh.first()) {
+            (Some(h), _) => (h.size()[1], h.kind()),
+            (None, Some((_, f))) => (f.size()[1], f.kind()),
+            (None, None) => {
+                return Err(ModelError::Input("no hidden states to sample from".into()))
             }
-            None => Tensor::f_zeros([hi, columns], (Kind::Float, device))?,
         };
-        for (row, logits) in &self.fresh {
-            base.f_narrow(0, *row as i64, 1)?.f_copy_(logits)?;
+        let base = match self.hidden.take() {
+            Some(h) if h.size()[0] >= hi => h.f_narrow(0, 0, hi)?,
+            Some(h) => {
+                let extra = Tensor::f_zeros([hi - h.size()[0], width], (kind, self.device))?;
+                Tensor::f_cat(&[h, extra], 0)?
+            }
+            None => Tensor::f_zeros([hi, width], (kind, self.device))?,
+        };
+        for (row, hidden) in &self.fresh {
+            base.f_narrow(0, *row as i64, 1)?.f_copy_(hidden)?;
         }
         Ok(base)
     }
 
-    /// One token per live row of `logits [hi, K]`, each drawn with its sequence's generator:
-    /// `(row, token id, log-prob)` in row order. Rows sharing a sampling configuration are
-    /// chosen together (all of them at once in rollouts).
+    /// One token per live row of `0..hi` from its hidden state in `hidden [hi, D]`, each drawn
+    /// with its sequence's generator: `(row, token id, log-prob)` in row order. Rows sharing a
+    /// sampling configuration go through the head and the sampler together, a logits chunk of
+    /// rows at a time.
     fn sample(
         &mut self,
         model: &Qwen2_5VLForConditionalGeneration,
-        logits: &Tensor,
+        hidden: &Tensor,
         hi: usize,
     ) -> Result<Vec<(usize, i64, f32)>, ModelError> {
         let mut configs: Vec<usize> = self.rows[..hi].iter().flatten().map(|l| l.config).collect();
         configs.sort_unstable();
         configs.dedup();
+        let chunk = model.lm_head.rows_per_logits_chunk(self.device);
         let mut out = Vec::new();
         for config in configs {
             let cfg = &self.samplings[config];
             let rows: Vec<usize> = (0..hi)
                 .filter(|&r| self.rows[r].as_ref().is_some_and(|l| l.config == config))
                 .collect();
-            // one configuration for every row up to `hi`: sample them all without a gather
-            // (rows without a sequence get a dummy draw and are ignored)
-            let all = rows.len() == hi;
-            let draw_rows: Vec<usize> = if all { (0..hi).collect() } else { rows.clone() };
-            let draws: Vec<f64> = if cfg.greedy {
-                Vec::new()
-            } else {
-                draw_rows
-                    .iter()
-                    .map(|&r| self.rows[r].as_mut().map_or(0.5, |l| l.rng.unit()))
-                    .collect()
-            };
-            let sub = if all {
-                logits.shallow_clone()
+            let selected = if rows.len() == hi {
+                hidden.shallow_clone()
             } else {
                 let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                logits.f_index_select(
-                    0,
-                    &Tensor::f_from_slice(&index)?.f_to_device(logits.device())?,
-                )?
+                hidden
+                    .f_index_select(0, &Tensor::f_from_slice(&index)?.f_to_device(self.device)?)?
             };
-            let (columns, logprobs) = choose_with_draws(&sub, cfg, &draws)?;
-            let (columns, logprobs) = to_host(&columns, &logprobs)?;
-            let tokens = model.lm_head.token_ids(&columns)?;
-            for ((&r, token), logprob) in draw_rows.iter().zip(tokens).zip(logprobs) {
-                if self.rows[r].is_some() {
+            for (c, part) in rows.chunks(chunk).enumerate() {
+                let h = selected.f_narrow(0, (c * chunk) as i64, part.len() as i64)?;
+                let logits = model.lm_head.output_logits(&h)?;
+                let draws: Vec<f64> = if cfg.greedy {
+                    Vec::new()
+                } else {
+                    part.iter()
+                        .map(|&r| self.rows[r].as_mut().map_or(0.5, |l| l.rng.unit()))
+                        .collect()
+                };
+                let (columns, logprobs) = choose_with_draws(&logits, cfg, &draws)?;
+                let (columns, logprobs) = to_host(&columns, &logprobs)?;
+                let tokens = model.lm_head.token_ids(&columns)?;
+                for ((&r, token), logprob) in part.iter().zip(tokens).zip(logprobs) {
                     out.push((r, token, logprob));
                 }
             }
@@ -582,7 +597,7 @@ impl Engine {
 
     /// Feeds each live row of `0..hi` its last token at its own slot; rows without a sequence
     /// write a padding token at their slot 0 (overwritten by their next prompt). Returns the
-    /// `[hi, K]` logits.
+    /// `[hi, D]` final hidden states.
     fn decode(
         &mut self,
         model: &Qwen2_5VLForConditionalGeneration,
@@ -609,12 +624,12 @@ impl Engine {
                     .f_view([hi as i64, 1])?,
             )?
             .f_to_kind(Kind::Int64)?;
-        let logits = decode_step(model, &tokens, &positions, &mask, &mut self.pool)?;
+        let hidden = decode_step(model, &tokens, &positions, &mask, &mut self.pool)?;
         for l in self.rows[..hi].iter_mut().flatten() {
             l.len += 1;
             l.position += 1;
         }
-        Ok(logits)
+        Ok(hidden)
     }
 }
 
@@ -635,7 +650,7 @@ fn prefill_prompt(
     )?;
     Ok(Prefilled {
         cache,
-        logits: prompt.logits,
+        hidden: prompt.hidden,
         next_position: prompt.next_position[0],
     })
 }

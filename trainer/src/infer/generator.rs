@@ -60,6 +60,7 @@ impl ModelGenerator {
             sampling: SamplingConfig {
                 max_new_tokens,
                 greedy: true,
+                logprobs: false,
                 ..SamplingConfig::default()
             },
             rng: SplitMix64::new(0),

@@ -133,6 +133,26 @@ impl LmHead {
             .collect()
     }
 
+    /// Output columns `K`: the restricted vocabulary's size, else the tokenizer's ids.
+    pub fn output_columns(&self) -> i64 {
+        match &self.output_vocab {
+            Some(v) => v.ids.len() as i64,
+            None => self.vocab_size().min(TOKENIZER_VOCAB),
+        }
+    }
+
+    /// Rows of hidden states whose f32 output logits `[rows, K]` stay within one logits chunk
+    /// ([`CPU_LOGITS_CHUNK_BYTES`] on the CPU, the heap block the allocator reuses;
+    /// [`GPU_LOGITS_CHUNK_BYTES`] elsewhere), at least 1.
+    pub fn rows_per_logits_chunk(&self, device: Device) -> usize {
+        let budget = if device == Device::Cpu {
+            CPU_LOGITS_CHUNK_BYTES
+        } else {
+            GPU_LOGITS_CHUNK_BYTES
+        };
+        (budget / (self.output_columns().max(1) * 4)).max(1) as usize
+    }
+
     /// The weight rows of the output columns, `[K, D]`.
     fn output_weight(&self) -> Result<Tensor, ModelError> {
         Ok(match &self.output_vocab {

@@ -30,7 +30,7 @@ pub use weight_path::{TensorSource, WeightBuilder, WeightPath};
 pub use weights::{Checkpoint, Weights};
 
 use rope::MRope;
-use text::{causal_padding_mask, Qwen2_5VLTextModel};
+use text::{AttentionMask, Qwen2_5VLTextModel};
 use vision::Qwen2_5VisionTransformer;
 
 /// Errors of the model code.
@@ -409,7 +409,7 @@ impl Qwen2_5VLForConditionalGeneration {
                 mask.size()
             )));
         }
-        let mask = causal_padding_mask(&mask, past, l)?;
+        let mask = AttentionMask::for_forward(&mask, past, l)?;
         let (cos, sin) = self
             .rope
             .cos_sin(&position_ids.f_to_device(self.device)?, self.kind)?;

@@ -359,7 +359,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, ModelError> {
         let (b, l) = (x.size()[0], x.size()[1]);
@@ -376,13 +376,17 @@ impl Attention {
             Some((c, layer)) => c.append(layer, &k, &v)?,
             None => (k, v),
         };
+        let (mask, is_causal) = match mask {
+            AttentionMask::Causal => (None, true),
+            AttentionMask::Allowed(m) => (Some(m), false),
+        };
         let out = Tensor::f_scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(mask),
+            mask,
             0.0,
-            false,
+            is_causal,
             None,
             self.num_heads != self.num_kv_heads,
         )?;
@@ -437,8 +441,8 @@ impl Qwen2_5VLTextModel {
         })
     }
 
-    /// Runs the decoder over `inputs_embeds [B, L, D]` with rotary `cos`/`sin` `[B, L, hd]` and a
-    /// boolean attention mask `[B, 1, L, S]` (S = cached + new slots); returns the final-norm
+    /// Runs the decoder over `inputs_embeds [B, L, D]` with rotary `cos`/`sin` `[B, L, hd]` and an
+    /// attention mask over `S` = cached + new slots; returns the final-norm
     /// hidden states `[B, L, D]`. With a cache, new keys/values are written at its end and its
     /// length advances by L.
     pub fn forward(
@@ -446,7 +450,7 @@ impl Qwen2_5VLTextModel {
         inputs_embeds: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
         let mut h = inputs_embeds.shallow_clone();
@@ -475,6 +479,32 @@ impl Qwen2_5VLTextModel {
             c.row_positions = None;
         }
         self.norm.forward(&h)
+    }
+}
+
+/// Which keys each query of a forward sees.
+#[derive(Debug)]
+pub enum AttentionMask {
+    /// Plain causal attention over the new tokens only (no cache before them, no padding):
+    /// SDPA's `is_causal`, which reaches the fused kernels.
+    Causal,
+    /// Boolean `[B, 1, L, S]`, true where a query may see a key ([`causal_padding_mask`]).
+    Allowed(Tensor),
+}
+
+impl AttentionMask {
+    /// The mask for `new` tokens after `past` cached slots, from the 0/1 padding mask `[B, S]`:
+    /// [`AttentionMask::Causal`] when nothing is cached and nothing is padded (one check on the
+    /// host), else [`causal_padding_mask`].
+    pub fn for_forward(attention_mask: &Tensor, past: i64, new: i64) -> Result<Self, ModelError> {
+        if past == 0 && bool::try_from(attention_mask.f_ne(0)?.f_all()?)? {
+            return Ok(AttentionMask::Causal);
+        }
+        Ok(AttentionMask::Allowed(causal_padding_mask(
+            attention_mask,
+            past,
+            new,
+        )?))
     }
 }
 

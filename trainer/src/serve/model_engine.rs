@@ -131,6 +131,7 @@ impl DecodeEngine for ModelEngine {
         let sampling = SamplingConfig {
             max_new_tokens: max_tokens,
             top_p: f64::from(p.top_p),
+            logprobs: false,
             ..SamplingConfig::from_temperature(f64::from(p.temperature))
         };
         let ids = self
