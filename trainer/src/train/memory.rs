@@ -135,8 +135,14 @@ impl MemoryPlan {
         let seq = (cfg.data.max_prompt_length + cfg.data.max_response_length) as u64;
         let resp = cfg.data.max_response_length as u64;
         let kv_dim = shape.num_key_value_heads * shape.head_dim();
-        let kv_cache =
-            2 * shape.num_hidden_layers * kv_dim * seq * cfg.rollout.max_num_seqs as u64 * wb;
+        // the generation engine's pool: max_num_seqs rows plus one row's worth for the prefill of
+        // the prompt being admitted, or the rollout.kv_cache_gib budget when that is smaller
+        let kv_row = 2 * shape.num_hidden_layers * kv_dim * seq * wb;
+        let kv_rows = kv_row * (cfg.rollout.max_num_seqs as u64 + 1);
+        let kv_cache = match cfg.rollout.kv_cache_gib {
+            Some(gib) => kv_rows.min((gib * GIB) as u64),
+            None => kv_rows,
+        };
         let micro = cfg.actor.micro_batch_size_per_device_for_update as u64;
         let h = shape.hidden_size;
         // One decoder layer's working set per token: q/k/v/o, norms, residuals and the MLP
@@ -186,7 +192,7 @@ impl MemoryPlan {
         }
         Err(TrainError::DoesNotFit(format!(
             "the training plan needs {:.1} GiB but the device has {:.1} GiB usable:\n{self}\n\
-             reduce rollout.max_num_seqs or data.max_*_length, set model.offload_reference = true \
+             reduce rollout.max_num_seqs (or set rollout.kv_cache_gib) or data.max_*_length, set model.offload_reference = true \
              or model.freeze_vision_tower = true, or use a smaller model",
             self.peak() as f64 / GIB,
             usable as f64 / GIB
