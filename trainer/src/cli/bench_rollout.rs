@@ -3,7 +3,8 @@
 //! continuous refill, and the same workload through the same engine with refill off (static
 //! chunks that step until their longest sequence ends, as rollouts did before the engine).
 //!
-//! Both runs draw each sequence from its own seed, so they sample the same distribution and differ
+//! The two runs alternate for `--rounds` rounds and each keeps its fastest. Both runs draw each
+//! sequence from its own seed, so they sample the same distribution and differ
 //! in scheduling only (and, for a few sequences, where batched matmuls of other shapes round
 //! differently and a draw lands on the other side of a boundary); the benchmark prints the share
 //! of sequences identical in both, the length distribution, tokens/s, mean row occupancy and KV
@@ -71,6 +72,9 @@ pub struct RolloutArgs {
     /// Seed of the responses' generators.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Rounds of both runs, alternating; each mode's fastest round is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     #[command(flatten)]
     placement: super::Placement,
 }
@@ -108,17 +112,29 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
     config.kv_budget_bytes = a.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64);
     // warm-up: a few rows through the same path
     run_workload(&model, &a, &sampling, &config, 2)?;
-    let continuous = run_workload(&model, &a, &sampling, &config, a.prompts)?;
-    let static_chunks = run_workload(
-        &model,
-        &a,
-        &sampling,
-        &EngineConfig {
-            refill: false,
-            ..config.clone()
-        },
-        a.prompts,
-    )?;
+    let static_config = EngineConfig {
+        refill: false,
+        ..config.clone()
+    };
+    // the two modes alternate and each keeps its fastest round: on a shared machine noise only
+    // ever slows a round down
+    let mut continuous: Option<RunResult> = None;
+    let mut static_chunks: Option<RunResult> = None;
+    for _ in 0..a.rounds.max(1) {
+        for (slot, cfg) in [
+            (&mut continuous, &config),
+            (&mut static_chunks, &static_config),
+        ] {
+            let r = run_workload(&model, &a, &sampling, cfg, a.prompts)?;
+            if slot.as_ref().is_none_or(|best| r.seconds < best.seconds) {
+                *slot = Some(r);
+            }
+        }
+    }
+    let (continuous, static_chunks) = (
+        continuous.expect("at least one round"),
+        static_chunks.expect("at least one round"),
+    );
     let identical = continuous
         .sequences
         .iter()

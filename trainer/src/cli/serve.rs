@@ -27,7 +27,7 @@ pub struct Args {
     /// Bearer key clients must send (`Authorization: Bearer KEY`).
     #[arg(long)]
     api_key: Option<String>,
-    /// Most sequences decoded together.
+    /// Most sequences decoded together (rows of the KV pool).
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
     /// Most sequences waiting for a batch slot before requests get HTTP 429.
@@ -45,8 +45,8 @@ pub struct Args {
     /// Largest `n`.
     #[arg(long, default_value_t = 8)]
     max_n: u32,
-    /// Longest context per sequence in tokens (prompt plus generated); the KV cache holds
-    /// `max_batch` rows of twice this.
+    /// Longest context per sequence in tokens (prompt plus generated); the generation engine's
+    /// KV pool holds `max_batch` rows of this many slots.
     #[arg(long, default_value_t = 8192)]
     max_context: usize,
     #[command(flatten)]

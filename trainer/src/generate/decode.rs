@@ -61,7 +61,8 @@ pub fn prefill(
 }
 
 /// One decode step: feeds `tokens[r]` to row `r` at M-RoPE position `positions[r]` (the same on
-/// all three axes after the prompt), with `attention_mask [B, cache.len() + 1]` over every slot,
+/// all three axes after the prompt), with `attention_mask [B, cache.len() + 1]` over every slot
+/// (or the boolean `[B, 1, 1, cache.len() + 1]` of allowed keys),
 /// writes the new keys and values at the cache's end (or at each row's own slot after
 /// [`KvCache::set_row_positions`]) and returns the final hidden state `[B, D]` of each row.
 pub fn decode_step(

@@ -616,6 +616,7 @@ impl Engine {
         self.pool.set_row_positions(&slots)?;
         let device = model.device();
         let width = self.pool.len() + 1;
+        // the allowed keys `[hi, 1, 1, width]`: each row's own slots, its new one included
         let mask = Tensor::f_arange(width, (Kind::Int64, device))?
             .f_view([1, width])?
             .f_le_tensor(
@@ -623,7 +624,7 @@ impl Engine {
                     .f_to_device(device)?
                     .f_view([hi as i64, 1])?,
             )?
-            .f_to_kind(Kind::Int64)?;
+            .f_view([hi as i64, 1, 1, width])?;
         let hidden = decode_step(model, &tokens, &positions, &mask, &mut self.pool)?;
         for l in self.rows[..hi].iter_mut().flatten() {
             l.len += 1;

@@ -387,7 +387,9 @@ impl Qwen2_5VLForConditionalGeneration {
     /// * `input_ids [B, L]` new tokens (prompt at prefill, one token per row when decoding);
     /// * `position_ids [3, B, L]` their M-RoPE positions (from [`get_rope_index`] at prefill,
     ///   `next_position + step` when decoding);
-    /// * `attention_mask [B, S]` 0/1 over every slot, cached ones first (`S = cache.len() + L`);
+    /// * `attention_mask [B, S]` 0/1 over every slot, cached ones first (`S = cache.len() + L`),
+    ///   or the boolean `[B, 1, L, S]` of keys each query may see, used as given (the engine's
+    ///   ragged decode builds it directly);
     /// * `images` for the image tokens among `input_ids` (prefill only);
     /// * `cache`: written at its end and advanced by `L` when given.
     pub fn hidden_states(
@@ -403,13 +405,18 @@ impl Qwen2_5VLForConditionalGeneration {
         let (b, l) = (embeds.size()[0], embeds.size()[1]);
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mask = attention_mask.f_to_device(self.device)?;
-        if mask.size() != [b, past + l] {
+        let mask = if mask.kind() == Kind::Bool && mask.size() == [b, 1, l, past + l] {
+            AttentionMask::Allowed(mask)
+        } else if mask.size() == [b, past + l] {
+            AttentionMask::for_forward(&mask, past, l)?
+        } else {
             return Err(ModelError::Input(format!(
-                "attention_mask {:?} must be [B={b}, cached {past} + new {l}]",
-                mask.size()
+                "attention_mask {:?} must be [B={b}, cached {past} + new {l}] (0/1) or \
+                 [B, 1, {l}, {}] (bool)",
+                mask.size(),
+                past + l
             )));
-        }
-        let mask = AttentionMask::for_forward(&mask, past, l)?;
+        };
         let (cos, sin) = self
             .rope
             .cos_sin(&position_ids.f_to_device(self.device)?, self.kind)?;
