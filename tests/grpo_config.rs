@@ -155,6 +155,14 @@ fn invalid_configs_are_rejected_with_the_field() {
     };
     assert!(err("actor.lrr=1").contains("lrr"), "unknown field named");
     assert!(err("rollout.n=1").contains("rollout.n"));
+    assert!(err("rollout.max_num_seqs=0").contains("rollout.max_num_seqs"));
+    assert!(err("rollout.kv_cache_gib=-1.0").contains("rollout.kv_cache_gib"));
+    // the pre-engine name of max_num_seqs is still read
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("max_num_seqs = 64", "generation_batch_size = 12");
+    let old_name = TrainConfig::from_toml_str(&text, &[], "old-name.toml").unwrap();
+    assert_eq!(old_name.rollout.max_num_seqs, 12);
     assert!(err("actor.global_batch_size=100").contains("rollout_batch_size"));
     assert!(err("actor.micro_batch_size_per_device_for_update=3")
         .contains("micro_batch_size_per_device_for_update"));

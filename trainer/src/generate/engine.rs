@@ -33,7 +33,7 @@ use data::rng::SplitMix64;
 use tch::{Device, Kind, Tensor};
 
 use super::decode::{decode_step, prefill};
-use super::sampling::{choose_with_draws, to_host, SamplingConfig};
+use super::sampling::{choose_to_host, SamplingConfig};
 use super::GeneratedSequence;
 use crate::model::{KvCache, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
 
@@ -583,8 +583,7 @@ impl Engine {
                         .map(|&r| self.rows[r].as_mut().map_or(0.5, |l| l.rng.unit()))
                         .collect()
                 };
-                let (columns, logprobs) = choose_with_draws(&logits, cfg, &draws)?;
-                let (columns, logprobs) = to_host(&columns, &logprobs)?;
+                let (columns, logprobs) = choose_to_host(&logits, cfg, &draws)?;
                 let tokens = model.lm_head.token_ids(&columns)?;
                 for ((&r, token), logprob) in part.iter().zip(tokens).zip(logprobs) {
                     out.push((r, token, logprob));

@@ -79,8 +79,7 @@ pub fn choose(
     } else {
         (0..rows).map(|_| rng.unit()).collect()
     };
-    let (columns, logprobs) = choose_with_draws(logits, cfg, &draws)?;
-    to_host(&columns, &logprobs)
+    choose_to_host(logits, cfg, &draws)
 }
 
 /// The sampling rule, with row `r`'s uniform draw `draws[r]` given (so each row may have its
@@ -243,6 +242,22 @@ fn sample_full(
         .f_sub(&max)?
         .f_sub(&total.f_log()?)?;
     Ok((chosen.f_flatten(0, -1)?, lp.f_flatten(0, -1)?))
+}
+
+/// [`choose_with_draws`] with its results on the host. A greedy pick on the CPU without
+/// log-probs takes the row scan's columns as they are, with no tensor round trip.
+pub fn choose_to_host(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    draws: &[f64],
+) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
+    if cfg.greedy && !cfg.logprobs && logits.device() == Device::Cpu {
+        let columns = argmax_columns(logits)?;
+        let logprobs = vec![f32::NAN; columns.len()];
+        return Ok((columns, logprobs));
+    }
+    let (columns, logprobs) = choose_with_draws(logits, cfg, draws)?;
+    to_host(&columns, &logprobs)
 }
 
 /// Columns `[R]` and log-probs `[R]` of [`choose_with_draws`] to the host in one transfer (the

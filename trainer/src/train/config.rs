@@ -530,6 +530,18 @@ impl TrainConfig {
                 self.rollout.n
             ));
         }
+        if self.rollout.max_num_seqs == 0
+            || self
+                .rollout
+                .kv_cache_gib
+                .is_some_and(|g| g.is_nan() || g <= 0.0)
+        {
+            return bad(format!(
+                "rollout.max_num_seqs = {} and rollout.kv_cache_gib = {:?}: the generation \
+                 engine needs at least one row and a positive budget",
+                self.rollout.max_num_seqs, self.rollout.kv_cache_gib
+            ));
+        }
         let (t, vt) = (self.rollout.temperature, self.rollout.val_temperature);
         if t.is_nan() || t <= 0.0 || vt.is_nan() || vt < 0.0 {
             return bad("rollout.temperature must be > 0 and val_temperature >= 0".into());
