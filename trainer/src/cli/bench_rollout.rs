@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use data::rng::SplitMix64;
 use trainer::generate::{
-    Engine, EngineConfig, EngineStats, GeneratedSequence, GroupRequest, SamplingConfig,
+    generate_groups, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig,
 };
 use trainer::model::{LogitsAt, Qwen2_5VLForConditionalGeneration};
 use trainer::tokenizer::IM_END_ID;
@@ -193,7 +193,7 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
     Ok(())
 }
 
-/// `prompts` groups of `group_size` through one engine built from `config`.
+/// `prompts` groups of `group_size` through one engine built from `config`, timed.
 fn run_workload(
     model: &Qwen2_5VLForConditionalGeneration,
     a: &RolloutArgs,
@@ -201,23 +201,21 @@ fn run_workload(
     config: &EngineConfig,
     prompts: usize,
 ) -> Result<RunResult> {
-    let mut engine = Engine::new(model, config.clone())?;
-    let mut seeds = SplitMix64::new(a.seed);
-    for p in 0..prompts {
-        engine.add(GroupRequest {
-            prompt_ids: bench_prompt_ids(p, a.prompt_len),
-            images: None,
-            sampling: sampling.clone(),
-            seeds: (0..a.group_size).map(|_| seeds.next_u64()).collect(),
-        })?;
-    }
+    let groups = (0..prompts).map(|p| (bench_prompt_ids(p, a.prompt_len), None));
     let start = Instant::now();
-    let sequences = engine.run(model, &mut |_| {})?;
-    let seconds = start.elapsed().as_secs_f64();
+    let (sequences, stats) = generate_groups(
+        model,
+        config.clone(),
+        groups,
+        a.group_size,
+        sampling,
+        &mut SplitMix64::new(a.seed),
+        &mut |_| {},
+    )?;
     Ok(RunResult {
         sequences,
-        seconds,
-        stats: engine.stats().clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        stats,
     })
 }
 

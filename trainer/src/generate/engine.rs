@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use data::rng::SplitMix64;
@@ -113,15 +114,12 @@ pub struct EngineStats {
     pub pool_bytes: u64,
     /// Largest prefill cache of a waiting prompt alive at once.
     pub peak_prefill_bytes: u64,
-    /// The budget the pool was sized to.
-    pub budget_bytes: u64,
     /// Steps that sampled at least one token.
     pub steps: u64,
     /// Tokens sampled (one per live sequence per step).
     pub tokens: u64,
-    /// Prompts prefilled, and their tokens.
+    /// Prompts prefilled.
     pub prefills: u64,
-    pub prefill_tokens: u64,
     /// Seconds spent admitting (prefill and copies into rows), sampling (head and sampler) and
     /// decoding (the batched forward), as the host saw them.
     pub admit_s: f64,
@@ -150,7 +148,7 @@ struct Waiting {
     index: usize,
     prompt_ids: Vec<i64>,
     images: Option<VisionInputs>,
-    config: usize,
+    sampling: Arc<SamplingConfig>,
     seeds: Vec<u64>,
     /// Samples given a row (or released) so far.
     placed: usize,
@@ -183,7 +181,7 @@ struct Prefilled {
 struct Live {
     id: SeqId,
     group: usize,
-    config: usize,
+    sampling: Arc<SamplingConfig>,
     rng: SplitMix64,
     /// Filled slots of its row: the next token is written at this slot.
     len: i64,
@@ -201,8 +199,6 @@ pub struct Engine {
     pool: KvCache,
     rows: Vec<Option<Live>>,
     waiting: VecDeque<Waiting>,
-    /// Distinct sampling configurations, referenced by index.
-    samplings: Vec<SamplingConfig>,
     next_id: SeqId,
     next_group: usize,
     /// Rows admitted since the last forward, with their prompt's last hidden state `[1, D]`.
@@ -256,7 +252,6 @@ impl Engine {
         let stats = EngineStats {
             rows,
             pool_bytes: pool.bytes(),
-            budget_bytes: budget,
             ..EngineStats::default()
         };
         Ok(Engine {
@@ -264,7 +259,6 @@ impl Engine {
             pool,
             rows: (0..rows).map(|_| None).collect(),
             waiting: VecDeque::new(),
-            samplings: Vec::new(),
             next_id: 0,
             next_group: 0,
             fresh: Vec::new(),
@@ -297,13 +291,6 @@ impl Engine {
                 self.config.max_seq_len
             )));
         }
-        let config = match self.samplings.iter().position(|s| *s == sampling) {
-            Some(i) => i,
-            None => {
-                self.samplings.push(sampling);
-                self.samplings.len() - 1
-            }
-        };
         let first = self.next_id;
         self.next_id += seeds.len() as u64;
         self.waiting.push_back(Waiting {
@@ -311,7 +298,7 @@ impl Engine {
             index: self.next_group,
             prompt_ids,
             images,
-            config,
+            sampling: Arc::new(sampling),
             seeds,
             placed: 0,
             released: Vec::new(),
@@ -342,11 +329,10 @@ impl Engine {
         let mut out = Vec::with_capacity(chosen.len());
         for (row, token, logprob) in chosen {
             let live = self.rows[row].as_mut().expect("sampled rows are live");
-            let cfg = &self.samplings[live.config];
             live.produced += 1;
-            let finish = if cfg.stop_token_ids.contains(&token) {
+            let finish = if live.sampling.stop_token_ids.contains(&token) {
                 Some(Finish::Stop)
-            } else if live.produced >= cfg.max_new_tokens {
+            } else if live.produced >= live.sampling.max_new_tokens {
                 Some(Finish::Length)
             } else {
                 None
@@ -444,19 +430,9 @@ impl Engine {
         self.rows.iter().filter(|r| r.is_some()).count()
     }
 
-    /// Sequences queued but not yet given a row.
-    pub fn waiting(&self) -> usize {
-        self.waiting.iter().map(Waiting::wanted).sum()
-    }
-
     /// Nothing live and nothing waiting.
     pub fn is_idle(&self) -> bool {
         self.live() == 0 && self.waiting.is_empty()
-    }
-
-    /// The pool's rows.
-    pub fn rows(&self) -> usize {
-        self.rows.len()
     }
 
     /// Slots per row.
@@ -496,7 +472,6 @@ impl Engine {
             if group.prefilled.is_none() {
                 let prefilled = prefill_prompt(model, &group.prompt_ids, group.images.as_ref())?;
                 self.stats.prefills += 1;
-                self.stats.prefill_tokens += group.prompt_ids.len() as u64;
                 self.stats.peak_prefill_bytes =
                     self.stats.peak_prefill_bytes.max(prefilled.cache.bytes());
                 group.prefilled = Some(prefilled);
@@ -507,7 +482,7 @@ impl Engine {
             self.rows[row] = Some(Live {
                 id,
                 group: group.index,
-                config: group.config,
+                sampling: group.sampling.clone(),
                 rng: SplitMix64::new(group.seeds[sample]),
                 len: group.prompt_ids.len() as i64,
                 position: p.next_position,
@@ -556,16 +531,21 @@ impl Engine {
         hidden: &Tensor,
         hi: usize,
     ) -> Result<Vec<(usize, i64, f32)>, ModelError> {
-        let mut configs: Vec<usize> = self.rows[..hi].iter().flatten().map(|l| l.config).collect();
-        configs.sort_unstable();
-        configs.dedup();
+        // live rows grouped by sampling configuration (one group in rollouts)
+        let mut groups: Vec<(Arc<SamplingConfig>, Vec<usize>)> = Vec::new();
+        for (r, live) in self.rows[..hi].iter().enumerate() {
+            let Some(live) = live else { continue };
+            match groups
+                .iter_mut()
+                .find(|(cfg, _)| Arc::ptr_eq(cfg, &live.sampling) || **cfg == *live.sampling)
+            {
+                Some((_, rows)) => rows.push(r),
+                None => groups.push((live.sampling.clone(), vec![r])),
+            }
+        }
         let chunk = model.lm_head.rows_per_logits_chunk(self.device);
         let mut out = Vec::new();
-        for config in configs {
-            let cfg = &self.samplings[config];
-            let rows: Vec<usize> = (0..hi)
-                .filter(|&r| self.rows[r].as_ref().is_some_and(|l| l.config == config))
-                .collect();
+        for (cfg, rows) in groups {
             let selected = if rows.len() == hi {
                 hidden.shallow_clone()
             } else {
@@ -583,7 +563,7 @@ impl Engine {
                         .map(|&r| self.rows[r].as_mut().map_or(0.5, |l| l.rng.unit()))
                         .collect()
                 };
-                let (columns, logprobs) = choose_to_host(&logits, cfg, &draws)?;
+                let (columns, logprobs) = choose_to_host(&logits, &cfg, &draws)?;
                 let tokens = model.lm_head.token_ids(&columns)?;
                 for ((&r, token), logprob) in part.iter().zip(tokens).zip(logprobs) {
                     out.push((r, token, logprob));

@@ -18,7 +18,7 @@ use tch::Tensor;
 pub use decode::{decode_step, prefill, Prefill};
 pub use engine::{Engine, EngineConfig, EngineStats, Finish, GroupRequest, SeqId, TokenOut};
 pub use logprobs::{response_logprobs, ResponseBatch, ResponseLogprobs};
-pub use sampling::{choose, next_tokens, SamplingConfig, DEFAULT_STOP_IDS};
+pub use sampling::{choose, SamplingConfig, DEFAULT_STOP_IDS};
 
 use crate::model::{ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
 
@@ -56,9 +56,8 @@ pub fn left_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
 }
 
 /// Generates `n_samples` continuations per prompt (rows ordered prompt-major) through one
-/// [`Engine`] holding every row at once. Sample `s` of prompt `p` draws from its own generator,
-/// seeded with the `(p * n_samples + s)`-th value of `rng`. Runs without grad. The entry point
-/// of validation, `infer`, `eval` and `generate`.
+/// [`Engine`] holding every row at once ([`generate_groups`]). Runs without grad. The entry
+/// point of `infer`, `eval` and `generate`.
 pub fn generate(
     model: &Qwen2_5VLForConditionalGeneration,
     batch: &PromptBatch,
@@ -68,20 +67,38 @@ pub fn generate(
 ) -> Result<Vec<GeneratedSequence>, ModelError> {
     let width = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0);
     let rows = batch.input_ids.len() * n_samples;
-    let mut engine = Engine::new(
-        model,
-        EngineConfig::new(rows.max(1), width + cfg.max_new_tokens),
-    )?;
     let images = split_images(model, &batch.input_ids, batch.images.as_ref())?;
-    for (ids, images) in batch.input_ids.iter().zip(images) {
+    let prompts = batch.input_ids.iter().cloned().zip(images);
+    let engine = EngineConfig::new(rows.max(1), width + cfg.max_new_tokens);
+    let (sequences, _) = generate_groups(model, engine, prompts, n_samples, cfg, rng, &mut |_| {})?;
+    Ok(sequences)
+}
+
+/// `n_samples` continuations of each `(prompt ids, images)` through one engine built from
+/// `engine`: each prompt is one group, and sample `s` of prompt `p` draws from its own generator,
+/// seeded with the `(p * n_samples + s)`-th value of `rng` (so a run resumes exactly from the
+/// state of `rng`). `on_finished` is told how many sequences have finished as they do. Returns
+/// the sequences prompt-major and the engine's accounting.
+pub fn generate_groups(
+    model: &Qwen2_5VLForConditionalGeneration,
+    engine: EngineConfig,
+    prompts: impl IntoIterator<Item = (Vec<i64>, Option<VisionInputs>)>,
+    n_samples: usize,
+    cfg: &SamplingConfig,
+    rng: &mut SplitMix64,
+    on_finished: &mut dyn FnMut(usize),
+) -> Result<(Vec<GeneratedSequence>, EngineStats), ModelError> {
+    let mut engine = Engine::new(model, engine)?;
+    for (prompt_ids, images) in prompts {
         engine.add(GroupRequest {
-            prompt_ids: ids.clone(),
+            prompt_ids,
             images,
             sampling: cfg.clone(),
             seeds: (0..n_samples).map(|_| rng.next_u64()).collect(),
         })?;
     }
-    engine.run(model, &mut |_| {})
+    let sequences = engine.run(model, on_finished)?;
+    Ok((sequences, engine.stats().clone()))
 }
 
 /// Splits the images of a batch into each prompt's own: prompt `p` takes the next images in

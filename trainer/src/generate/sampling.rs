@@ -6,7 +6,7 @@ use data::rng::SplitMix64;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::lm_head::argmax_columns;
-use crate::model::{LmHead, ModelError};
+use crate::model::ModelError;
 use crate::tokenizer::{ENDOFTEXT_ID, IM_END_ID};
 
 /// Token ids that end a sample by default: `<|im_end|>`, `<|endoftext|>`.
@@ -277,18 +277,6 @@ pub fn to_host(columns: &Tensor, logprobs: &Tensor) -> Result<(Vec<i64>, Vec<f32
     let columns = both[..rows].iter().map(|&c| c as i64).collect();
     let logprobs = both[rows..].iter().map(|&l| l as f32).collect();
     Ok((columns, logprobs))
-}
-
-/// The next token of each row of `head`'s output logits `[R, K]`: [`choose`], with the chosen
-/// columns mapped back to token ids. Returns `(token ids, log-probs)`.
-pub fn next_tokens(
-    head: &LmHead,
-    logits: &Tensor,
-    cfg: &SamplingConfig,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
-    let (columns, logprobs) = choose(logits, cfg, rng)?;
-    Ok((head.token_ids(&columns)?, logprobs))
 }
 
 #[cfg(test)]

@@ -109,7 +109,8 @@ pub struct MemoryPlan {
     pub optimizer: u64,
     /// Frozen reference weights kept on the device (0 when offloaded to the CPU).
     pub reference: u64,
-    /// KV cache of one generation batch at full prompt + response length.
+    /// The generation engine's KV pool at full prompt + response length (plus one row for a
+    /// prefill), or the `rollout.kv_cache_gib` budget when smaller.
     pub kv_cache: u64,
     /// Activations of one update micro-batch.
     pub activations: u64,

@@ -10,7 +10,7 @@ use rewards::{LabelSimilarity, RewardInput, RewardKind, RewardScore};
 
 use super::{Result, TrainError};
 use crate::generate::{
-    Engine, EngineConfig, EngineStats, GeneratedSequence, GroupRequest, SamplingConfig,
+    generate_groups, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig,
 };
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
@@ -158,10 +158,10 @@ pub struct Rollout {
     pub score: RewardScore,
 }
 
-/// Samples `n` responses per prompt through one generation [`Engine`] (`engine` sizes its KV
-/// pool), rows in prompt-major order: each prompt is prefilled once and each response draws from
-/// its own generator, seeded from `rng` in that order. `on_rows` is told how many responses are
-/// done as they finish. Returns the sequences and the engine's accounting.
+/// Samples `n` responses per prompt through one generation engine (`engine` sizes its KV pool;
+/// [`generate_groups`]), rows in prompt-major order: each prompt is prefilled once and each
+/// response draws from its own generator, seeded from `rng` in that order. `on_rows` is told how
+/// many responses are done as they finish. Returns the sequences and the engine's accounting.
 pub fn sample_responses(
     model: &Qwen2_5VLForConditionalGeneration,
     prompts: &[PromptItem],
@@ -171,17 +171,13 @@ pub fn sample_responses(
     rng: &mut SplitMix64,
     on_rows: &mut dyn FnMut(usize),
 ) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
-    let mut engine = Engine::new(model, engine)?;
-    for p in prompts {
-        engine.add(GroupRequest {
-            prompt_ids: p.ids.clone(),
-            images: Some(vision_inputs(&[p])?),
-            sampling: sampling.clone(),
-            seeds: (0..n).map(|_| rng.next_u64()).collect(),
-        })?;
-    }
-    let sequences = engine.run(model, on_rows)?;
-    Ok((sequences, engine.stats().clone()))
+    let groups = prompts
+        .iter()
+        .map(|p| Ok((p.ids.clone(), Some(vision_inputs(&[p])?))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(generate_groups(
+        model, engine, groups, n, sampling, rng, on_rows,
+    )?)
 }
 
 /// Rollouts of a batch, and the prompts whose reward raised.
