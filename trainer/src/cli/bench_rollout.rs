@@ -108,8 +108,8 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         ..SamplingConfig::from_temperature(a.temperature)
     };
-    let mut config = EngineConfig::new(a.max_num_seqs, a.prompt_len + a.max_new_tokens);
-    config.kv_budget_bytes = a.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64);
+    let config = EngineConfig::new(a.max_num_seqs, a.prompt_len + a.max_new_tokens)
+        .with_kv_cache_gib(a.kv_cache_gib);
     // warm-up: a few rows through the same path
     run_workload(&model, &a, &sampling, &config, 2)?;
     let static_config = EngineConfig {

@@ -66,6 +66,14 @@ impl EngineConfig {
             refill: true,
         }
     }
+
+    /// This config with a KV budget of `gib` GiB (`rollout.kv_cache_gib`), or none.
+    pub fn with_kv_cache_gib(self, gib: Option<f64>) -> Self {
+        EngineConfig {
+            kv_budget_bytes: gib.map(|g| (g * (1u64 << 30) as f64) as u64),
+            ..self
+        }
+    }
 }
 
 /// One prompt and its samples.

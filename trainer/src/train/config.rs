@@ -249,10 +249,8 @@ impl RolloutConfig {
     /// The generation engine for prompts of at most `max_prompt` tokens and responses of at
     /// most `max_new_tokens`.
     pub fn engine_config(&self, max_prompt: usize, max_new_tokens: usize) -> EngineConfig {
-        EngineConfig {
-            kv_budget_bytes: self.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64),
-            ..EngineConfig::new(self.max_num_seqs, max_prompt + max_new_tokens)
-        }
+        EngineConfig::new(self.max_num_seqs, max_prompt + max_new_tokens)
+            .with_kv_cache_gib(self.kv_cache_gib)
     }
 }
 
