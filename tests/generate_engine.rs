@@ -11,7 +11,7 @@ use tch::{Device, Kind};
 use trainer::generate::{
     Engine, EngineConfig, GroupRequest, SamplingConfig, TokenOut, DEFAULT_STOP_IDS,
 };
-use trainer::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
+use trainer::model::{KvLayout, Qwen2_5VLForConditionalGeneration, VisionInputs};
 
 fn model() -> Qwen2_5VLForConditionalGeneration {
     tch::set_num_threads(1);
@@ -128,6 +128,16 @@ fn a_sequence_does_not_depend_on_its_neighbours() {
                 "pool of 3, reversed arrival",
                 EngineConfig::new(3, max_len),
                 all.iter().rev().copied().collect(),
+            ),
+            (
+                // flash-attention's varlen arguments over a token-major pool, read by the
+                // kernel's reference on the CPU
+                "token-major pool of 3",
+                EngineConfig {
+                    kv_layout: Some(KvLayout::TokenMajor),
+                    ..EngineConfig::new(3, max_len)
+                },
+                all.clone(),
             ),
             (
                 "static chunks of 4",

@@ -25,7 +25,7 @@ use data::rng::SplitMix64;
 use trainer::generate::{
     generate_groups, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig,
 };
-use trainer::model::{LogitsAt, Qwen2_5VLForConditionalGeneration};
+use trainer::model::{KvLayout, LogitsAt, Qwen2_5VLForConditionalGeneration};
 use trainer::tokenizer::IM_END_ID;
 use trainer::train::tiny::{write_tiny_random, TinyShape};
 
@@ -35,8 +35,9 @@ use super::bench::bench_prompt_ids;
 const EMBED_OFFSET: f64 = 1.0;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example (the README's figures):
-  spatialthinker bench rollout --prompts 64 --group-size 8")]
+#[command(after_help = "Examples:
+  spatialthinker bench rollout --prompts 64 --group-size 8      # the README's figures
+  spatialthinker bench rollout --preset mid --device cuda --dtype bf16 --decode-attention masked")]
 pub struct RolloutArgs {
     /// Checkpoint folder; without it the tiny-random preset with a stop bias is written to
     /// runs/bench-rollout/tiny-random-stop and used.
@@ -75,8 +76,44 @@ pub struct RolloutArgs {
     /// Rounds of both runs, alternating; each mode's fastest round is reported.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Shape of the generated checkpoint without --model: `tiny` (2 layers of width 64) or
+    /// `mid` (8 layers of width 1,024, head dim 128 as in the 7B; for GPU measurements).
+    #[arg(long, value_enum, default_value_t = Preset::Tiny)]
+    preset: Preset,
+    /// Attention of the decode steps: `auto` (flash-attention's varlen kernel over a
+    /// token-major pool on CUDA in bf16/f16, SDPA with a mask elsewhere), `masked` (SDPA with a
+    /// mask everywhere: the baseline of the fused path), `varlen` (the token-major pool
+    /// everywhere; off CUDA through the kernel's reference, which is slow and for checking).
+    #[arg(long, value_enum, default_value_t = DecodeAttention::Auto)]
+    decode_attention: DecodeAttention,
     #[command(flatten)]
     placement: super::Placement,
+}
+
+/// The generated checkpoint's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    Tiny,
+    Mid,
+}
+
+/// Which attention the decode steps use (see `--decode-attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DecodeAttention {
+    Auto,
+    Masked,
+    Varlen,
+}
+
+impl DecodeAttention {
+    /// The pool layout that selects it.
+    fn kv_layout(self) -> Option<KvLayout> {
+        match self {
+            DecodeAttention::Auto => None,
+            DecodeAttention::Masked => Some(KvLayout::HeadMajor),
+            DecodeAttention::Varlen => Some(KvLayout::TokenMajor),
+        }
+    }
 }
 
 /// Default stop logit of the generated checkpoint.
@@ -93,9 +130,13 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
     let (dir, stop_logit) = match &a.model {
         Some(m) => (super::generate::model_dir(m)?, a.stop_logit),
         None => {
-            let dir = PathBuf::from("runs/bench-rollout/tiny-random-stop");
+            let (dir, shape) = match a.preset {
+                Preset::Tiny => ("runs/bench-rollout/tiny-random-stop", TinyShape::default()),
+                Preset::Mid => ("runs/bench-rollout/mid-random-stop", TinyShape::mid()),
+            };
+            let dir = PathBuf::from(dir);
             if !dir.join("model.safetensors").exists() {
-                write_tiny_random(&dir, &TinyShape::default(), 0, (3136, 12544))?;
+                write_tiny_random(&dir, &shape, 0, (3136, 12544))?;
             }
             (dir, Some(a.stop_logit.unwrap_or(DEFAULT_STOP_LOGIT)))
         }
@@ -108,8 +149,11 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         ..SamplingConfig::from_temperature(a.temperature)
     };
-    let config = EngineConfig::new(a.max_num_seqs, a.prompt_len + a.max_new_tokens)
-        .with_kv_cache_gib(a.kv_cache_gib);
+    let config = EngineConfig {
+        kv_layout: a.decode_attention.kv_layout(),
+        ..EngineConfig::new(a.max_num_seqs, a.prompt_len + a.max_new_tokens)
+            .with_kv_cache_gib(a.kv_cache_gib)
+    };
     // warm-up: a few rows through the same path
     run_workload(&model, &a, &sampling, &config, 2)?;
     let static_config = EngineConfig {
@@ -156,6 +200,8 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "model": dir, "device": a.placement.device.to_string(), "threads": tch::get_num_threads(),
+            "dtype": format!("{:?}", model.kind()),
+            "decode_attention": if continuous.stats.fused_decode { "flash-varlen" } else if continuous.stats.kv_layout == KvLayout::TokenMajor { "varlen-reference" } else { "sdpa-masked" },
             "prompts": a.prompts, "group_size": a.group_size, "prompt_len": a.prompt_len,
             "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "stop_logit": stop_logit,
             "lengths": {

@@ -36,7 +36,9 @@ use tch::{Device, Kind, Tensor};
 use super::decode::{decode_step, prefill};
 use super::sampling::{choose_to_host, SamplingConfig};
 use super::GeneratedSequence;
-use crate::model::{KvCache, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};
+use crate::model::{
+    KvCache, KvLayout, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
+};
 
 /// Identifies one sequence (one sample of one group) inside an engine.
 pub type SeqId = u64;
@@ -54,6 +56,12 @@ pub struct EngineConfig {
     /// Give a row to the next waiting sequence the moment its sequence stops (continuous
     /// batching). Off: admit only into an empty pool, one static chunk at a time.
     pub refill: bool,
+    /// The pool's layout. `None`: [`KvLayout::for_pool`] — token-major, decoded by
+    /// flash-attention's varlen kernel, on CUDA in half precision; head-major, decoded by SDPA
+    /// with a mask, elsewhere. `Some(HeadMajor)` forces the masked decode (the baseline
+    /// `bench rollout --decode-attention masked` measures); `Some(TokenMajor)` off CUDA runs the
+    /// varlen path through its reference (tests).
+    pub kv_layout: Option<KvLayout>,
 }
 
 impl EngineConfig {
@@ -64,6 +72,7 @@ impl EngineConfig {
             max_seq_len,
             kv_budget_bytes: None,
             refill: true,
+            kv_layout: None,
         }
     }
 
@@ -128,6 +137,10 @@ pub struct EngineStats {
     pub tokens: u64,
     /// Prompts prefilled.
     pub prefills: u64,
+    /// The pool's layout.
+    pub kv_layout: KvLayout,
+    /// True when decode steps run flash-attention's varlen kernel over the pool.
+    pub fused_decode: bool,
     /// Seconds spent admitting (prefill and copies into rows), sampling (head and sampler) and
     /// decoding (the batched forward), as the host saw them.
     pub admit_s: f64,
@@ -250,16 +263,16 @@ impl Engine {
                 config.max_num_seqs
             )));
         }
-        let pool = KvCache::new(
-            &model.config,
-            rows as i64,
-            slots,
-            model.device(),
-            model.kind(),
-        )?;
+        let (device, kind) = (model.device(), model.kind());
+        let layout = config
+            .kv_layout
+            .unwrap_or_else(|| KvLayout::for_pool(device, kind, model.config.text.head_dim()));
+        let pool = KvCache::with_layout(&model.config, rows as i64, slots, device, kind, layout)?;
         let stats = EngineStats {
             rows,
             pool_bytes: pool.bytes(),
+            kv_layout: layout,
+            fused_decode: layout == KvLayout::TokenMajor && device.is_cuda(),
             ..EngineStats::default()
         };
         Ok(Engine {

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod cpu_head;
+pub mod kv_cache;
 pub mod lm_head;
 pub mod rope;
 pub mod text;
@@ -23,9 +24,9 @@ use tch::{nn, Device, Kind, Tensor};
 use thiserror::Error;
 
 pub use config::{Qwen2_5VLConfig, TextConfig, VisionConfig};
+pub use kv_cache::{KvCache, KvLayout};
 pub use lm_head::{read_output_vocab, LmHead, OutputVocab, OUTPUT_VOCAB_FILE};
 pub use rope::{get_rope_index, RopeIndex};
-pub use text::KvCache;
 pub use weight_path::{TensorSource, WeightBuilder, WeightPath};
 pub use weights::{Checkpoint, Weights};
 

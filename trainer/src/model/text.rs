@@ -4,9 +4,10 @@
 //! Ported from transformers 5.23 `modeling_qwen2_5_vl.py`: `Qwen2_5_VLTextModel`,
 //! `Qwen2_5_VLDecoderLayer`, `Qwen2_5_VLAttention`, `Qwen2MLP`, `Qwen2_5_VLRMSNorm`.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::config::{Qwen2_5VLConfig, TextConfig};
+use super::config::TextConfig;
+use super::kv_cache::KvCache;
 use super::weight_path::WeightPath;
 use super::ModelError;
 use crate::model::rope::apply_rotary;
@@ -67,255 +68,6 @@ impl RmsNorm {
     }
 }
 
-/// Preallocated per-layer keys (post-rotary) and values, `[B, kv_heads, capacity, head_dim]`.
-///
-/// Slot `j` of every row is the `j`-th token fed for that row (padding included); `len` slots are
-/// filled. The caller owns it and passes it to each forward, so one set of weights serves many
-/// concurrent rollouts.
-///
-/// Two ways to write: in lock-step (the default), every forward writes its `q` new tokens at slots
-/// `len..len + q` of every row; after [`KvCache::set_row_positions`], a one-token forward over the
-/// first `R` rows writes row `r`'s token at its own slot instead (rows of a KV pool that hold
-/// sequences of different lengths), and attends over slots `0..=len`.
-#[derive(Debug)]
-pub struct KvCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-    len: i64,
-    capacity: i64,
-    batch: i64,
-    /// Per-row write slot `[R]` (int64, on the cache's device) for the next one-token forward.
-    row_positions: Option<Tensor>,
-}
-
-impl KvCache {
-    /// Allocates a cache for `batch` rows of up to `capacity` tokens.
-    pub fn new(
-        cfg: &Qwen2_5VLConfig,
-        batch: i64,
-        capacity: i64,
-        device: Device,
-        kind: Kind,
-    ) -> Result<Self, ModelError> {
-        let t = &cfg.text;
-        let shape = [batch, t.num_key_value_heads, capacity, t.head_dim()];
-        let mut keys = Vec::with_capacity(t.num_hidden_layers as usize);
-        let mut values = Vec::with_capacity(t.num_hidden_layers as usize);
-        for _ in 0..t.num_hidden_layers {
-            keys.push(Tensor::f_zeros(shape, (kind, device))?);
-            values.push(Tensor::f_zeros(shape, (kind, device))?);
-        }
-        Ok(KvCache {
-            keys,
-            values,
-            len: 0,
-            capacity,
-            batch,
-            row_positions: None,
-        })
-    }
-
-    /// Bytes held by the keys and values of every layer.
-    pub fn bytes(&self) -> u64 {
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
-            .sum()
-    }
-
-    /// Bytes a cache of `batch` rows x `capacity` slots of `kind` takes for `cfg`.
-    pub fn bytes_for(cfg: &Qwen2_5VLConfig, batch: i64, capacity: i64, kind: Kind) -> u64 {
-        let t = &cfg.text;
-        (2 * t.num_hidden_layers * batch * t.num_key_value_heads * capacity * t.head_dim()) as u64
-            * kind.elt_size_in_bytes() as u64
-    }
-
-    /// Makes the next forward a ragged one-token step over the first `positions.len()` rows:
-    /// row `r` writes its token at slot `positions[r]` and the forward attends over slots
-    /// `0..=max(positions)` (the attention mask `[R, max + 1]` must open only each row's own
-    /// slots). Cleared by that forward.
-    pub fn set_row_positions(&mut self, positions: &[i64]) -> Result<(), ModelError> {
-        let rows = positions.len() as i64;
-        let top = positions.iter().copied().max().unwrap_or(0);
-        if rows == 0
-            || rows > self.batch
-            || top >= self.capacity
-            || positions.iter().any(|&p| p < 0)
-        {
-            return Err(ModelError::Input(format!(
-                "row positions {positions:?} do not fit a cache of {} rows x {} slots",
-                self.batch, self.capacity
-            )));
-        }
-        let device = self.keys.first().map_or(Device::Cpu, Tensor::device);
-        self.row_positions = Some(Tensor::f_from_slice(positions)?.f_to_device(device)?);
-        self.len = top;
-        Ok(())
-    }
-
-    /// Filled slots per row.
-    pub fn len(&self) -> i64 {
-        self.len
-    }
-
-    /// True before the first forward.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Allocated slots per row.
-    pub fn capacity(&self) -> i64 {
-        self.capacity
-    }
-
-    /// Rows.
-    pub fn batch(&self) -> i64 {
-        self.batch
-    }
-
-    /// Copies `src` (with `src.batch * n == self.batch`) into this cache, each source row repeated
-    /// `n` times consecutively: n samples per prompt sharing one prefill.
-    pub fn fill_repeated(&mut self, src: &KvCache, n: i64) -> Result<(), ModelError> {
-        if src.batch * n != self.batch
-            || src.len > self.capacity
-            || src.keys.len() != self.keys.len()
-        {
-            return Err(ModelError::Input(format!(
-                "cannot expand a cache of {} rows x {} slots by {n} into {} rows x {} slots",
-                src.batch, src.len, self.batch, self.capacity
-            )));
-        }
-        let _guard = tch::no_grad_guard();
-        for (dst, s) in self.pairs_with(src) {
-            let rep = s
-                .f_narrow(2, 0, src.len)?
-                .f_repeat_interleave_self_int(n, 0, None)?;
-            dst.f_narrow(2, 0, src.len)?.f_copy_(&rep)?;
-        }
-        self.len = src.len;
-        Ok(())
-    }
-
-    /// Every key and value tensor of this cache with the same layer's tensor of `src`.
-    fn pairs_with<'a>(
-        &'a mut self,
-        src: &'a KvCache,
-    ) -> impl Iterator<Item = (&'a mut Tensor, &'a Tensor)> {
-        self.keys
-            .iter_mut()
-            .zip(&src.keys)
-            .chain(self.values.iter_mut().zip(&src.values))
-    }
-
-    /// Sets the number of filled slots (slots up to it that were never written hold stale values;
-    /// the attention mask must keep them closed).
-    pub fn set_len(&mut self, len: i64) -> Result<(), ModelError> {
-        if len > self.capacity || len < 0 {
-            return Err(ModelError::CacheFull {
-                capacity: self.capacity,
-                needed: len,
-            });
-        }
-        self.len = len;
-        Ok(())
-    }
-
-    /// Copies the filled slots of the one-row cache `src` into row `row` at slots
-    /// `start..start + src.len()`.
-    pub fn write_row(&mut self, row: i64, start: i64, src: &KvCache) -> Result<(), ModelError> {
-        if src.batch != 1 || start + src.len > self.capacity || row >= self.batch {
-            return Err(ModelError::Input(format!(
-                "cannot place {} rows x {} slots at row {row}, slot {start} of {} x {}",
-                src.batch, src.len, self.batch, self.capacity
-            )));
-        }
-        let _guard = tch::no_grad_guard();
-        for (dst, s) in self.pairs_with(src) {
-            dst.f_narrow(0, row, 1)?
-                .f_narrow(2, start, src.len)?
-                .f_copy_(&s.f_narrow(2, 0, src.len)?)?;
-        }
-        Ok(())
-    }
-
-    /// Drops the first `n` slots of every row, moving the rest to the front.
-    pub fn shift_left(&mut self, n: i64) -> Result<(), ModelError> {
-        let n = n.clamp(0, self.len);
-        if n == 0 {
-            return Ok(());
-        }
-        let _guard = tch::no_grad_guard();
-        let keep = self.len - n;
-        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let src = t.f_narrow(2, n, keep)?;
-            let mut moved = src.f_empty_like()?;
-            moved.f_copy_(&src)?;
-            t.f_narrow(2, 0, keep)?.f_copy_(&moved)?;
-        }
-        self.len = keep;
-        Ok(())
-    }
-
-    /// Writes `k`, `v` `[B, kvh, q, hd]` of `layer` at slots `len..len+q` and returns the filled
-    /// prefix `[B, kvh, len+q, hd]`.
-    fn append(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor), ModelError> {
-        if let Some(positions) = &self.row_positions {
-            return self.append_ragged(layer, positions.shallow_clone(), k, v);
-        }
-        let q = k.size()[2];
-        if self.len + q > self.capacity {
-            return Err(ModelError::CacheFull {
-                capacity: self.capacity,
-                needed: self.len + q,
-            });
-        }
-        self.keys[layer].f_narrow(2, self.len, q)?.f_copy_(k)?;
-        self.values[layer].f_narrow(2, self.len, q)?.f_copy_(v)?;
-        Ok((
-            self.keys[layer].f_narrow(2, 0, self.len + q)?,
-            self.values[layer].f_narrow(2, 0, self.len + q)?,
-        ))
-    }
-}
-
-impl KvCache {
-    /// The ragged write of [`KvCache::set_row_positions`]: `k`, `v` `[R, kvh, 1, hd]` go to slot
-    /// `positions[r]` of row `r`; returns slots `0..=len` of the first `R` rows.
-    fn append_ragged(
-        &mut self,
-        layer: usize,
-        positions: Tensor,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor), ModelError> {
-        let [rows, heads, q, dim] = k.size()[..] else {
-            return Err(ModelError::Input(format!("keys of shape {:?}", k.size())));
-        };
-        if q != 1 || rows != positions.size()[0] {
-            return Err(ModelError::Input(format!(
-                "a ragged step takes one token for each of {} rows, got {rows} x {q}",
-                positions.size()[0]
-            )));
-        }
-        let index = positions
-            .f_view([rows, 1, 1, 1])?
-            .f_expand([rows, heads, 1, dim], false)?;
-        let mut out = Vec::with_capacity(2);
-        for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
-            let written = cache.f_narrow(0, 0, rows)?.f_scatter_(2, &index, new)?;
-            out.push(written.f_narrow(2, 0, self.len + 1)?);
-        }
-        let v = out.pop().expect("two tensors");
-        Ok((out.pop().expect("two tensors"), v))
-    }
-}
-
 /// `Qwen2_5_VLAttention`: q/k/v with bias, o without, GQA through SDPA.
 #[derive(Debug)]
 pub struct Attention {
@@ -373,7 +125,14 @@ impl Attention {
         let q = apply_rotary(&q, &cos, &sin)?;
         let k = apply_rotary(&k, &cos, &sin)?;
         let (k, v) = match cache {
-            Some((c, layer)) => c.append(layer, &k, &v)?,
+            Some((c, layer)) => {
+                let (keys, values) = c.append(layer, &k, &v)?;
+                // a ragged step over a token-major pool reads each row's own slots directly
+                if let Some(out) = c.varlen_decode_attention(layer, &q)? {
+                    return self.output(&out, b, l);
+                }
+                (keys, values)
+            }
             None => (k, v),
         };
         let (mask, is_causal) = match mask {
@@ -390,6 +149,11 @@ impl Attention {
             None,
             self.num_heads != self.num_kv_heads,
         )?;
+        self.output(&out, b, l)
+    }
+
+    /// `o_proj` of the attention output `[b, heads, l, hd]`.
+    fn output(&self, out: &Tensor, b: i64, l: i64) -> Result<Tensor, ModelError> {
         let out = out
             .f_transpose(1, 2)?
             .f_reshape([b, l, self.num_heads * self.head_dim])?;
@@ -475,8 +239,7 @@ impl Qwen2_5VLTextModel {
             h = r.f_add(&m.down_proj.forward(&g)?)?;
         }
         if let Some(c) = cache {
-            c.len += inputs_embeds.size()[1];
-            c.row_positions = None;
+            c.finish_forward(inputs_embeds.size()[1]);
         }
         self.norm.forward(&h)
     }

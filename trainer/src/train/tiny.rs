@@ -68,6 +68,24 @@ impl Default for TinyShape {
     }
 }
 
+impl TinyShape {
+    /// A mid-size shape for GPU and memory measurements: 8 decoder layers of width 1,024 with the
+    /// 7B's head dimension (8 query heads of 128, 2 KV heads, M-RoPE sections 16/24/24) and MLP
+    /// ratio; ≈ 0.31 B parameters with the full vocabulary, so its attention and KV traffic have
+    /// the real model's per-head shape while it is written in seconds.
+    pub fn mid() -> Self {
+        TinyShape {
+            hidden_size: 1024,
+            intermediate_size: 5504,
+            num_hidden_layers: 8,
+            num_attention_heads: 8,
+            num_key_value_heads: 2,
+            mrope_section: [16, 24, 24],
+            ..TinyShape::default()
+        }
+    }
+}
+
 /// `config.json` of the preset (the `transformers` 5 layout of Qwen2.5-VL).
 pub fn tiny_config_json(shape: &TinyShape) -> serde_json::Value {
     let text = json!({
