@@ -3,7 +3,10 @@
 //! continuous refill, and the same workload through the same engine with refill off (static
 //! chunks that step until their longest sequence ends, as rollouts did before the engine).
 //!
-//! The two runs alternate for `--rounds` rounds and each keeps its fastest. Both runs draw each
+//! After one pass of each mode alone, the timed passes run both at once, interleaved step by
+//! step in proportion to their durations, so that both see the same machine (a shared
+//! machine's speed moves by tens of percent from one minute to the next); each step's time is
+//! charged to its own mode. Both runs draw each
 //! sequence from its own seed, so they sample the same distribution and differ
 //! in scheduling only (and, for a few sequences, where batched matmuls of other shapes round
 //! differently and a draw lands on the other side of a boundary); the benchmark prints the share
@@ -23,7 +26,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use data::rng::SplitMix64;
 use trainer::generate::{
-    generate_groups, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig,
+    Engine, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig, Sequences,
 };
 use trainer::model::{KvLayout, LogitsAt, Qwen2_5VLForConditionalGeneration};
 use trainer::tokenizer::IM_END_ID;
@@ -53,28 +56,30 @@ pub struct RolloutArgs {
     /// tokens, most of them the image's.
     #[arg(long, default_value_t = 2048)]
     prompt_len: usize,
-    /// Response limit (data.max_response_length).
-    #[arg(long, default_value_t = 256)]
+    /// Response limit (data.max_response_length; the recipe's is 2,048).
+    #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
     /// Rollout temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
     /// Rows of the KV pool (rollout.max_num_seqs); also the static chunk size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     max_num_seqs: usize,
     /// KV pool budget in GiB (rollout.kv_cache_gib); default: max_num_seqs rows.
     #[arg(long)]
     kv_cache_gib: Option<f64>,
     /// The generated checkpoint's `<|im_end|>` logit above the others (mean response length
-    /// ≈ 151,665 / e^x before the --max-new-tokens cap: 7.3 gives ≈ 100, ≈ 86 after a cap of
-    /// 256). Ignored with --model unless given.
+    /// ≈ 151,665 / e^x before the --max-new-tokens cap: 7.3 gives ≈ 100, ≈ 91 after a cap of
+    /// 512). Ignored with --model unless given.
     #[arg(long)]
     stop_logit: Option<f64>,
     /// Seed of the responses' generators.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Rounds of both runs, alternating; each mode's fastest round is reported.
-    #[arg(long, default_value_t = 2)]
+    /// Timed passes, each running both modes interleaved step by step (after one untimed
+    /// pass of each alone that measures how to interleave them); each mode's fastest is
+    /// reported.
+    #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Shape of the generated checkpoint without --model: `tiny` (2 layers of width 64) or
     /// `mid` (8 layers of width 1,024, head dim 128 as in the 7B; for GPU measurements).
@@ -160,25 +165,24 @@ pub fn bench_rollout(a: RolloutArgs) -> Result<()> {
         refill: false,
         ..config.clone()
     };
-    // the two modes alternate and each keeps its fastest round: on a shared machine noise only
-    // ever slows a round down
-    let mut continuous: Option<RunResult> = None;
-    let mut static_chunks: Option<RunResult> = None;
+    // one pass of each alone gives each mode's expected duration; the timed passes then
+    // interleave the two step by step in proportion to it (see `run_interleaved`)
+    let expected = [
+        run_workload(&model, &a, &sampling, &config, a.prompts)?.seconds,
+        run_workload(&model, &a, &sampling, &static_config, a.prompts)?.seconds,
+    ];
+    let mut best: [Option<RunResult>; 2] = [None, None];
     for _ in 0..a.rounds.max(1) {
-        for (slot, cfg) in [
-            (&mut continuous, &config),
-            (&mut static_chunks, &static_config),
-        ] {
-            let r = run_workload(&model, &a, &sampling, cfg, a.prompts)?;
-            if slot.as_ref().is_none_or(|best| r.seconds < best.seconds) {
+        let runs = run_interleaved(&model, &a, &sampling, [&config, &static_config], expected)?;
+        for (slot, r) in best.iter_mut().zip(runs) {
+            if slot.as_ref().is_none_or(|b| r.seconds < b.seconds) {
                 *slot = Some(r);
             }
         }
     }
-    let (continuous, static_chunks) = (
-        continuous.expect("at least one round"),
-        static_chunks.expect("at least one round"),
-    );
+    let [Some(continuous), Some(static_chunks)] = best else {
+        bail!("no timed pass ran");
+    };
     let identical = continuous
         .sequences
         .iter()
@@ -247,22 +251,72 @@ fn run_workload(
     config: &EngineConfig,
     prompts: usize,
 ) -> Result<RunResult> {
-    let groups = (0..prompts).map(|p| (bench_prompt_ids(p, a.prompt_len), None));
     let start = Instant::now();
-    let (sequences, stats) = generate_groups(
-        model,
-        config.clone(),
-        groups,
-        a.group_size,
-        sampling,
-        &mut SplitMix64::new(a.seed),
-        &mut |_| {},
-    )?;
+    let mut engine = loaded_engine(model, a, sampling, config, prompts)?;
+    let sequences = engine.run(model, &mut |_| {})?;
     Ok(RunResult {
         sequences,
         seconds: start.elapsed().as_secs_f64(),
-        stats,
+        stats: engine.stats().clone(),
     })
+}
+
+/// An engine built from `config` with the workload's `prompts` groups queued, every sequence
+/// seeded from `--seed` in the same order whatever the config.
+fn loaded_engine(
+    model: &Qwen2_5VLForConditionalGeneration,
+    a: &RolloutArgs,
+    sampling: &SamplingConfig,
+    config: &EngineConfig,
+    prompts: usize,
+) -> Result<Engine> {
+    let mut engine = Engine::new(model, config.clone())?;
+    let groups = (0..prompts).map(|p| (bench_prompt_ids(p, a.prompt_len), None));
+    engine.add_groups(groups, a.group_size, sampling, &mut SplitMix64::new(a.seed))?;
+    Ok(engine)
+}
+
+/// The whole workload through one engine per config at once, each step timed to its engine:
+/// the next step always goes to the engine furthest behind its `expected` duration, so both
+/// runs spread over the same stretch of wall time and a slow phase of a shared machine slows
+/// them alike (timed one after the other, one mode can land in a fast minute and the other in
+/// a slow one).
+fn run_interleaved(
+    model: &Qwen2_5VLForConditionalGeneration,
+    a: &RolloutArgs,
+    sampling: &SamplingConfig,
+    configs: [&EngineConfig; 2],
+    expected: [f64; 2],
+) -> Result<[RunResult; 2]> {
+    let mut engines = Vec::with_capacity(2);
+    let mut seconds = [0.0f64; 2];
+    for (i, config) in configs.into_iter().enumerate() {
+        let start = Instant::now();
+        engines.push(loaded_engine(model, a, sampling, config, a.prompts)?);
+        seconds[i] += start.elapsed().as_secs_f64();
+    }
+    let mut sequences = [Sequences::default(), Sequences::default()];
+    loop {
+        let behind = (0..2)
+            .filter(|&i| !engines[i].is_idle())
+            .min_by(|&i, &j| (seconds[i] / expected[i]).total_cmp(&(seconds[j] / expected[j])));
+        let Some(i) = behind else { break };
+        let start = Instant::now();
+        let tokens = engines[i].step(model)?;
+        seconds[i] += start.elapsed().as_secs_f64();
+        sequences[i].extend(tokens);
+    }
+    let [c, s] = sequences;
+    let mut engines = engines.into_iter();
+    let mut result = |sequences: Sequences, seconds: f64| -> Result<RunResult> {
+        let engine = engines.next().expect("two engines");
+        Ok(RunResult {
+            sequences: sequences.into_sorted(),
+            seconds,
+            stats: engine.stats().clone(),
+        })
+    };
+    Ok([result(c, seconds[0])?, result(s, seconds[1])?])
 }
 
 /// Gives `model` a stop logit `x` above the rest (see the module docs): dimension 0 of every

@@ -122,6 +122,48 @@ pub struct TokenOut {
     pub finish: Option<Finish>,
 }
 
+/// The sequences an engine's steps produce, gathered token by token.
+#[derive(Debug, Default)]
+pub struct Sequences {
+    by_id: HashMap<SeqId, GeneratedSequence>,
+    finished: usize,
+}
+
+impl Sequences {
+    /// Appends one step's tokens to their sequences.
+    pub fn extend(&mut self, tokens: impl IntoIterator<Item = TokenOut>) {
+        for t in tokens {
+            let s = self
+                .by_id
+                .entry(t.seq)
+                .or_insert_with(|| GeneratedSequence {
+                    prompt_index: t.group,
+                    ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    stopped: false,
+                });
+            s.ids.push(t.token);
+            s.logprobs.push(t.logprob);
+            if let Some(f) = t.finish {
+                s.stopped = f == Finish::Stop;
+                self.finished += 1;
+            }
+        }
+    }
+
+    /// Sequences that have ended.
+    pub fn finished(&self) -> usize {
+        self.finished
+    }
+
+    /// All sequences in id order.
+    pub fn into_sorted(self) -> Vec<GeneratedSequence> {
+        let mut sequences: Vec<(SeqId, GeneratedSequence)> = self.by_id.into_iter().collect();
+        sequences.sort_by_key(|(id, _)| *id);
+        sequences.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
 /// What the engine allocated and did: its own accounting, which tests and `bench rollout` read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
@@ -329,6 +371,25 @@ impl Engine {
         Ok(first..self.next_id)
     }
 
+    /// Queues one group of `n_samples` per prompt, each sample seeded from `rng` in turn.
+    pub fn add_groups(
+        &mut self,
+        prompts: impl IntoIterator<Item = (Vec<i64>, Option<VisionInputs>)>,
+        n_samples: usize,
+        cfg: &SamplingConfig,
+        rng: &mut SplitMix64,
+    ) -> Result<(), ModelError> {
+        for (prompt_ids, images) in prompts {
+            self.add(GroupRequest {
+                prompt_ids,
+                images,
+                sampling: cfg.clone(),
+                seeds: (0..n_samples).map(|_| rng.next_u64()).collect(),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Admits, samples one token per live sequence and decodes them (see the module docs);
     /// returns the tokens sampled.
     pub fn step(
@@ -402,31 +463,15 @@ impl Engine {
         model: &Qwen2_5VLForConditionalGeneration,
         on_finished: &mut dyn FnMut(usize),
     ) -> Result<Vec<GeneratedSequence>, ModelError> {
-        let mut sequences: HashMap<SeqId, GeneratedSequence> = HashMap::new();
-        let mut finished = 0;
+        let mut sequences = Sequences::default();
         while !self.is_idle() {
-            let before = finished;
-            for t in self.step(model)? {
-                let s = sequences.entry(t.seq).or_insert_with(|| GeneratedSequence {
-                    prompt_index: t.group,
-                    ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    stopped: false,
-                });
-                s.ids.push(t.token);
-                s.logprobs.push(t.logprob);
-                if let Some(f) = t.finish {
-                    s.stopped = f == Finish::Stop;
-                    finished += 1;
-                }
-            }
-            if finished > before {
-                on_finished(finished);
+            let before = sequences.finished();
+            sequences.extend(self.step(model)?);
+            if sequences.finished() > before {
+                on_finished(sequences.finished());
             }
         }
-        let mut sequences: Vec<(SeqId, GeneratedSequence)> = sequences.into_iter().collect();
-        sequences.sort_by_key(|(id, _)| *id);
-        Ok(sequences.into_iter().map(|(_, s)| s).collect())
+        Ok(sequences.into_sorted())
     }
 
     /// Drops a sequence, waiting or live; its row is free at the next step.

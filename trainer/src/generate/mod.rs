@@ -16,7 +16,9 @@ use data::rng::SplitMix64;
 use tch::Tensor;
 
 pub use decode::{decode_step, prefill, Prefill};
-pub use engine::{Engine, EngineConfig, EngineStats, Finish, GroupRequest, SeqId, TokenOut};
+pub use engine::{
+    Engine, EngineConfig, EngineStats, Finish, GroupRequest, SeqId, Sequences, TokenOut,
+};
 pub use logprobs::{response_logprobs, ResponseBatch, ResponseLogprobs};
 pub use sampling::{choose, SamplingConfig, DEFAULT_STOP_IDS};
 
@@ -89,14 +91,7 @@ pub fn generate_groups(
     on_finished: &mut dyn FnMut(usize),
 ) -> Result<(Vec<GeneratedSequence>, EngineStats), ModelError> {
     let mut engine = Engine::new(model, engine)?;
-    for (prompt_ids, images) in prompts {
-        engine.add(GroupRequest {
-            prompt_ids,
-            images,
-            sampling: cfg.clone(),
-            seeds: (0..n_samples).map(|_| rng.next_u64()).collect(),
-        })?;
-    }
+    engine.add_groups(prompts, n_samples, cfg, rng)?;
     let sequences = engine.run(model, on_finished)?;
     Ok((sequences, engine.stats().clone()))
 }
