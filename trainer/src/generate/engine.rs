@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use data::rng::SplitMix64;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::decode::{decode_step, prefill};
 use super::sampling::{choose_to_host, SamplingConfig};
@@ -314,7 +314,7 @@ impl Engine {
             rows,
             pool_bytes: pool.bytes(),
             kv_layout: layout,
-            fused_decode: layout == KvLayout::TokenMajor && device.is_cuda(),
+            fused_decode: pool.fused_decode(),
             ..EngineStats::default()
         };
         Ok(Engine {
@@ -659,17 +659,8 @@ impl Engine {
             }
         }
         self.pool.set_row_positions(&slots)?;
-        let device = model.device();
-        let width = self.pool.len() + 1;
-        // the allowed keys `[hi, 1, 1, width]`: each row's own slots, its new one included
-        let mask = Tensor::f_arange(width, (Kind::Int64, device))?
-            .f_view([1, width])?
-            .f_le_tensor(
-                &Tensor::f_from_slice(&slots)?
-                    .f_to_device(device)?
-                    .f_view([hi as i64, 1])?,
-            )?
-            .f_view([hi as i64, 1, 1, width])?;
+        // each row's own slots, its new one included (unused by the fused decode)
+        let mask = self.pool.ragged_mask()?;
         let hidden = decode_step(model, &tokens, &positions, &mask, &mut self.pool)?;
         for l in self.rows[..hi].iter_mut().flatten() {
             l.len += 1;

@@ -160,8 +160,8 @@ impl KvCache {
     /// row `r` holds its sequence in slots `0..positions[r]`, writes its token at slot
     /// `positions[r]`, and attends over slots `0..=positions[r]`. The forward attends over
     /// slots `0..=max(positions)` with an attention mask `[R, 1, 1, max + 1]` that must open
-    /// exactly those slots — or, where [`KvCache::fused_decode`] holds, reads each row's slots
-    /// directly and ignores the mask. Cleared by that forward.
+    /// exactly those slots ([`KvCache::ragged_mask`]) — or, where [`KvCache::fused_decode`]
+    /// holds, reads each row's slots directly and ignores the mask. Cleared by that forward.
     pub fn set_row_positions(&mut self, positions: &[i64]) -> Result<(), ModelError> {
         let rows = positions.len() as i64;
         let top = positions.iter().copied().max().unwrap_or(0);
@@ -185,10 +185,23 @@ impl KvCache {
         Ok(())
     }
 
-    /// True when the next forward is a ragged step that runs flash-attention's varlen kernel
-    /// over this (token-major, CUDA) cache.
+    /// True when ragged steps over this cache run flash-attention's varlen kernel: a
+    /// token-major cache on CUDA.
     pub fn fused_decode(&self) -> bool {
-        self.varlen.is_some() && self.device().is_cuda()
+        self.layout == KvLayout::TokenMajor && self.device().is_cuda()
+    }
+
+    /// The attention mask of the pending ragged step ([`KvCache::set_row_positions`]),
+    /// boolean `[R, 1, 1, len + 1]`: row `r` sees slots `0..=positions[r]`.
+    pub fn ragged_mask(&self) -> Result<Tensor, ModelError> {
+        let Some(positions) = &self.row_positions else {
+            return Err(ModelError::Input("no ragged step is pending".into()));
+        };
+        let (rows, width) = (positions.size()[0], self.len + 1);
+        Ok(Tensor::f_arange(width, (Kind::Int64, self.device()))?
+            .f_view([1, width])?
+            .f_le_tensor(&positions.f_view([rows, 1])?)?
+            .f_view([rows, 1, 1, width])?)
     }
 
     /// Filled slots per row.
@@ -375,7 +388,7 @@ impl KvCache {
         let (k, v) = (flat(&self.keys[layer])?, flat(&self.values[layer])?);
         // [R, heads, hd]: one query token per row, token-major like the keys
         let q = q.f_reshape([rows, heads, dim])?;
-        let out = if q.device().is_cuda() {
+        let out = if self.fused_decode() {
             let out = q.f_empty_like()?;
             // writes `out`; the log-sum-exp it returns is not needed
             let _lse = Tensor::f_internal_flash_attention_forward_no_dropout_inplace(
