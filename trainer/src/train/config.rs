@@ -51,6 +51,11 @@ pub struct ModelConfig {
     /// Keep the frozen reference model on the CPU and move it to the device only for its pass.
     #[serde(default)]
     pub offload_reference: bool,
+    /// Recompute each decoder layer and vision block in the update's backward instead of keeping
+    /// its activations (`enable_gradient_checkpointing`; on in the published 3B/7B recipes).
+    /// Exact: the gradients are those of the plain backward (docs/architecture.md, "Memory").
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Output distribution: `full` (every token id, the published setting) or `dataset` (only the
     /// ids of the training split's reference responses and answers, plus the end tokens; a
     /// speed device for tiny CPU runs, saved with checkpoints as `output_vocab.json`).
@@ -175,6 +180,12 @@ pub struct ActorConfig {
     pub micro_batch_size_per_device_for_update: usize,
     /// Responses per forward in the old/reference log-prob passes: 16.
     pub micro_batch_size_per_device_for_experience: usize,
+    /// Token budget of one forward (padded rows × width) in the log-prob passes and the update
+    /// (EasyR1's dynamic batching, `max_token_len_per_gpu`): forwards then group as many rows as
+    /// fit instead of a fixed count. The loss weighting stays the recipe's (token-mean per
+    /// micro-batch of `micro_batch_size_per_device_for_update`), however rows are grouped.
+    #[serde(default)]
+    pub max_tokens_per_micro_batch: Option<usize>,
     /// Passes over each rollout batch: 1.
     #[serde(default = "default_one")]
     pub ppo_epochs: usize,
@@ -325,6 +336,9 @@ pub struct TrainerConfig {
     /// Memory of the device in GiB for the memory plan (0: ask the device / skip the check).
     #[serde(default)]
     pub device_memory_gib: f64,
+    /// Start even when the memory plan exceeds the device (default: refuse before loading data).
+    #[serde(default)]
+    pub allow_overcommit: bool,
 }
 
 /// The whole training configuration.
