@@ -74,6 +74,7 @@ fn update_matches_reference_aggregation_clip_and_adamw() {
     );
     let step = UpdateConfig {
         mini_batch_size: meta["mini_batch"].as_u64().unwrap() as usize,
+        max_tokens_per_forward: None,
         micro_batch_size: meta["micro_batch"].as_u64().unwrap() as usize,
         ppo_epochs: 1,
         clip: PolicyClip::default(),
@@ -174,7 +175,7 @@ impl PolicyLogprobs for TinyLm {
 }
 
 fn sequence_log_probs(policy: &mut TinyLm, mask: &Tensor) -> Vec<f64> {
-    let lp = compute_log_probs(policy, 4, 4).unwrap();
+    let lp = compute_log_probs(policy, 4, 4, None).unwrap();
     let per_seq = (lp * mask).sum_dim_intlist(&[-1i64][..], false, Kind::Double);
     Vec::try_from(&per_seq).unwrap()
 }
@@ -199,7 +200,7 @@ fn one_step_raises_best_and_lowers_worst_response() {
     let mut policy = TinyLm::new(seqs, vocab);
     let scores = [2.0f32, 0.0, 0.5, 1.0];
     let before = sequence_log_probs(&mut policy, &mask);
-    let old = compute_log_probs(&mut policy, 4, 2).unwrap();
+    let old = compute_log_probs(&mut policy, 4, 2, None).unwrap();
     let reference = old.copy();
     let batch = batch_from_scores(
         mask.shallow_clone(),
@@ -224,6 +225,7 @@ fn one_step_raises_best_and_lowers_worst_response() {
     .unwrap();
     let step = UpdateConfig {
         mini_batch_size: 4,
+        max_tokens_per_forward: None,
         micro_batch_size: 2,
         ppo_epochs: 1,
         clip: PolicyClip::default(),
@@ -310,6 +312,7 @@ fn rl_step_skips_the_optimizer_step_on_non_finite_norm() {
     );
     let step = UpdateConfig {
         mini_batch_size: 2,
+        max_tokens_per_forward: None,
         micro_batch_size: 1,
         ppo_epochs: 1,
         clip: PolicyClip::default(),

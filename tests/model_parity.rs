@@ -109,7 +109,7 @@ fn check_case(
     let vision = tch::no_grad(|| {
         model
             .visual
-            .forward(&images.pixel_values, &images.image_grid_thw)
+            .forward(&images.pixel_values, &images.image_grid_thw, None)
     })
     .unwrap();
     let d_vision = max_diff(&vision, c.t("vision_out"));

@@ -141,7 +141,8 @@ fn sequence_log_probs(
     seqs: &[SequenceRef<'_>],
     mask: &Tensor,
 ) -> Vec<f64> {
-    let lp = compute_log_probs(&mut ModelPolicy::new(model, seqs.to_vec(), 1.0), 4, 4).unwrap();
+    let lp =
+        compute_log_probs(&mut ModelPolicy::new(model, seqs.to_vec(), 1.0), 4, 4, None).unwrap();
     Vec::<f64>::try_from((lp * mask).sum_dim_intlist(1, false, Kind::Double)).unwrap()
 }
 
@@ -174,7 +175,8 @@ fn grpo_step_on_the_model_raises_the_best_response_and_lowers_the_worst() {
     }
     let cfg = config(dir.path(), &data, 1);
     let mut opt = AnyPrecisionAdamW::new(params, cfg.adamw_config()).unwrap();
-    let old = compute_log_probs(&mut ModelPolicy::new(&model, seqs.clone(), 1.0), 4, 4).unwrap();
+    let old =
+        compute_log_probs(&mut ModelPolicy::new(&model, seqs.clone(), 1.0), 4, 4, None).unwrap();
     // one group of four: response 0 is best, response 1 worst
     let batch = batch_from_scores(
         mask.shallow_clone(),

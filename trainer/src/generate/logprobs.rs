@@ -5,9 +5,9 @@
 use tch::Tensor;
 
 use super::decode::to_tensor;
-use super::left_pad;
 use crate::model::{
-    get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
+    get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, RecomputeTape,
+    VisionInputs,
 };
 
 /// Prompts with given responses, for teacher-forced log-probs.
@@ -30,13 +30,29 @@ pub struct ResponseLogprobs {
 }
 
 /// Log-probs of each response token given its prompt and preceding response tokens, from one
-/// forward over `prompt + response` (left-padded). Only response positions go through `lm_head`
-/// and the normalisation, at `temperature`. Runs with whatever grad mode the caller has set.
+/// forward over `prompt + response`. Only response positions go through `lm_head` and the
+/// normalisation, at `temperature`. Runs with whatever grad mode the caller has set.
+///
+/// Rows are right-padded, so the forward is plain causal attention without a mask, which
+/// reaches the fused (flash) kernels on CUDA and saves no `[B, heads, L, L]` probabilities;
+/// the real tokens never see the padding after them.
 pub fn response_logprobs(
     model: &Qwen2_5VLForConditionalGeneration,
     batch: &ResponseBatch,
     temperature: f64,
     pad_token_id: i64,
+) -> Result<ResponseLogprobs, ModelError> {
+    response_logprobs_with(model, batch, temperature, pad_token_id, None)
+}
+
+/// [`response_logprobs`], with the model's layers checkpointed on `tape` when given (a training
+/// forward; the caller runs the backward through [`RecomputeTape::backward`]).
+pub fn response_logprobs_with<'m>(
+    model: &'m Qwen2_5VLForConditionalGeneration,
+    batch: &ResponseBatch,
+    temperature: f64,
+    pad_token_id: i64,
+    tape: Option<&mut RecomputeTape<'m>>,
 ) -> Result<ResponseLogprobs, ModelError> {
     if batch.prompts.len() != batch.responses.len() || batch.prompts.is_empty() {
         return Err(ModelError::Input(format!(
@@ -57,23 +73,22 @@ pub fn response_logprobs(
         .zip(&batch.responses)
         .map(|(p, r)| p.iter().chain(r).copied().collect())
         .collect();
-    let (ids, mask) = left_pad(&full, pad_token_id);
+    let (ids, mask) = right_pad(&full, pad_token_id);
     let grids = batch
         .images
         .as_ref()
         .map_or(&[][..], |i| i.image_grid_thw.as_slice());
     let rope = get_rope_index(&model.config, &ids, &mask, grids)?;
-    let width = ids[0].len() as i64;
     let r_max = batch.responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
     // hidden state at slot p predicts the token at p + 1
     let mut index = Vec::with_capacity((ids.len() as i64 * r_max) as usize);
     let mut targets = Vec::with_capacity(index.capacity());
     let mut valid = Vec::with_capacity(index.capacity());
-    for (row, resp) in batch.responses.iter().enumerate() {
-        let start = width - resp.len() as i64;
+    for (row, (prompt, resp)) in batch.prompts.iter().zip(&batch.responses).enumerate() {
+        let start = prompt.len() as i64;
         for j in 0..r_max {
             let real = j < resp.len() as i64;
-            index.push(if real { start + j - 1 } else { width - 1 });
+            index.push(if real { start + j - 1 } else { 0 });
             targets.push(if real { resp[j as usize] } else { 0 });
             valid.push(if real { 1f32 } else { 0f32 });
         }
@@ -85,14 +100,15 @@ pub fn response_logprobs(
     let index = Tensor::from_slice(&index)
         .f_view([b, r_max])?
         .f_to_device(device)?;
-    let hidden = model.hidden_states(
-        &to_tensor(&ids)?,
-        &rope.to_tensor(device)?,
-        &to_tensor(&mask)?,
-        batch.images.as_ref(),
-        None,
-        LogitsAt::Positions(&index),
-    )?;
+    let (ids, positions, mask) = (to_tensor(&ids)?, rope.to_tensor(device)?, to_tensor(&mask)?);
+    let at = LogitsAt::Positions(&index);
+    let images = batch.images.as_ref();
+    let hidden = match tape {
+        Some(tape) => {
+            model.hidden_states_checkpointed(&ids, &positions, &mask, images, at, tape)?
+        }
+        None => model.hidden_states(&ids, &positions, &mask, images, None, at)?,
+    };
     let targets = Tensor::from_slice(&targets).f_to_device(device)?;
     let lp = model
         .lm_head
@@ -103,4 +119,23 @@ pub fn response_logprobs(
         .f_to_device(device)?;
     let lp = lp.f_mul(&mask)?;
     Ok(ResponseLogprobs { logprobs: lp, mask })
+}
+
+/// Rows padded on the right with `pad` to the longest: `(ids, 0/1 mask)`.
+fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    rows.iter()
+        .map(|r| {
+            let fill = width - r.len();
+            let ids = r
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, fill))
+                .collect();
+            let mask = std::iter::repeat_n(1, r.len())
+                .chain(std::iter::repeat_n(0, fill))
+                .collect();
+            (ids, mask)
+        })
+        .unzip()
 }

@@ -7,6 +7,8 @@
 //! The model is reached only through [`PolicyLogprobs`], so this code runs unchanged with the
 //! Qwen2.5-VL policy and with the toy policies of the tests.
 
+use std::ops::Range;
+
 use tch::{Kind, Tensor};
 
 use super::loss::{micro_batch_loss, MicroBatchInputs, PolicyClip};
@@ -20,6 +22,54 @@ pub trait PolicyLogprobs {
     /// rollout temperature. Must carry the autograd graph when grad mode is enabled; padding
     /// positions may hold any finite value.
     fn response_log_probs(&mut self, rows: &[usize]) -> Result<Tensor>;
+
+    /// Tokens row `row` occupies in a forward (prompt + response), which token-budget forwards
+    /// are packed by. Policies without a notion of length count every row as one token.
+    fn sequence_len(&self, _row: usize) -> usize {
+        1
+    }
+
+    /// Backpropagates `loss`, built on the log-probs of this policy's last grad-mode
+    /// [`PolicyLogprobs::response_log_probs`] call (a policy that recomputes activations in the
+    /// backward, [`crate::model::RecomputeTape`], does so here).
+    fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        Ok(loss.f_backward()?)
+    }
+}
+
+/// Consecutive `units` (row ranges that must stay together) packed into forwards: with a token
+/// budget as many as keep `rows × longest row` within it (one unit at least, even when it alone
+/// exceeds the budget), else `per_forward` units each. Returns ranges of `units`.
+fn pack_forwards<P: PolicyLogprobs + ?Sized>(
+    policy: &P,
+    units: &[Range<usize>],
+    max_tokens: Option<usize>,
+    per_forward: usize,
+) -> Vec<Range<usize>> {
+    let mut packs = Vec::new();
+    let mut start = 0;
+    while start < units.len() {
+        let mut end = start + 1;
+        match max_tokens {
+            Some(budget) => {
+                let longest = |u: &Range<usize>| u.clone().map(|r| policy.sequence_len(r)).max();
+                let mut width = longest(&units[start]).unwrap_or(0);
+                let mut rows = units[start].len();
+                while end < units.len() {
+                    let w = width.max(longest(&units[end]).unwrap_or(0));
+                    let n = rows + units[end].len();
+                    if n * w > budget {
+                        break;
+                    }
+                    (width, rows, end) = (w, n, end + 1);
+                }
+            }
+            None => end = (start + per_forward.max(1)).min(units.len()),
+        }
+        packs.push(start..end);
+        start = end;
+    }
+    packs
 }
 
 /// The per-token tensors of a scored rollout batch, all `[N, T]` f32 on the training device.
@@ -96,8 +146,13 @@ impl RolloutBatch {
 pub struct UpdateConfig {
     /// Responses per optimiser step (EasyR1 `global_batch_size` × n, per device): 1,024 for 7B.
     pub mini_batch_size: usize,
-    /// Responses per forward/backward (`micro_batch_size_per_device_for_update`): 4.
+    /// Responses per token-mean of the loss (`micro_batch_size_per_device_for_update`): 4.
+    /// Without a token budget, also the responses of one forward/backward.
     pub micro_batch_size: usize,
+    /// Token budget of one forward/backward (`actor.max_tokens_per_micro_batch`): whole
+    /// micro-batches are packed into one forward while `rows × longest row` fits. The loss is
+    /// still the sum of each micro-batch's token-mean, so the weighting does not change.
+    pub max_tokens_per_forward: Option<usize>,
     /// Passes over the rollout batch (`ppo_epochs`): 1.
     pub ppo_epochs: usize,
     /// Ratio clip constants.
@@ -149,19 +204,22 @@ impl UpdateConfig {
     }
 }
 
-/// Log-probs of all `n_rows` rows without grad, in micro-batches of `micro_batch_size`,
-/// concatenated to `[n_rows, T]`: the old-policy log-probs with the current weights, or the
-/// reference log-probs with the frozen ones (docs/recipe.md, "One RL step").
+/// Log-probs of all `n_rows` rows without grad, concatenated to `[n_rows, T]`: the old-policy
+/// log-probs with the current weights, or the reference log-probs with the frozen ones
+/// (docs/recipe.md, "One RL step"). Forwards take `micro_batch_size` rows each, or as many as
+/// fit `max_tokens` ([`UpdateConfig::max_tokens_per_forward`]) when set.
 pub fn compute_log_probs<P: PolicyLogprobs + ?Sized>(
     policy: &mut P,
     n_rows: usize,
     micro_batch_size: usize,
+    max_tokens: Option<usize>,
 ) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
-    let rows: Vec<usize> = (0..n_rows).collect();
+    let units: Vec<Range<usize>> = (0..n_rows).map(|r| r..r + 1).collect();
     let mut parts = Vec::new();
-    for chunk in rows.chunks(micro_batch_size.max(1)) {
-        parts.push(policy.response_log_probs(chunk)?.f_detach()?);
+    for pack in pack_forwards(policy, &units, max_tokens, micro_batch_size) {
+        let rows: Vec<usize> = (pack.start..pack.end).collect();
+        parts.push(policy.response_log_probs(&rows)?.f_detach()?);
     }
     Ok(Tensor::f_cat(&parts, 0)?)
 }
@@ -191,47 +249,61 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
     for _ in 0..cfg.ppo_epochs {
         for mini_start in (0..n).step_by(cfg.mini_batch_size) {
             let mini_end = (mini_start + cfg.mini_batch_size).min(n);
-            for micro_start in (mini_start..mini_end).step_by(cfg.micro_batch_size) {
-                let micro_end = (micro_start + cfg.micro_batch_size).min(mini_end);
-                let rows: Vec<usize> = (micro_start..micro_end).collect();
-                let len = (micro_end - micro_start) as i64;
-                let slice = |t: &Tensor| t.f_narrow(0, micro_start as i64, len);
+            let micro_batches: Vec<Range<usize>> = (mini_start..mini_end)
+                .step_by(cfg.micro_batch_size)
+                .map(|s| s..(s + cfg.micro_batch_size).min(mini_end))
+                .collect();
+            for pack in pack_forwards(policy, &micro_batches, cfg.max_tokens_per_forward, 1) {
+                let packed = &micro_batches[pack];
+                let first = packed[0].start;
+                let rows: Vec<usize> = (first..packed[packed.len() - 1].end).collect();
                 let log_probs = policy.response_log_probs(&rows)?;
-                let mask = slice(&batch.response_mask)?;
-                if log_probs.size() != mask.size() {
+                let width = batch.response_mask.size()[1];
+                if log_probs.size() != [rows.len() as i64, width] {
                     return Err(GrpoError::Invalid(format!(
-                            "policy returned log-probs of shape {:?} for rows {micro_start}..{micro_end}, expected {:?}",
-                            log_probs.size(),
-                            mask.size()
-                        )));
+                        "policy returned log-probs of shape {:?} for rows {first}..{}, expected [{}, {width}]",
+                        log_probs.size(),
+                        first + rows.len(),
+                        rows.len()
+                    )));
                 }
-                let old = slice(&batch.old_log_probs)?;
-                let adv = slice(&batch.advantages)?;
-                let reference = match (&batch.ref_log_probs, cfg.kl_coef) {
-                    (Some(r), Some(_)) => Some(slice(r)?),
-                    _ => None,
-                };
-                let out = micro_batch_loss(
-                    &MicroBatchInputs {
-                        log_probs: &log_probs,
-                        old_log_probs: &old,
-                        ref_log_probs: reference.as_ref(),
-                        advantages: &adv,
-                        response_mask: &mask,
-                    },
-                    &cfg.clip,
-                    cfg.kl_coef.unwrap_or(0.0),
-                )?;
-                out.loss.f_div_scalar(grad_accum)?.f_backward()?;
-                m.pg_loss += f64::try_from(&out.loss)?;
-                m.pg_clipfrac_higher += f64::try_from(&out.policy.pg_clipfrac_higher)?;
-                m.pg_clipfrac_lower += f64::try_from(&out.policy.pg_clipfrac_lower)?;
-                m.ppo_kl += f64::try_from(&out.policy.ppo_kl)?;
-                m.entropy_loss += f64::try_from(&out.entropy_loss)?;
-                if let Some(kl) = &out.kl_loss {
-                    kl_sum += f64::try_from(kl)?;
+                let mut loss: Option<Tensor> = None;
+                for micro in packed {
+                    let len = micro.len() as i64;
+                    let slice = |t: &Tensor| t.f_narrow(0, micro.start as i64, len);
+                    let reference = match (&batch.ref_log_probs, cfg.kl_coef) {
+                        (Some(r), Some(_)) => Some(slice(r)?),
+                        _ => None,
+                    };
+                    let out = micro_batch_loss(
+                        &MicroBatchInputs {
+                            log_probs: &log_probs.f_narrow(0, (micro.start - first) as i64, len)?,
+                            old_log_probs: &slice(&batch.old_log_probs)?,
+                            ref_log_probs: reference.as_ref(),
+                            advantages: &slice(&batch.advantages)?,
+                            response_mask: &slice(&batch.response_mask)?,
+                        },
+                        &cfg.clip,
+                        cfg.kl_coef.unwrap_or(0.0),
+                    )?;
+                    let scaled = out.loss.f_div_scalar(grad_accum)?;
+                    loss = Some(match loss {
+                        Some(l) => l.f_add(&scaled)?,
+                        None => scaled,
+                    });
+                    m.pg_loss += f64::try_from(&out.loss)?;
+                    m.pg_clipfrac_higher += f64::try_from(&out.policy.pg_clipfrac_higher)?;
+                    m.pg_clipfrac_lower += f64::try_from(&out.policy.pg_clipfrac_lower)?;
+                    m.ppo_kl += f64::try_from(&out.policy.ppo_kl)?;
+                    m.entropy_loss += f64::try_from(&out.entropy_loss)?;
+                    if let Some(kl) = &out.kl_loss {
+                        kl_sum += f64::try_from(kl)?;
+                    }
+                    m.micro_batches += 1;
                 }
-                m.micro_batches += 1;
+                if let Some(loss) = loss {
+                    policy.backward(&loss)?;
+                }
             }
             // Data parallelism goes here: all-reduce the accumulated gradients (an f32 mean
             // over ranks) before the norm, so clipping and the non-finite skip are global.

@@ -306,7 +306,8 @@ fn skinny_head(hidden: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, Model
         || rows == 0
         || rows as usize > cpu_head::MAX_ROWS
         || weight.size() != [vocab, dim]
-        || (grad_enabled() && (hidden.requires_grad() || weight.requires_grad()))
+        || (super::checkpoint::grad_mode_enabled()
+            && (hidden.requires_grad() || weight.requires_grad()))
     {
         return Ok(None);
     }
@@ -329,16 +330,6 @@ fn skinny_head(hidden: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, Model
         );
     }
     Ok(Some(out))
-}
-
-/// Whether autograd records operations on this thread right now.
-fn grad_enabled() -> bool {
-    // SAFETY: reads the thread-local grad mode by setting it and putting the old value back.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(0);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
-    }
 }
 
 /// glibc: allocations below this come from the heap and are reused, instead of a fresh `mmap`

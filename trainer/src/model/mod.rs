@@ -8,6 +8,7 @@
 //! [`Qwen2_5VLForConditionalGeneration::attach_to_var_store`] registers them (shared, not copied)
 //! in an `nn::VarStore` for training.
 
+pub mod checkpoint;
 pub mod config;
 pub mod cpu_head;
 pub mod kv_cache;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 use thiserror::Error;
 
+pub use checkpoint::RecomputeTape;
 pub use config::{Qwen2_5VLConfig, TextConfig, VisionConfig};
 pub use kv_cache::{KvCache, KvLayout};
 pub use lm_head::{read_output_vocab, LmHead, OutputVocab, OUTPUT_VOCAB_FILE};
@@ -319,6 +321,16 @@ impl Qwen2_5VLForConditionalGeneration {
         input_ids: &Tensor,
         images: Option<&VisionInputs>,
     ) -> Result<Tensor, ModelError> {
+        self.embed_with(input_ids, images, None)
+    }
+
+    /// [`Self::embed`], with the vision blocks checkpointed on `tape` when given.
+    fn embed_with<'m>(
+        &'m self,
+        input_ids: &Tensor,
+        images: Option<&VisionInputs>,
+        tape: Option<&mut RecomputeTape<'m>>,
+    ) -> Result<Tensor, ModelError> {
         let ids = input_ids.f_to_device(self.device)?;
         let embeds = self
             .model
@@ -332,7 +344,7 @@ impl Qwen2_5VLForConditionalGeneration {
         };
         let is_image = ids.f_eq(self.config.image_token_id)?;
         let n_tokens = i64::try_from(is_image.f_sum(Kind::Int64)?)?;
-        let features = self.image_features(images)?;
+        let features = self.image_features_with(images, tape)?;
         let n_features = features.size()[0];
         if n_tokens != n_features {
             return Err(ModelError::ImageTokenMismatch {
@@ -347,8 +359,17 @@ impl Qwen2_5VLForConditionalGeneration {
     /// Vision-tower features of every image occurrence, in order: the tower runs once per
     /// distinct image and reused images get copies of its features (gradients add up).
     pub fn image_features(&self, images: &VisionInputs) -> Result<Tensor, ModelError> {
+        self.image_features_with(images, None)
+    }
+
+    /// [`Self::image_features`], with the vision blocks checkpointed on `tape` when given.
+    fn image_features_with<'m>(
+        &'m self,
+        images: &VisionInputs,
+        tape: Option<&mut RecomputeTape<'m>>,
+    ) -> Result<Tensor, ModelError> {
         let grids = images.distinct_grids()?;
-        let features = self.visual.forward(&images.pixel_values, &grids)?;
+        let features = self.visual.forward(&images.pixel_values, &grids, tape)?;
         if images.sources.is_empty() {
             return Ok(features);
         }
@@ -402,7 +423,52 @@ impl Qwen2_5VLForConditionalGeneration {
         cache: Option<&mut KvCache>,
         at: LogitsAt<'_>,
     ) -> Result<Tensor, ModelError> {
-        let embeds = self.embed(input_ids, images)?;
+        self.hidden_states_with(
+            input_ids,
+            position_ids,
+            attention_mask,
+            images,
+            cache,
+            at,
+            None,
+        )
+    }
+
+    /// [`Self::hidden_states`] of a training forward with gradient checkpointing: every decoder
+    /// layer and vision block is recorded on `tape` and recomputed in its backward
+    /// ([`RecomputeTape::backward`], which must then replace `loss.backward()`).
+    pub fn hidden_states_checkpointed<'m>(
+        &'m self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        images: Option<&VisionInputs>,
+        at: LogitsAt<'_>,
+        tape: &mut RecomputeTape<'m>,
+    ) -> Result<Tensor, ModelError> {
+        self.hidden_states_with(
+            input_ids,
+            position_ids,
+            attention_mask,
+            images,
+            None,
+            at,
+            Some(tape),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hidden_states_with<'m>(
+        &'m self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        images: Option<&VisionInputs>,
+        cache: Option<&mut KvCache>,
+        at: LogitsAt<'_>,
+        mut tape: Option<&mut RecomputeTape<'m>>,
+    ) -> Result<Tensor, ModelError> {
+        let embeds = self.embed_with(input_ids, images, tape.as_deref_mut())?;
         let (b, l) = (embeds.size()[0], embeds.size()[1]);
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mask = attention_mask.f_to_device(self.device)?;
@@ -421,7 +487,12 @@ impl Qwen2_5VLForConditionalGeneration {
         let (cos, sin) = self
             .rope
             .cos_sin(&position_ids.f_to_device(self.device)?, self.kind)?;
-        let hidden = self.model.forward(&embeds, &cos, &sin, &mask, cache)?;
+        let hidden = match tape {
+            Some(tape) => self
+                .model
+                .forward_checkpointed(&embeds, &cos, &sin, &mask, tape)?,
+            None => self.model.forward(&embeds, &cos, &sin, &mask, cache)?,
+        };
         match at {
             LogitsAt::All => Ok(hidden),
             LogitsAt::Last => Ok(hidden.f_narrow(1, l - 1, 1)?),

@@ -6,6 +6,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::checkpoint::RecomputeTape;
 use super::config::TextConfig;
 use super::kv_cache::KvCache;
 use super::weight_path::WeightPath;
@@ -162,6 +163,29 @@ impl Attention {
 }
 
 impl DecoderLayer {
+    /// `h + attn(norm(h))`, then `+ mlp(norm(·))`; `cache` holds this layer's slots.
+    pub fn forward(
+        &self,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor, ModelError> {
+        let a = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(h)?, cos, sin, mask, cache)?;
+        let h = h.f_add(&a)?;
+        let x = self.post_attention_layernorm.forward(&h)?;
+        let m = &self.mlp;
+        let g = m
+            .gate_proj
+            .forward(&x)?
+            .f_silu()?
+            .f_mul(&m.up_proj.forward(&x)?)?;
+        Ok(h.f_add(&m.down_proj.forward(&g)?)?)
+    }
+
     /// Loads the layer under `p` (`model.layers.{i}`).
     fn load(t: &TextConfig, p: &WeightPath<'_>) -> Result<Self, ModelError> {
         let (d, eps) = (t.hidden_size, t.rms_norm_eps);
@@ -219,28 +243,33 @@ impl Qwen2_5VLTextModel {
     ) -> Result<Tensor, ModelError> {
         let mut h = inputs_embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            let r = h.shallow_clone();
-            let a = layer.self_attn.forward(
-                &layer.input_layernorm.forward(&h)?,
-                cos,
-                sin,
-                mask,
-                cache.as_deref_mut().map(|c| (c, i)),
-            )?;
-            h = r.f_add(&a)?;
-            let r = h.shallow_clone();
-            let x = layer.post_attention_layernorm.forward(&h)?;
-            let m = &layer.mlp;
-            let g = m
-                .gate_proj
-                .forward(&x)?
-                .f_silu()?
-                .f_mul(&m.up_proj.forward(&x)?)?;
-            h = r.f_add(&m.down_proj.forward(&g)?)?;
+            h = layer.forward(&h, cos, sin, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
             c.finish_forward(inputs_embeds.size()[1]);
         }
+        self.norm.forward(&h)
+    }
+
+    /// [`Qwen2_5VLTextModel::forward`] without a cache, with the decoder layers checkpointed on
+    /// `tape` ([`RecomputeTape`]): only each layer's input is kept, the layer is recomputed in
+    /// the backward.
+    pub fn forward_checkpointed<'m>(
+        &'m self,
+        inputs_embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttentionMask,
+        tape: &mut RecomputeTape<'m>,
+    ) -> Result<Tensor, ModelError> {
+        let (cos, sin, mask) = (
+            cos.shallow_clone(),
+            sin.shallow_clone(),
+            mask.shallow_clone(),
+        );
+        let h = tape.run(inputs_embeds, self.layers.len(), move |i, x| {
+            self.layers[i].forward(x, &cos, &sin, &mask, None)
+        })?;
         self.norm.forward(&h)
     }
 }
@@ -257,10 +286,12 @@ pub enum AttentionMask {
 
 impl AttentionMask {
     /// The mask for `new` tokens after `past` cached slots, from the 0/1 padding mask `[B, S]`:
-    /// [`AttentionMask::Causal`] when nothing is cached and nothing is padded (one check on the
-    /// host), else [`causal_padding_mask`].
+    /// [`AttentionMask::Causal`] when nothing is cached and every row is right-padded (its real
+    /// tokens first; one check on the host), else [`causal_padding_mask`]. Causal attention is
+    /// exact for the real tokens of a right-padded row, which never see the padding after them;
+    /// the padding positions' outputs are not used.
     pub fn for_forward(attention_mask: &Tensor, past: i64, new: i64) -> Result<Self, ModelError> {
-        if past == 0 && bool::try_from(attention_mask.f_ne(0)?.f_all()?)? {
+        if past == 0 && is_right_padded(attention_mask)? {
             return Ok(AttentionMask::Causal);
         }
         Ok(AttentionMask::Allowed(causal_padding_mask(
@@ -269,6 +300,34 @@ impl AttentionMask {
             new,
         )?))
     }
+}
+
+impl AttentionMask {
+    /// Another handle on the same mask.
+    pub fn shallow_clone(&self) -> Self {
+        match self {
+            AttentionMask::Causal => AttentionMask::Causal,
+            AttentionMask::Allowed(m) => AttentionMask::Allowed(m.shallow_clone()),
+        }
+    }
+}
+
+/// Whether every row of the 0/1 mask `[B, S]` is a run of ones followed by zeros.
+fn is_right_padded(attention_mask: &Tensor) -> Result<bool, ModelError> {
+    let s = attention_mask.size()[1];
+    if s < 2 {
+        return Ok(true);
+    }
+    let valid = attention_mask.f_ne(0)?;
+    let later = valid.f_narrow(1, 1, s - 1)?;
+    let earlier = valid.f_narrow(1, 0, s - 1)?;
+    // a real token never follows a padding one
+    Ok(bool::try_from(
+        later
+            .f_logical_and(&earlier.f_logical_not()?)?
+            .f_any()?
+            .f_logical_not()?,
+    )?)
 }
 
 /// Boolean mask `[B, 1, L, S]` for `L` new tokens after `past` cached slots, from the 0/1 padding

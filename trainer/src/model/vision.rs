@@ -7,6 +7,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::checkpoint::RecomputeTape;
 use super::config::VisionConfig;
 use super::rope::{apply_rotary, inverse_frequencies};
 use super::text::{Linear, RmsNorm};
@@ -41,50 +42,39 @@ pub struct VisionAttention {
     head_dim: i64,
 }
 
-/// Segments of rows that attend among themselves, laid out as a padded batch.
+/// Segments of rows that attend among themselves (windows or whole images), grouped by length:
+/// each group of equal-length segments is one unpadded batch, so attention needs no mask and
+/// reaches the fused kernels (no `[segments, heads, len, len]` probabilities on CUDA).
 #[derive(Debug)]
 pub struct SegmentBatch {
-    /// `[n_seg * max_len]` row to gather for each padded slot (0 for padding).
-    gather: Tensor,
-    /// `[n_seg, 1, 1, max_len]` true where the key slot is a real row.
-    key_mask: Tensor,
-    /// `[N]` padded slot of each original row.
+    /// One `(rows to gather [n_seg * len], n_seg, len)` per distinct segment length.
+    groups: Vec<(Tensor, i64, i64)>,
+    /// `[N]` position of each original row in the concatenated group outputs.
     scatter: Tensor,
-    n_seg: i64,
-    max_len: i64,
 }
 
 impl SegmentBatch {
     /// From cumulative boundaries `[0, e1, e2, ...]`.
     pub fn new(cu_seqlens: &[i64], device: Device) -> Result<Self, ModelError> {
-        let lens: Vec<i64> = cu_seqlens
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .filter(|&l| l > 0)
-            .collect();
-        let max_len = lens.iter().copied().max().unwrap_or(0);
-        let n_seg = lens.len() as i64;
-        let mut gather = vec![0i64; (n_seg * max_len) as usize];
-        let mut mask = vec![false; (n_seg * max_len) as usize];
-        let mut scatter = Vec::with_capacity(cu_seqlens.last().copied().unwrap_or(0) as usize);
-        let mut row = 0i64;
-        for (s, &len) in lens.iter().enumerate() {
-            for j in 0..len {
-                let slot = s as i64 * max_len + j;
-                gather[slot as usize] = row;
-                mask[slot as usize] = true;
-                scatter.push(slot);
-                row += 1;
+        let mut by_len: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+        for w in cu_seqlens.windows(2).filter(|w| w[1] > w[0]) {
+            by_len.entry(w[1] - w[0]).or_default().extend(w[0]..w[1]);
+        }
+        let n = cu_seqlens.last().copied().unwrap_or(0);
+        let mut scatter = vec![0i64; n.max(0) as usize];
+        let mut groups = Vec::with_capacity(by_len.len());
+        let mut slot = 0i64;
+        for (len, rows) in by_len {
+            for &r in &rows {
+                scatter[r as usize] = slot;
+                slot += 1;
             }
+            let n_seg = rows.len() as i64 / len;
+            groups.push((Tensor::from_slice(&rows).f_to_device(device)?, n_seg, len));
         }
         Ok(SegmentBatch {
-            gather: Tensor::from_slice(&gather).f_to_device(device)?,
-            key_mask: Tensor::from_slice(&mask)
-                .f_view([n_seg, 1, 1, max_len])?
-                .f_to_device(device)?,
+            groups,
             scatter: Tensor::from_slice(&scatter).f_to_device(device)?,
-            n_seg,
-            max_len,
         })
     }
 }
@@ -112,25 +102,29 @@ impl VisionAttention {
         let q = rot(qkv.f_select(1, 0)?)?;
         let k = rot(qkv.f_select(1, 1)?)?;
         let v = qkv.f_select(1, 2)?;
-        let batch = |t: &Tensor| -> Result<Tensor, ModelError> {
-            Ok(t.f_index_select(0, &segs.gather)?
-                .f_view([segs.n_seg, segs.max_len, self.num_heads, self.head_dim])?
-                .f_transpose(1, 2)?)
-        };
-        let out = Tensor::f_scaled_dot_product_attention(
-            &batch(&q)?,
-            &batch(&k)?,
-            &batch(&v)?,
-            Some(&segs.key_mask),
-            0.0,
-            false,
-            None,
-            false,
-        )?; // [n_seg, H, max_len, hd]
-        let out = out
-            .f_transpose(1, 2)?
-            .f_reshape([segs.n_seg * segs.max_len, self.num_heads * self.head_dim])?
-            .f_index_select(0, &segs.scatter)?;
+        let mut outs = Vec::with_capacity(segs.groups.len());
+        for (rows, n_seg, len) in &segs.groups {
+            let batch = |t: &Tensor| -> Result<Tensor, ModelError> {
+                Ok(t.f_index_select(0, rows)?
+                    .f_view([*n_seg, *len, self.num_heads, self.head_dim])?
+                    .f_transpose(1, 2)?)
+            };
+            let out = Tensor::f_scaled_dot_product_attention(
+                &batch(&q)?,
+                &batch(&k)?,
+                &batch(&v)?,
+                None::<&Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )?; // [n_seg, H, len, hd]
+            outs.push(
+                out.f_transpose(1, 2)?
+                    .f_reshape([n_seg * len, self.num_heads * self.head_dim])?,
+            );
+        }
+        let out = Tensor::f_cat(&outs, 0)?.f_index_select(0, &segs.scatter)?;
         self.proj.forward(&out)
     }
 }
@@ -145,6 +139,20 @@ pub struct VisionBlock {
 }
 
 impl VisionBlock {
+    /// `x + attn(norm1(x))`, then `+ mlp(norm2(·))`, attention within `segs`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        segs: &SegmentBatch,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, segs, cos, sin)?;
+        let x = x.f_add(&a)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        Ok(x.f_add(&m)?)
+    }
+
     /// Loads the block under `p` (`visual.blocks.{i}`).
     fn load(cfg: &VisionConfig, p: &WeightPath<'_>) -> Result<Self, ModelError> {
         let (hv, inter) = (cfg.hidden_size, cfg.intermediate_size);
@@ -300,8 +308,14 @@ impl Qwen2_5VisionTransformer {
     }
 
     /// `pixel_values [N, C*T*P*P]` (any float kind) and per-image grids -> merged image features
-    /// `[N/4, out_hidden_size]` in image order, raster order within each image.
-    pub fn forward(&self, pixel_values: &Tensor, grids: &[[i64; 3]]) -> Result<Tensor, ModelError> {
+    /// `[N/4, out_hidden_size]` in image order, raster order within each image. With `tape` the
+    /// blocks are checkpointed on it ([`RecomputeTape`]).
+    pub fn forward<'m>(
+        &'m self,
+        pixel_values: &Tensor,
+        grids: &[[i64; 3]],
+        tape: Option<&mut RecomputeTape<'m>>,
+    ) -> Result<Tensor, ModelError> {
         let cfg = &self.cfg;
         let device = self.patch_embed_weight.device();
         let kind = self.patch_embed_weight.kind();
@@ -330,7 +344,7 @@ impl Qwen2_5VisionTransformer {
                 .f_index_select(0, &win_idx)?
                 .f_reshape([n, cols])?)
         };
-        let mut x = permute(&x)?;
+        let x = permute(&x)?;
 
         let coords: Vec<i64> = patch_coordinates(cfg, grids)
             .into_iter()
@@ -350,19 +364,24 @@ impl Qwen2_5VisionTransformer {
 
         let full = SegmentBatch::new(&layout.cu_seqlens, device)?;
         let windows = SegmentBatch::new(&layout.cu_window_seqlens, device)?;
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let segs = if cfg.fullatt_block_indexes.contains(&(i as i64)) {
+        let block = move |i: usize, x: &Tensor| {
+            let segs = if self.cfg.fullatt_block_indexes.contains(&(i as i64)) {
                 &full
             } else {
                 &windows
             };
-            let a = blk
-                .attn
-                .forward(&blk.norm1.forward(&x)?, segs, &cos, &sin)?;
-            x = x.f_add(&a)?;
-            let m = blk.mlp.forward(&blk.norm2.forward(&x)?)?;
-            x = x.f_add(&m)?;
-        }
+            self.blocks[i].forward(x, segs, &cos, &sin)
+        };
+        let x = match tape {
+            Some(tape) => tape.run(&x, self.blocks.len(), block)?,
+            None => {
+                let mut x = x;
+                for i in 0..self.blocks.len() {
+                    x = block(i, &x)?;
+                }
+                x
+            }
+        };
         let merged = self
             .merger
             .ln_q

@@ -635,6 +635,7 @@ impl TrainConfig {
         UpdateConfig {
             mini_batch_size: self.mini_batch_responses(),
             micro_batch_size: self.actor.micro_batch_size_per_device_for_update,
+            max_tokens_per_forward: self.actor.max_tokens_per_micro_batch,
             ppo_epochs: self.actor.ppo_epochs,
             clip: PolicyClip {
                 clip_ratio_low: self.actor.clip_ratio_low,

@@ -4,10 +4,11 @@
 use tch::Tensor;
 
 use super::rollout::{vision_inputs, PromptItem};
-use crate::generate::{response_logprobs, ResponseBatch};
+use crate::generate::{response_logprobs_with, ResponseBatch};
 use crate::grpo::actor::PolicyLogprobs;
 use crate::grpo::{GrpoError, Result};
-use crate::model::Qwen2_5VLForConditionalGeneration;
+use crate::model::checkpoint::grad_mode_enabled;
+use crate::model::{Qwen2_5VLForConditionalGeneration, RecomputeTape};
 use crate::tokenizer::ENDOFTEXT_ID;
 
 /// One scored sequence: which prompt and which response ids.
@@ -26,6 +27,10 @@ pub struct ModelPolicy<'a> {
     sequences: Vec<SequenceRef<'a>>,
     temperature: f64,
     width: i64,
+    /// Checkpoint the layers of grad-mode forwards (`model.gradient_checkpointing`).
+    checkpointing: bool,
+    /// The last grad-mode forward's checkpointed layers, waiting for [`PolicyLogprobs::backward`].
+    tape: Option<RecomputeTape<'a>>,
 }
 
 impl<'a> ModelPolicy<'a> {
@@ -46,7 +51,17 @@ impl<'a> ModelPolicy<'a> {
             sequences,
             temperature,
             width,
+            checkpointing: false,
+            tape: None,
         }
+    }
+
+    /// With `on`, grad-mode forwards keep only each decoder layer's and vision block's input and
+    /// recompute the layers in [`PolicyLogprobs::backward`] (exact; docs/architecture.md,
+    /// "Memory").
+    pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
+        self.checkpointing = on;
+        self
     }
 
     /// Number of sequences.
@@ -82,13 +97,32 @@ impl PolicyLogprobs for ModelPolicy<'_> {
             responses: picked.iter().map(|s| s.response.to_vec()).collect(),
             images: Some(images),
         };
-        let out = response_logprobs(self.model, &batch, self.temperature, ENDOFTEXT_ID)
-            .map_err(|e| GrpoError::Policy(Box::new(e)))?;
+        let model = self.model;
+        let mut tape = (self.checkpointing && grad_mode_enabled()).then(RecomputeTape::new);
+        let out =
+            response_logprobs_with(model, &batch, self.temperature, ENDOFTEXT_ID, tape.as_mut())
+                .map_err(|e| GrpoError::Policy(Box::new(e)))?;
+        self.tape = tape;
         let r = out.logprobs.size()[1];
         Ok(if r < self.width {
             out.logprobs.f_constant_pad_nd([0, self.width - r])?
         } else {
             out.logprobs
         })
+    }
+
+    fn sequence_len(&self, row: usize) -> usize {
+        self.sequences
+            .get(row)
+            .map_or(1, |s| s.prompt.ids.len() + s.response.len())
+    }
+
+    fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        match self.tape.take() {
+            Some(tape) => tape
+                .backward(loss)
+                .map_err(|e| GrpoError::Policy(Box::new(e))),
+            None => Ok(loss.f_backward()?),
+        }
     }
 }

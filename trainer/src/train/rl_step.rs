@@ -70,7 +70,8 @@ impl Trainer {
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
         let update = update_actor(
             &self.cfg.update_config(),
-            &mut ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature),
+            &mut ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature)
+                .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing),
             &batch,
             &mut self.optimizer,
             lr,
@@ -188,7 +189,13 @@ impl Trainer {
     ) -> Result<Tensor> {
         let mut policy = ModelPolicy::new(model, sequences.to_vec(), self.cfg.rollout.temperature);
         let micro = self.cfg.actor.micro_batch_size_per_device_for_experience;
-        Ok(compute_log_probs(&mut policy, sequences.len(), micro)?)
+        let budget = self.cfg.actor.max_tokens_per_micro_batch;
+        Ok(compute_log_probs(
+            &mut policy,
+            sequences.len(),
+            micro,
+            budget,
+        )?)
     }
 
     /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded
