@@ -267,18 +267,26 @@ impl Qwen2_5VLForConditionalGeneration {
         })
     }
 
-    /// A copy of the model on `device` (weights copied, config shared, the same output
-    /// restriction); used to bring an offloaded reference model onto the GPU for one pass.
-    pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
-        let mut map = std::collections::HashMap::new();
-        for (name, t) in self.named_tensors() {
-            map.insert(name, t.f_to_device(device)?.f_detach()?);
+    /// The model computing on `device` while its decoder layers, vision blocks and embedding
+    /// stay where they are (host memory): each layer visits the device for its turn in a
+    /// forward ([`text::DecoderLayer::visiting`]), embedding rows are gathered where they live,
+    /// and only the output head, the final norm, the vision tower's patch embedding and merger
+    /// and the rotary tables move. The device then holds one layer's weights at a time instead
+    /// of the model: how an offloaded reference model runs its no-grad pass.
+    pub fn stream_to(mut self, device: Device) -> Result<Self, ModelError> {
+        if device == self.device {
+            return Ok(self);
         }
-        let mut model = Self::from_weights(self.config.clone(), &Weights::from_map(map), device)?;
-        if let Some(v) = self.output_vocab() {
-            model.restrict_output_vocab(&v.ids)?;
+        let vocab = self.output_vocab().map(|v| v.ids.clone());
+        self.lm_head = LmHead::new(self.lm_head.weight.f_to_device(device)?);
+        if let Some(ids) = vocab {
+            self.lm_head.restrict_output_vocab(&ids)?;
         }
-        Ok(model)
+        self.model.norm = self.model.norm.to_device(device)?;
+        self.visual = self.visual.stream_to(device)?;
+        self.rope = MRope::new(&self.config, device)?;
+        self.device = device;
+        Ok(self)
     }
 
     /// Device of the weights.
@@ -332,10 +340,11 @@ impl Qwen2_5VLForConditionalGeneration {
         tape: Option<&mut RecomputeTape<'m>>,
     ) -> Result<Tensor, ModelError> {
         let ids = input_ids.f_to_device(self.device)?;
-        let embeds = self
-            .model
-            .embed_tokens
-            .f_index_select(0, &ids.f_flatten(0, -1)?)?
+        // rows are gathered where the table lives (host memory for a streamed model)
+        let table = &self.model.embed_tokens;
+        let embeds = table
+            .f_index_select(0, &ids.f_flatten(0, -1)?.f_to_device(table.device())?)?
+            .f_to_device(self.device)?
             .f_view([ids.size()[0], ids.size()[1], self.config.text.hidden_size])?;
         // Without images (decode steps, text-only prompts) image ids keep their own embedding,
         // as in transformers; a sampled `<|image_pad|>` must not abort a rollout.

@@ -4,7 +4,7 @@
 //! Ported from transformers 5.23 `modeling_qwen2_5_vl.py`: `Qwen2_5_VLTextModel`,
 //! `Qwen2_5_VLDecoderLayer`, `Qwen2_5_VLAttention`, `Qwen2MLP`, `Qwen2_5_VLRMSNorm`.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::RecomputeTape;
 use super::config::TextConfig;
@@ -37,6 +37,14 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
     }
+
+    /// A copy on `device`.
+    pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
+        Ok(Linear {
+            weight: self.weight.f_to_device(device)?,
+            bias: self.bias.as_ref().map(|b| b.f_to_device(device)).transpose()?,
+        })
+    }
 }
 
 /// RMSNorm: f32 statistics, cast back to the input kind, then times `weight`.
@@ -52,6 +60,14 @@ impl RmsNorm {
         Ok(RmsNorm {
             weight: p.get("weight", &[dim])?,
             eps,
+        })
+    }
+
+    /// A copy on `device`.
+    pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
+        Ok(RmsNorm {
+            weight: self.weight.f_to_device(device)?,
+            eps: self.eps,
         })
     }
 
@@ -163,6 +179,31 @@ impl Attention {
 }
 
 impl DecoderLayer {
+    /// A copy of the layer on `device` when its weights live elsewhere (a host-resident model
+    /// computing on a GPU brings one layer at a time), else `None`.
+    pub fn visiting(&self, device: Device) -> Result<Option<Self>, ModelError> {
+        if self.input_layernorm.weight.device() == device {
+            return Ok(None);
+        }
+        let (a, m) = (&self.self_attn, &self.mlp);
+        Ok(Some(DecoderLayer {
+            input_layernorm: self.input_layernorm.to_device(device)?,
+            post_attention_layernorm: self.post_attention_layernorm.to_device(device)?,
+            self_attn: Attention {
+                q_proj: a.q_proj.to_device(device)?,
+                k_proj: a.k_proj.to_device(device)?,
+                v_proj: a.v_proj.to_device(device)?,
+                o_proj: a.o_proj.to_device(device)?,
+                ..*a
+            },
+            mlp: Mlp {
+                gate_proj: m.gate_proj.to_device(device)?,
+                up_proj: m.up_proj.to_device(device)?,
+                down_proj: m.down_proj.to_device(device)?,
+            },
+        }))
+    }
+
     /// `h + attn(norm(h))`, then `+ mlp(norm(·))`; `cache` holds this layer's slots.
     pub fn forward(
         &self,
@@ -243,6 +284,8 @@ impl Qwen2_5VLTextModel {
     ) -> Result<Tensor, ModelError> {
         let mut h = inputs_embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
+            let visiting = layer.visiting(h.device())?;
+            let layer = visiting.as_ref().unwrap_or(layer);
             h = layer.forward(&h, cos, sin, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
@@ -268,7 +311,9 @@ impl Qwen2_5VLTextModel {
             mask.shallow_clone(),
         );
         let h = tape.run(inputs_embeds, self.layers.len(), move |i, x| {
-            self.layers[i].forward(x, &cos, &sin, &mask, None)
+            let visiting = self.layers[i].visiting(x.device())?;
+            let layer = visiting.as_ref().unwrap_or(&self.layers[i]);
+            layer.forward(x, &cos, &sin, &mask, None)
         })?;
         self.norm.forward(&h)
     }

@@ -139,6 +139,29 @@ pub struct VisionBlock {
 }
 
 impl VisionBlock {
+    /// A copy of the block on `device` when its weights live elsewhere (see
+    /// [`super::text::DecoderLayer::visiting`]), else `None`.
+    fn visiting(&self, device: Device) -> Result<Option<Self>, ModelError> {
+        if self.norm1.weight.device() == device {
+            return Ok(None);
+        }
+        let (a, m) = (&self.attn, &self.mlp);
+        Ok(Some(VisionBlock {
+            norm1: self.norm1.to_device(device)?,
+            norm2: self.norm2.to_device(device)?,
+            attn: VisionAttention {
+                qkv: a.qkv.to_device(device)?,
+                proj: a.proj.to_device(device)?,
+                ..*a
+            },
+            mlp: VisionMlp {
+                gate_proj: m.gate_proj.to_device(device)?,
+                up_proj: m.up_proj.to_device(device)?,
+                down_proj: m.down_proj.to_device(device)?,
+            },
+        }))
+    }
+
     /// `x + attn(norm1(x))`, then `+ mlp(norm2(·))`, attention within `segs`.
     fn forward(
         &self,
@@ -307,6 +330,24 @@ impl Qwen2_5VisionTransformer {
         })
     }
 
+    /// The tower computing on `device` with its blocks left where they are (each visits the
+    /// device for its turn); the patch embedding, merger and rotary table move.
+    pub fn stream_to(self, device: Device) -> Result<Self, ModelError> {
+        let m = &self.merger;
+        let merger = PatchMerger {
+            ln_q: m.ln_q.to_device(device)?,
+            mlp0: m.mlp0.to_device(device)?,
+            mlp2: m.mlp2.to_device(device)?,
+            merged_dim: m.merged_dim,
+        };
+        Ok(Qwen2_5VisionTransformer {
+            patch_embed_weight: self.patch_embed_weight.f_to_device(device)?,
+            merger,
+            inv_freq: self.inv_freq.f_to_device(device)?,
+            ..self
+        })
+    }
+
     /// `pixel_values [N, C*T*P*P]` (any float kind) and per-image grids -> merged image features
     /// `[N/4, out_hidden_size]` in image order, raster order within each image. With `tape` the
     /// blocks are checkpointed on it ([`RecomputeTape`]).
@@ -370,7 +411,11 @@ impl Qwen2_5VisionTransformer {
             } else {
                 &windows
             };
-            self.blocks[i].forward(x, segs, &cos, &sin)
+            let visiting = self.blocks[i].visiting(x.device())?;
+            visiting
+                .as_ref()
+                .unwrap_or(&self.blocks[i])
+                .forward(x, segs, &cos, &sin)
         };
         let x = match tape {
             Some(tape) => tape.run(&x, self.blocks.len(), block)?,

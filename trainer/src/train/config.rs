@@ -48,7 +48,8 @@ pub struct ModelConfig {
     /// Keep the vision tower frozen (the published run trains it: `false`).
     #[serde(default)]
     pub freeze_vision_tower: bool,
-    /// Keep the frozen reference model on the CPU and move it to the device only for its pass.
+    /// Keep the frozen reference model in host memory; its pass computes on the device with one
+    /// layer's weights brought over at a time (the device holds one layer, not the model).
     #[serde(default)]
     pub offload_reference: bool,
     /// Recompute each decoder layer and vision block in the update's backward instead of keeping
@@ -257,11 +258,17 @@ pub struct RolloutConfig {
 }
 
 impl RolloutConfig {
-    /// The generation engine for prompts of at most `max_prompt` tokens and responses of at
-    /// most `max_new_tokens`.
-    pub fn engine_config(&self, max_prompt: usize, max_new_tokens: usize) -> EngineConfig {
-        EngineConfig::new(self.max_num_seqs, max_prompt + max_new_tokens)
-            .with_kv_cache_gib(self.kv_cache_gib)
+    /// The generation engine for `sequences` responses, prompts of at most `max_prompt` tokens
+    /// and responses of at most `max_new_tokens`: `max_num_seqs` rows, or fewer when fewer
+    /// sequences are asked for (the pool is not larger than the work).
+    pub fn engine_config(
+        &self,
+        max_prompt: usize,
+        max_new_tokens: usize,
+        sequences: usize,
+    ) -> EngineConfig {
+        let rows = self.max_num_seqs.min(sequences.max(1));
+        EngineConfig::new(rows, max_prompt + max_new_tokens).with_kv_cache_gib(self.kv_cache_gib)
     }
 }
 

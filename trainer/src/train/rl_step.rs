@@ -117,7 +117,7 @@ impl Trainer {
     /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
     fn sample(&mut self, prompts: &[PromptItem]) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
         let sampling = self.sampling(self.cfg.rollout.temperature);
-        let engine = self.engine_config(prompts, &sampling);
+        let engine = self.engine_config(prompts, self.cfg.rollout.n, &sampling);
         let pb = bar(
             (prompts.len() * self.cfg.rollout.n) as u64,
             "rollout",
@@ -199,17 +199,13 @@ impl Trainer {
     }
 
     /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded
-    /// reference lives on the CPU and visits the device for its pass.
+    /// reference computes on the device with its layers streamed from host memory, one at a
+    /// time ([`Qwen2_5VLForConditionalGeneration::stream_to`]).
     fn reference_log_probs(&self, sequences: &[SequenceRef<'_>]) -> Result<Option<Tensor>> {
         let Some(model) = &self.reference else {
             return Ok(None);
         };
-        let lp = if model.device() != self.device {
-            self.log_probs(&model.to_device(self.device)?, sequences)?
-        } else {
-            self.log_probs(model, sequences)?
-        };
-        Ok(Some(lp.f_to_device(self.device)?))
+        Ok(Some(self.log_probs(model, sequences)?))
     }
 
     /// Phase 5: GRPO advantages of each response's reward within its group, broadcast over its
@@ -264,7 +260,8 @@ impl Trainer {
                 &self.reference_dir,
                 device,
                 weight_kind(self.cfg.model.dtype),
-            )?;
+            )?
+            .stream_to(self.device)?;
             // the reference's log-probs are over the policy's output vocabulary
             if let Some(vocab) = self.policy.output_vocab() {
                 reference.restrict_output_vocab(&vocab.ids)?;
@@ -274,16 +271,18 @@ impl Trainer {
         Ok(())
     }
 
-    /// The generation engine for `prompts`: rows of their longest prompt plus `max_new_tokens`.
+    /// The generation engine for `n` responses to each of `prompts`: rows of their longest
+    /// prompt plus `max_new_tokens`.
     pub(super) fn engine_config(
         &self,
         prompts: &[PromptItem],
+        n: usize,
         sampling: &SamplingConfig,
     ) -> EngineConfig {
         let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         self.cfg
             .rollout
-            .engine_config(longest, sampling.max_new_tokens)
+            .engine_config(longest, sampling.max_new_tokens, prompts.len() * n)
     }
 
     /// Sampling settings at `temperature` (0: greedy), `rollout.top_p`/`top_k`, stopping at the

@@ -49,7 +49,7 @@ impl Trainer {
                 &prompts,
                 n,
                 &sampling,
-                self.engine_config(&prompts, &sampling),
+                self.engine_config(&prompts, n, &sampling),
                 &mut rng,
                 &mut |_| {},
             )?;

@@ -20,6 +20,21 @@ use crate::tokenizer::{embedded_tokenizer_json, ENDOFTEXT_ID, IM_END_ID};
 
 /// Name of the preset in `model.path`.
 pub const TINY_RANDOM: &str = "tiny-random";
+/// `model.path` of [`TinyShape::mid`].
+pub const MID_RANDOM: &str = "mid-random";
+/// `model.path` of [`TinyShape::deep`].
+pub const DEEP_RANDOM: &str = "deep-random";
+
+/// The shape of a random preset named in `model.path` (`tiny-random`, `mid-random`,
+/// `deep-random`), if `name` is one.
+pub fn preset_shape(name: &str) -> Option<TinyShape> {
+    match name {
+        TINY_RANDOM => Some(TinyShape::default()),
+        MID_RANDOM => Some(TinyShape::mid()),
+        DEEP_RANDOM => Some(TinyShape::deep()),
+        _ => None,
+    }
+}
 /// Standard deviation of the normal initialisation (`initializer_range` of the published config).
 pub const INITIALIZER_RANGE: f64 = 0.02;
 /// Vocabulary rows of the published checkpoints (151,665 tokenizer ids padded to 151,936).
@@ -81,6 +96,22 @@ impl TinyShape {
             num_attention_heads: 8,
             num_key_value_heads: 2,
             mrope_section: [16, 24, 24],
+            ..TinyShape::default()
+        }
+    }
+
+    /// A mid-size shape whose training activations dominate its state, for memory
+    /// measurements on the CPU: 16 decoder layers of width 512 (8 query heads of 64, 2 KV heads,
+    /// MLP 2,048), ≈ 0.14 B parameters with the tied full vocabulary; a micro-batch of 4
+    /// sequences of 3,000 tokens keeps ≈ 10 GiB of activations without checkpointing.
+    pub fn deep() -> Self {
+        TinyShape {
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 16,
+            num_attention_heads: 8,
+            num_key_value_heads: 2,
+            mrope_section: [8, 12, 12],
             ..TinyShape::default()
         }
     }
