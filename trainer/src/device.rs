@@ -97,6 +97,58 @@ impl DtypeArg {
     }
 }
 
+/// Signature of the CUDA runtime's `cudaGetDevice(int*)`.
+type CudaGetDevice = unsafe extern "C" fn(*mut libc::c_int) -> libc::c_int;
+/// Signature of the CUDA runtime's `cudaSetDevice(int)`.
+type CudaSetDevice = unsafe extern "C" fn(libc::c_int) -> libc::c_int;
+/// Signature of the CUDA runtime's `cudaMemGetInfo(size_t* free, size_t* total)`.
+type CudaMemGetInfo = unsafe extern "C" fn(*mut libc::size_t, *mut libc::size_t) -> libc::c_int;
+/// `cudaSuccess`.
+const CUDA_SUCCESS: libc::c_int = 0;
+
+/// The address of `name` among the symbols already loaded into the process, if any.
+fn loaded_symbol(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: dlsym only reads the NUL-terminated name; RTLD_DEFAULT searches the libraries
+    // already loaded and returns null when the symbol is absent.
+    let ptr = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!ptr.is_null()).then_some(ptr)
+}
+
+/// Free and total memory of CUDA device `index` in bytes, from the CUDA runtime libtorch links
+/// (`cudaMemGetInfo`, found among the loaded symbols, so no CUDA library is linked here). The
+/// current device is switched for the query and restored. `None` when the runtime is absent
+/// (a CPU-only libtorch) or any call fails (no driver, no such device).
+pub fn cuda_memory_info(index: usize) -> Option<(u64, u64)> {
+    let get = loaded_symbol(c"cudaGetDevice")?;
+    let set = loaded_symbol(c"cudaSetDevice")?;
+    let info = loaded_symbol(c"cudaMemGetInfo")?;
+    let index = libc::c_int::try_from(index).ok()?;
+    // SAFETY: the symbols are the CUDA runtime's exported C functions of these signatures
+    // (stable across CUDA 11-13).
+    let (get, set, info) = unsafe {
+        (
+            std::mem::transmute::<*mut libc::c_void, CudaGetDevice>(get),
+            std::mem::transmute::<*mut libc::c_void, CudaSetDevice>(set),
+            std::mem::transmute::<*mut libc::c_void, CudaMemGetInfo>(info),
+        )
+    };
+    let mut previous: libc::c_int = 0;
+    // SAFETY: `previous` is a valid out-pointer for the call's duration.
+    if unsafe { get(&mut previous) } != CUDA_SUCCESS {
+        return None;
+    }
+    // SAFETY: plain call with an integer argument; an invalid index returns an error code.
+    if unsafe { set(index) } != CUDA_SUCCESS {
+        return None;
+    }
+    let (mut free, mut total): (libc::size_t, libc::size_t) = (0, 0);
+    // SAFETY: both out-pointers are valid for the call's duration.
+    let status = unsafe { info(&mut free, &mut total) };
+    // SAFETY: restores the device that was current before (a valid index: the runtime gave it).
+    unsafe { set(previous) };
+    (status == CUDA_SUCCESS).then_some((free as u64, total as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +169,16 @@ mod tests {
         }
         let err = DeviceArg::Cuda(0).resolve().unwrap_err().to_string();
         assert!(err.contains("CUDA is not available"), "{err}");
+    }
+
+    #[test]
+    fn cuda_memory_query_without_gpu_is_none() {
+        let info = cuda_memory_info(0);
+        if tch::Cuda::is_available() {
+            let (free, total) = info.expect("a visible GPU reports its memory");
+            assert!(free <= total && total > 0);
+        } else {
+            assert_eq!(info, None);
+        }
     }
 }

@@ -19,6 +19,8 @@ enum Command {
     Train(cli::train::Args),
     /// Supervised warm-up only (cross-entropy on a reference-response column).
     Sft(cli::train::SftArgs),
+    /// Per-device memory plan of a recipe (every phase's peak), checked against a device size.
+    Plan(cli::plan::Args),
     /// Check the installation: libtorch version, CUDA, bf16, threads, tokenizer.
     Doctor(cli::doctor::Args),
     /// Generate from a checkpoint for one image and prompt.
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => cli::train::run(args),
         Command::Sft(args) => cli::train::run_sft(args),
+        Command::Plan(args) => cli::plan::run(args),
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod infer;
 pub mod logprobs;
+pub mod plan;
 pub mod reward;
 pub mod serve;
 pub mod train;

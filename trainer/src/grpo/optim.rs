@@ -87,6 +87,8 @@ pub struct AnyPrecisionAdamW {
     cfg: AdamWConfig,
     params: Vec<(String, Tensor)>,
     states: Vec<Option<ParamState>>,
+    /// f32 bytes per chunk of the step ([`STEP_CHUNK_BYTES`] unless set for a test).
+    chunk_bytes: i64,
 }
 
 /// Prefixes of the optimiser-state tensor names in a checkpoint.
@@ -107,7 +109,15 @@ impl AnyPrecisionAdamW {
             cfg,
             params,
             states,
+            chunk_bytes: STEP_CHUNK_BYTES,
         })
+    }
+
+    /// This optimiser with step chunks of at most `bytes` of f32 (at least one row): the results
+    /// do not depend on it; tests use small chunks to cover the chunked path.
+    pub fn with_chunk_bytes(mut self, bytes: i64) -> Self {
+        self.chunk_bytes = bytes.max(1);
+        self
     }
 
     /// The trainable variables of a `VarStore`, sorted by name (the order used by checkpoints).
@@ -136,7 +146,7 @@ impl AnyPrecisionAdamW {
         self.states.get(i).and_then(|s| s.as_ref())
     }
 
-    /// Sets every gradient to zero (keeps the buffers allocated).
+    /// Sets every gradient to zero. The buffers stay allocated ([`GRADIENTS_KEPT_BETWEEN_UPDATES`]).
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
@@ -146,13 +156,22 @@ impl AnyPrecisionAdamW {
     /// Global L2 norm of all gradients (f32, like `torch.nn.utils.clip_grad_norm_`) and, when it
     /// exceeds `max_norm`, scales every gradient by `max_norm / (norm + 1e-6)`. Returns the norm
     /// before clipping; a non-finite norm is returned unchanged and the gradients are not touched.
+    /// A gradient larger than the chunk bound is summed a row chunk at a time, so no f32 copy of
+    /// a whole `[vocab, hidden]` gradient is made.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         let _guard = tch::no_grad_guard();
         let mut sq = Vec::new();
         for (_, p) in &self.params {
             let g = p.grad();
-            if g.defined() {
-                sq.push(g.f_to_kind(Kind::Float)?.f_norm()?.f_square()?);
+            if !g.defined() {
+                continue;
+            }
+            for (start, len) in row_chunks(&g, self.chunk_bytes) {
+                let part = match len {
+                    Some(len) => g.f_narrow(0, start, len)?,
+                    None => g.shallow_clone(),
+                };
+                sq.push(part.f_to_kind(Kind::Float)?.f_norm()?.f_square()?);
             }
         }
         if sq.is_empty() {
@@ -175,7 +194,10 @@ impl AnyPrecisionAdamW {
         Ok(norm)
     }
 
-    /// One AdamW update with learning rate `lr` for every parameter that has a gradient.
+    /// One AdamW update with learning rate `lr` for every parameter that has a gradient. A
+    /// parameter larger than the chunk bound ([`STEP_CHUNK_BYTES`] of f32) is updated a row chunk
+    /// at a time: every operation is elementwise, so the result is bitwise that of one pass, and
+    /// the f32 temporaries stay within a few chunks.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let cfg = self.cfg;
@@ -187,12 +209,13 @@ impl AnyPrecisionAdamW {
             }
             let kind = cfg.state_dtype.kind();
             if state.is_none() {
+                let zeros = || Tensor::f_zeros(p.size(), (kind, p.device()));
                 *state = Some(ParamState {
                     step: 0,
-                    exp_avg: p.f_zeros_like()?.f_to_kind(kind)?,
-                    exp_avg_sq: p.f_zeros_like()?.f_to_kind(kind)?,
+                    exp_avg: zeros()?,
+                    exp_avg_sq: zeros()?,
                     compensation: if cfg.kahan_summation {
-                        Some(p.f_zeros_like()?.f_to_kind(kind)?)
+                        Some(zeros()?)
                     } else {
                         None
                     },
@@ -202,55 +225,29 @@ impl AnyPrecisionAdamW {
             st.step += 1;
             // The reference keeps `step` as an f32 tensor: bias corrections are f32.
             let t = st.step as f32;
-            let g32 = grad.f_to_kind(Kind::Float)?;
-            if cfg.weight_decay != 0.0 {
-                let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?;
-            }
-            // m ← β1·m, then m ← m + (1−β1)·g rounded once.
-            let _ = st.exp_avg.f_mul_scalar_(beta1)?;
-            let m = st
-                .exp_avg
-                .f_to_kind(Kind::Float)?
-                .f_add(&g32.f_mul_scalar((1.0 - beta1) as f32 as f64)?)?;
-            st.exp_avg.f_copy_(&m)?;
-            let _ = st.exp_avg_sq.f_mul_scalar_(beta2)?;
-            let v = st
-                .exp_avg_sq
-                .f_to_kind(Kind::Float)?
-                .f_add(&g32.f_mul(&g32)?.f_mul_scalar((1.0 - beta2) as f32 as f64)?)?;
-            st.exp_avg_sq.f_copy_(&v)?;
             let bias1 = 1.0f32 - (beta1 as f32).powf(t);
-            let step_size = (lr as f32 / bias1) as f64;
-            let denom_correction = Tensor::from((1.0f32 - (beta2 as f32).powf(t)).sqrt());
-            let centered = st
-                .exp_avg_sq
-                .f_sqrt()?
-                .f_div(&denom_correction)?
-                .f_add_scalar(cfg.eps)?;
-            let update = st
-                .exp_avg
-                .f_to_kind(Kind::Float)?
-                .f_div(&centered.f_to_kind(Kind::Float)?)?
-                .f_mul_scalar(-step_size)?;
-            match &mut st.compensation {
-                Some(comp) => {
-                    let c = comp.f_to_kind(Kind::Float)?.f_add(&update)?;
-                    comp.f_copy_(&c)?;
-                    let before = p.detach().copy();
-                    let new_p = p
-                        .f_to_kind(Kind::Float)?
-                        .f_add(&comp.f_to_kind(Kind::Float)?)?;
-                    p.f_copy_(&new_p)?;
-                    let lost = before.f_sub(p)?;
-                    let c = comp
-                        .f_to_kind(Kind::Float)?
-                        .f_add(&lost.f_to_kind(Kind::Float)?)?;
-                    comp.f_copy_(&c)?;
-                }
-                None => {
-                    let new_p = p.f_to_kind(Kind::Float)?.f_add(&update)?;
-                    p.f_copy_(&new_p)?;
-                }
+            let coefficients = StepCoefficients {
+                decay: (cfg.weight_decay != 0.0).then_some(1.0 - lr * cfg.weight_decay),
+                beta1,
+                beta2,
+                eps: cfg.eps,
+                step_size: (lr as f32 / bias1) as f64,
+                denom_correction: Tensor::from((1.0f32 - (beta2 as f32).powf(t)).sqrt()),
+            };
+            for (start, len) in row_chunks(p, self.chunk_bytes) {
+                let view = |t: &Tensor| -> Result<Tensor> {
+                    Ok(match len {
+                        Some(len) => t.f_narrow(0, start, len)?,
+                        None => t.shallow_clone(),
+                    })
+                };
+                let mut chunk = StateChunk {
+                    param: view(p)?,
+                    exp_avg: view(&st.exp_avg)?,
+                    exp_avg_sq: view(&st.exp_avg_sq)?,
+                    compensation: st.compensation.as_ref().map(view).transpose()?,
+                };
+                chunk.update(&view(&grad)?, &coefficients)?;
             }
         }
         Ok(())
@@ -328,6 +325,110 @@ impl AnyPrecisionAdamW {
     }
 }
 
+/// Bytes of f32 that one chunk of the optimiser step (and of the gradient-norm sum) covers: a
+/// larger parameter is processed a row block at a time, so the step's f32 temporaries stay
+/// within a few of these instead of several copies of a `[152064, 3584]` matrix.
+pub const STEP_CHUNK_BYTES: i64 = 64 << 20;
+
+/// Whether gradient buffers stay allocated between updates. tch 0.26 has no call that sets a
+/// tensor's gradient back to undefined (PyTorch's `p.grad = None`; neither the generated API nor
+/// torch-sys's `at_*` functions reach `mutable_grad`), so [`AnyPrecisionAdamW::zero_grad`] zeroes
+/// them in place and they live through rollouts; the memory plan counts them there while true.
+pub const GRADIENTS_KEPT_BETWEEN_UPDATES: bool = true;
+
+/// The per-step scalars of one parameter's update, shared by its chunks.
+struct StepCoefficients {
+    /// `1 − lr·wd`, when weight decay is on.
+    decay: Option<f64>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// `lr / (1 − β1ᵗ)`, rounded through f32 as the reference does.
+    step_size: f64,
+    /// `√(1 − β2ᵗ)` as an f32 scalar tensor.
+    denom_correction: Tensor,
+}
+
+/// Views of the same rows of a parameter and of its optimiser buffers.
+struct StateChunk {
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    compensation: Option<Tensor>,
+}
+
+impl StateChunk {
+    /// The AdamW update of these rows given their gradient rows (module docs: rounding happens
+    /// where the reference rounds).
+    fn update(&mut self, grad: &Tensor, c: &StepCoefficients) -> Result<()> {
+        let g32 = grad.f_to_kind(Kind::Float)?;
+        if let Some(decay) = c.decay {
+            let _ = self.param.f_mul_scalar_(decay)?;
+        }
+        // m ← β1·m, then m ← m + (1−β1)·g rounded once.
+        let _ = self.exp_avg.f_mul_scalar_(c.beta1)?;
+        let m = self
+            .exp_avg
+            .f_to_kind(Kind::Float)?
+            .f_add(&g32.f_mul_scalar((1.0 - c.beta1) as f32 as f64)?)?;
+        self.exp_avg.f_copy_(&m)?;
+        let _ = self.exp_avg_sq.f_mul_scalar_(c.beta2)?;
+        let v = self.exp_avg_sq.f_to_kind(Kind::Float)?.f_add(
+            &g32.f_mul(&g32)?
+                .f_mul_scalar((1.0 - c.beta2) as f32 as f64)?,
+        )?;
+        self.exp_avg_sq.f_copy_(&v)?;
+        let centered = self
+            .exp_avg_sq
+            .f_sqrt()?
+            .f_div(&c.denom_correction)?
+            .f_add_scalar(c.eps)?;
+        let update = self
+            .exp_avg
+            .f_to_kind(Kind::Float)?
+            .f_div(&centered.f_to_kind(Kind::Float)?)?
+            .f_mul_scalar(-c.step_size)?;
+        let p = &mut self.param;
+        match &mut self.compensation {
+            Some(comp) => {
+                let sum = comp.f_to_kind(Kind::Float)?.f_add(&update)?;
+                comp.f_copy_(&sum)?;
+                let before = p.f_detach()?.copy();
+                let new_p = p
+                    .f_to_kind(Kind::Float)?
+                    .f_add(&comp.f_to_kind(Kind::Float)?)?;
+                p.f_copy_(&new_p)?;
+                let lost = before.f_sub(p)?;
+                let sum = comp
+                    .f_to_kind(Kind::Float)?
+                    .f_add(&lost.f_to_kind(Kind::Float)?)?;
+                comp.f_copy_(&sum)?;
+            }
+            None => {
+                let new_p = p.f_to_kind(Kind::Float)?.f_add(&update)?;
+                p.f_copy_(&new_p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Row blocks of `t` covering at most `chunk_bytes` of f32 each, as `(first row, rows)`; a
+/// tensor within the bound (or without rows) is one block `(0, None)`: the whole tensor.
+fn row_chunks(t: &Tensor, chunk_bytes: i64) -> Vec<(i64, Option<i64>)> {
+    let numel = t.numel() as i64;
+    let rows = t.size().first().copied().unwrap_or(0);
+    if numel * 4 <= chunk_bytes || rows <= 1 {
+        return vec![(0, None)];
+    }
+    let row_bytes = numel / rows * 4;
+    let per_chunk = (chunk_bytes / row_bytes.max(1)).max(1);
+    (0..rows)
+        .step_by(per_chunk as usize)
+        .map(|start| (start, Some(per_chunk.min(rows - start))))
+        .collect()
+}
+
 /// Learning-rate schedule: constant after a linear warm-up, stepped once per RL step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
@@ -349,5 +450,75 @@ impl LrSchedule {
         }
         let factor = (rl_step as f64 / self.warmup_steps.max(1) as f64).min(1.0);
         self.lr * factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Runs three steps on a `[37, 19]` parameter of `kind` with seeded gradients and returns the
+    /// parameter and its buffers.
+    fn run(kind: Kind, cfg: AdamWConfig, chunk_bytes: Option<i64>) -> Vec<Tensor> {
+        tch::manual_seed(7);
+        let init = Tensor::randn([37, 19], (Kind::Float, Device::Cpu));
+        let grads: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn([37, 19], (Kind::Float, Device::Cpu)) * 1e-2)
+            .collect();
+        let p = init.to_kind(kind).set_requires_grad(true);
+        let mut opt = AnyPrecisionAdamW::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
+        if let Some(bytes) = chunk_bytes {
+            opt = opt.with_chunk_bytes(bytes);
+        }
+        for g in &grads {
+            opt.zero_grad();
+            (&p * g.to_kind(kind)).sum(kind).backward();
+            opt.step(1e-2).unwrap();
+        }
+        let st = opt.state(0).unwrap();
+        let mut out = vec![p.detach(), st.exp_avg.copy(), st.exp_avg_sq.copy()];
+        out.extend(st.compensation.as_ref().map(Tensor::copy));
+        out
+    }
+
+    #[test]
+    fn chunked_step_is_bitwise_the_whole_step() {
+        let bf16 = AdamWConfig::default();
+        let f32_states = AdamWConfig {
+            state_dtype: StateDtype::F32,
+            kahan_summation: false,
+            ..AdamWConfig::default()
+        };
+        // 5 rows of 19 f32 per chunk: 8 chunks, the last one shorter.
+        let chunk = 5 * 19 * 4;
+        assert_eq!(
+            row_chunks(&Tensor::zeros([37, 19], (Kind::Float, Device::Cpu)), chunk).len(),
+            8
+        );
+        for (kind, cfg) in [(Kind::BFloat16, bf16), (Kind::Float, f32_states)] {
+            let whole = run(kind, cfg, None);
+            let chunked = run(kind, cfg, Some(chunk));
+            assert_eq!(whole.len(), chunked.len());
+            for (a, b) in whole.iter().zip(&chunked) {
+                assert!(a.equal(b), "{kind:?}: chunked step differs");
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_gradient_norm_matches() {
+        let p = Tensor::randn([37, 19], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let g = Tensor::randn([37, 19], (Kind::Float, Device::Cpu));
+        (&p * &g).sum(Kind::Float).backward();
+        let want = f64::try_from(g.norm()).unwrap();
+        let mut opt = AnyPrecisionAdamW::new(
+            vec![("w".into(), p.shallow_clone())],
+            AdamWConfig::default(),
+        )
+        .unwrap()
+        .with_chunk_bytes(3 * 19 * 4);
+        let norm = opt.clip_grad_norm(f64::INFINITY).unwrap();
+        assert!((norm - want).abs() <= 1e-5 * want, "{norm} vs {want}");
     }
 }

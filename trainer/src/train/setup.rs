@@ -137,6 +137,18 @@ pub(super) fn weight_kind(dtype: WeightDtype) -> Kind {
     }
 }
 
+/// Bytes the memory plan may use: `trainer.device_memory_gib` when set, else a CUDA device's
+/// free memory as its runtime reports it, else 0 (the CPU: not checked).
+pub fn device_capacity(cfg: &TrainConfig, device: Device) -> u64 {
+    if cfg.trainer.device_memory_gib > 0.0 {
+        return (cfg.trainer.device_memory_gib * GIB) as u64;
+    }
+    match device {
+        Device::Cuda(index) => crate::device::cuda_memory_info(index).map_or(0, |(free, _)| free),
+        _ => 0,
+    }
+}
+
 /// Resolves `model.path`: the `tiny-random` preset (built under `out_dir` on first use), a
 /// local folder, or a hub id ([`crate::model::locate_checkpoint`]).
 pub fn resolve_model_dir(cfg: &TrainConfig, out_dir: &Path) -> Result<PathBuf> {
@@ -327,8 +339,9 @@ fn find_resume_dir(
 impl Trainer {
     /// Prepares a run: output folder, model (built, local or from the hub cache), data
     /// (synthesised when asked), optimiser, and — with `opts.resume` — the checkpoint's weights,
-    /// optimiser state, step, data cursor and RNG. Prints the memory plan and refuses plans that
-    /// do not fit `trainer.device_memory_gib`.
+    /// optimiser state, step, data cursor and RNG. Prints the memory plan and, before touching
+    /// the dataset, refuses a plan that does not fit the device ([`device_capacity`]) unless
+    /// `trainer.allow_overcommit` is set.
     pub fn new(cfg: TrainConfig, opts: TrainerOptions) -> Result<Self> {
         let device = resolve_device(&cfg.trainer.device)?;
         let out_dir = cfg.trainer.output_dir.clone();
@@ -341,21 +354,29 @@ impl Trainer {
         let resume_dir = find_resume_dir(&opts, &checkpoints, &out_dir)?;
 
         let model_dir = resolve_model_dir(&cfg, &out_dir)?;
-        let train_files =
-            resolve_split(&cfg.data.train_files, &cfg.data.train_split, &cfg, &out_dir)?;
-        let val_files = resolve_split(&cfg.data.val_files, &cfg.data.val_split, &cfg, &out_dir)?;
-
         let config_text = fs::read_to_string(model_dir.join("config.json"))
             .map_err(|e| TrainError::io(model_dir.join("config.json"), e))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text)?;
         let model_config = Qwen2_5VLConfig::from_json_str(&config_text)?;
-        let shape = ModelShape::from_config(&model_config);
-        let capacity = (cfg.trainer.device_memory_gib * GIB) as u64;
-        let plan = MemoryPlan::estimate(&cfg, &shape, capacity);
-        if opts.progress {
-            eprint!("{plan}");
+        // the memory plan, before the dataset is touched: a run that cannot fit stops here
+        let plan = MemoryPlan::estimate(
+            &cfg,
+            &ModelShape::from_config(&model_config),
+            device_capacity(&cfg, device),
+        );
+        match plan.check() {
+            Ok(()) if opts.progress => eprint!("{plan}"),
+            Ok(()) => {}
+            // the refusal carries the whole plan
+            Err(e) if cfg.trainer.allow_overcommit => {
+                eprintln!("warning: trainer.allow_overcommit is set, starting anyway: {e}")
+            }
+            Err(e) => return Err(e),
         }
-        plan.check()?;
+
+        let train_files =
+            resolve_split(&cfg.data.train_files, &cfg.data.train_split, &cfg, &out_dir)?;
+        let val_files = resolve_split(&cfg.data.val_files, &cfg.data.val_split, &cfg, &out_dir)?;
 
         let processor = Processor::from_model_dir(&model_dir)?;
         let builder = PromptBuilder {
