@@ -85,13 +85,17 @@ fn the_7b_plan_counts_state_and_pool_exactly() {
     assert_eq!(plan.reference, 0, "the recipe offloads the reference");
     // 64 rows + 1 prefill row of 8,192 slots; K and V of 28 layers x 4 heads x 128 in bf16
     assert_eq!(plan.kv_cache, 65 * 8192 * 2 * 28 * 4 * 128 * 2);
-    // the streamed reference's largest group is the [152064, 3584] embedding
+    // the streamed reference keeps lm_head [152064, 3584], the final norm, the patch embedding
+    // and the merger on the device, plus one visiting decoder layer (larger than a vision block)
     let streamed = plan
         .items
         .iter()
-        .find(|i| i.name.starts_with("reference: streamed"))
+        .find(|i| i.name.starts_with("reference, streamed"))
         .unwrap();
-    assert_eq!(streamed.bytes, [None, Some(152_064 * 3584 * 2), None]);
+    let layer = 2 * 3584 * 3584 + 3584 + 2 * (3584 * 512 + 512) + 3 * 3584 * 18944 + 2 * 3584;
+    let merger = 1280 + (5120 * 5120 + 5120) + (5120 * 3584 + 3584);
+    let on_device = 152_064 * 3584 + 3584 + 1176 * 1280 + merger + layer;
+    assert_eq!(streamed.bytes, [None, Some(on_device * 2), None]);
     // every phase peak is its whole-phase items plus its largest moment
     for phase in PlanPhase::ALL {
         let i = phase as usize;
@@ -139,8 +143,9 @@ fn options_move_the_plan_the_right_way() {
         0,
     );
     assert_eq!(resident.reference, PARAMS_7B * 2);
+    // (the log-prob passes trade the streamed head and layer, 1.5 GiB, for the 15.4 GiB model)
     for phase in PlanPhase::ALL {
-        assert!(resident.phase_peak(phase) > base.phase_peak(phase) + 14 * GIB);
+        assert!(resident.phase_peak(phase) > base.phase_peak(phase) + 13 * GIB);
     }
     // a smaller KV budget shrinks the rollout phase only
     let small_pool = MemoryPlan::estimate(

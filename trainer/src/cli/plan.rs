@@ -9,7 +9,7 @@ use trainer::model::config::Qwen2_5VLConfig;
 use trainer::train::config::TrainConfig;
 use trainer::train::memory::{MemoryPlan, ModelShape};
 use trainer::train::setup::resolve_device;
-use trainer::train::tiny::{tiny_config_json, TinyShape, TINY_RANDOM};
+use trainer::train::tiny::{preset_shape, tiny_config_json, DEEP_RANDOM, MID_RANDOM, TINY_RANDOM};
 
 use super::train::ConfigArgs;
 
@@ -40,8 +40,9 @@ update), what one device holds: weights, gradients, optimizer states, the refere
 pool, activations and transients; items marked * exist at one moment of their phase only.
 Exit status 0 when the plan fits (or the device memory is unknown); otherwise 1, with an error
 that names the largest items and the --set changes that would make the plan fit. The model
-shape comes from model.path: the tiny-random preset, a local folder's config.json, the shipped
-configs/models/ shapes of Qwen/Qwen2.5-VL-{7B,3B}-Instruct, or the Hugging Face cache.")]
+shape comes from model.path: a random preset (tiny-random, mid-random, deep-random), a local
+folder's config.json, the shipped configs/models/ shapes of Qwen/Qwen2.5-VL-{7B,3B}-Instruct,
+or the Hugging Face cache.")]
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -114,9 +115,9 @@ fn capacity(flag: Option<f64>, cfg: &TrainConfig) -> Result<(u64, String)> {
 
 /// The `config.json` text of `model.path` and a description of where it was found.
 fn model_config_text(path: &str) -> Result<(String, String)> {
-    if path == TINY_RANDOM {
-        let json = tiny_config_json(&TinyShape::default());
-        return Ok((json.to_string(), format!("the {TINY_RANDOM} preset")));
+    if let Some(shape) = preset_shape(path) {
+        let json = tiny_config_json(&shape);
+        return Ok((json.to_string(), format!("the {path} preset")));
     }
     let local = Path::new(path);
     if local.is_dir() {
@@ -140,9 +141,10 @@ fn model_config_text(path: &str) -> Result<(String, String)> {
             Ok((text, format!("{} (Hugging Face cache)", file.display())))
         }
         None => bail!(
-            "model.path {path}: not the {TINY_RANDOM} preset, not a folder, not one of the shipped \
-             shapes ({}) and not in the Hugging Face cache ({}); pass a folder holding its \
-             config.json, or fetch that file alone with `huggingface-cli download {path} config.json`",
+            "model.path {path}: not a preset ({TINY_RANDOM}, {MID_RANDOM}, {DEEP_RANDOM}), not a \
+             folder, not one of the shipped shapes ({}) and not in the Hugging Face cache ({}); \
+             pass a folder holding its config.json, or fetch that file alone with \
+             `huggingface-cli download {path} config.json`",
             SHIPPED_CONFIGS.map(|(id, _)| id).join(", "),
             data::hub::cache_dir().display()
         ),

@@ -302,14 +302,17 @@ impl ModelShape {
             .max(merged * merged.max(self.vision_out_hidden_size))
     }
 
-    /// The largest group of tensors a streamed (offloaded) model moves to the device at once:
-    /// one decoder layer, the embedding, `lm_head`, one vision block or the merger.
-    pub fn largest_group_params(&self) -> u64 {
-        self.decoder_layer_params()
-            .max(self.embedding_params())
-            .max(self.vision_block_params())
-            .max(self.merger_params())
-            .max(self.patch_dim() * self.vision_hidden_size)
+    /// Parameters an offloaded (streamed) reference holds on the device during its pass: the
+    /// output head, the final norm, the vision patch embedding and merger stay there, and one
+    /// decoder layer or vision block visits at a time (`Qwen2_5VLForConditionalGeneration::
+    /// stream_to`); the embedding's rows are gathered in host memory.
+    pub fn streamed_reference_params(&self) -> u64 {
+        let visiting = self.decoder_layer_params().max(self.vision_block_params());
+        self.embedding_params()
+            + self.hidden_size
+            + self.patch_dim() * self.vision_hidden_size
+            + self.merger_params()
+            + visiting
     }
 
     fn text_widths(&self) -> Widths {
@@ -867,17 +870,16 @@ impl<'a> Estimator<'a> {
     fn rollout(&mut self) -> u64 {
         let (cfg, shape, geo) = (self.cfg, self.shape, self.geo);
         let phase = PlanPhase::Rollout;
-        // as the engine sizes it: max_num_seqs rows of prompt + response slots plus one row's
-        // worth for a prefill, or fewer rows when rollout.kv_cache_gib is smaller
+        // as the engine sizes it: max_num_seqs rows (no more than the step's responses) of
+        // prompt + response slots plus one row's worth for a prefill, or fewer rows when
+        // rollout.kv_cache_gib is smaller
         let row_bytes = 2 * shape.num_hidden_layers * shape.kv_dim() * geo.seq * self.wb;
+        let wanted = (cfg.rollout.max_num_seqs as u64).min(geo.responses_per_rank.max(1));
         let budget = cfg
             .rollout
             .kv_cache_gib
-            .map_or(row_bytes * (cfg.rollout.max_num_seqs as u64 + 1), |g| {
-                (g * GIB) as u64
-            });
-        let rows =
-            (cfg.rollout.max_num_seqs as u64).min((budget / row_bytes.max(1)).saturating_sub(1));
+            .map_or(row_bytes * (wanted + 1), |g| (g * GIB) as u64);
+        let rows = wanted.min((budget / row_bytes.max(1)).saturating_sub(1));
         let pool = (rows + 1) * row_bytes;
         let name = format!(
             "KV pool: {rows} rows x {} slots + 1 row for a prefill",
@@ -906,12 +908,12 @@ impl<'a> Estimator<'a> {
         let phase = PlanPhase::LogProbs;
         let f = self.geo.forward(self.geo.experience_rows, 1);
         if cfg.algorithm.use_kl_loss && cfg.model.offload_reference {
-            let group = shape.largest_group_params();
+            let params = shape.streamed_reference_params();
             let name = format!(
-                "reference: streamed from the host, largest group ({} params)",
-                billions(group)
+                "reference, streamed: head, merger and one layer at a time ({} params)",
+                billions(params)
             );
-            self.add(phase, name, (group * self.wb) as f64, false);
+            self.add(phase, name, (params * self.wb) as f64, false);
         }
         let name = format!(
             "vision tower, no grad ({} images, {} patches)",
