@@ -122,7 +122,7 @@ fn hf_layout_sharding_and_keep_last() {
 /// Runs `steps` Adam steps on a quadratic loss whose target depends on the step number.
 fn train(params: &[(String, Tensor)], opt: &mut AnyPrecisionAdamW, from: u64, steps: u64) {
     for s in from..from + steps {
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         let mut loss = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
         for (i, (_, p)) in params.iter().enumerate() {
             let target = (s as f64 + 1.0) * 0.1 * (i as f64 + 1.0);

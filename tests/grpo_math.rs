@@ -156,7 +156,7 @@ fn adamw_case(name: &str, kind: Kind, state: StateDtype, kahan: bool) {
     for i in 0..steps {
         let g = fx[&format!("grad.{i}")].to_kind(kind);
         // d/dp sum(p·g) = g exactly.
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         (&p * &g).sum(kind).backward();
         opt.step(lr).unwrap();
         let st = opt.state(0).unwrap();

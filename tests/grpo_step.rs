@@ -268,7 +268,7 @@ fn non_finite_gradient_skips_the_step() {
     let norm = opt.clip_grad_norm(1.0).unwrap();
     assert!(norm.is_nan());
     // Finite gradients larger than the clip are scaled to norm 1 (within the 1e-6 guard).
-    opt.zero_grad();
+    opt.zero_grad().unwrap();
     (&w * Tensor::from_slice(&[3.0f32, 4.0]))
         .sum(Kind::Float)
         .backward();

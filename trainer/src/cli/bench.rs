@@ -150,6 +150,7 @@ fn bench_generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn bench_train(a: TrainArgs) -> Result<()> {
+    use trainer::train::memory::{MemoryPlan, ModelShape, PlanPhase};
     use trainer::train::{Phase, TrainerOptions};
     let mut cfg = a.config.load()?;
     if let Some(p) = a.prompts {
@@ -175,12 +176,14 @@ fn bench_train(a: TrainArgs) -> Result<()> {
         trainer.step()?;
     }
     let mut totals = vec![0.0; Phase::ALL.len()];
+    let mut peaks = vec![0u64; Phase::ALL.len()];
     let mut tokens = 0usize;
     let mut wall = 0.0;
     for _ in 0..a.steps {
         let r = trainer.step()?;
-        for (t, p) in totals.iter_mut().zip(Phase::ALL) {
+        for ((t, m), p) in totals.iter_mut().zip(&mut peaks).zip(Phase::ALL) {
             *t += r.times.get(p);
+            *m = (*m).max(r.times.peak_rss.get(&p).copied().unwrap_or(0));
         }
         tokens += r.response_tokens;
         wall += r.times.total();
@@ -190,6 +193,33 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     let mut phases = serde_json::Map::new();
     for (t, p) in totals.iter().zip(Phase::ALL) {
         phases.insert(format!("{}_s", p.name()), (t / steps).into());
+    }
+    // the plan of this configuration next to what each phase measured (host memory: a CPU run)
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let plan = MemoryPlan::estimate(cfg, &ModelShape::from_config(&trainer.policy().config), 0);
+    let measured = |ps: &[Phase]| {
+        ps.iter()
+            .filter_map(|p| Phase::ALL.iter().position(|q| q == p))
+            .map(|i| peaks[i])
+            .max()
+            .unwrap_or(0)
+    };
+    let mut memory = serde_json::Map::new();
+    for (phase, ours) in [
+        (PlanPhase::Rollout, &[Phase::Rollout][..]),
+        (
+            PlanPhase::LogProbs,
+            &[Phase::OldLogProbs, Phase::RefLogProbs][..],
+        ),
+        (PlanPhase::Update, &[Phase::Update][..]),
+    ] {
+        memory.insert(
+            phase.name().to_string(),
+            serde_json::json!({
+                "plan_gib": gib(plan.phase_peak(phase)),
+                "measured_peak_rss_gib": gib(measured(ours)),
+            }),
+        );
     }
     println!(
         "{}",
@@ -201,7 +231,9 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             "timed_steps": a.steps, "step_s": wall / steps, "phases": phases,
             "response_tokens_per_step": tokens as f64 / steps,
             "tokens_per_s": tokens as f64 / wall.max(1e-9),
-            "peak_rss_gib": trainer::train::memory::peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            "peak_rss_gib": gib(peaks.iter().copied().max().unwrap_or(0)),
+            "plan_peak_gib": gib(plan.peak()),
+            "memory": memory,
         })
     );
     Ok(())

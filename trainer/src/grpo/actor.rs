@@ -226,7 +226,8 @@ pub fn compute_log_probs<P: PolicyLogprobs + ?Sized>(
 
 /// The actor update of one RL step with learning rate `lr`: for every mini-batch, one backward
 /// per micro-batch of `(pg_loss + kl_coef·kl_loss) / (mini / micro)`, then gradient clipping and
-/// an AdamW step (skipped when the norm is not finite), then zeroed gradients.
+/// an AdamW step (skipped when the norm is not finite), then zeroed gradients; at the end the
+/// gradient buffers are released ([`AnyPrecisionAdamW::release_grads`]).
 pub fn update_actor<P: PolicyLogprobs + ?Sized>(
     cfg: &UpdateConfig,
     policy: &mut P,
@@ -245,7 +246,7 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
     let grad_accum = (cfg.mini_batch_size / cfg.micro_batch_size) as f64;
     let mut m = UpdateMetrics::default();
     let mut kl_sum = 0.0;
-    optimizer.zero_grad();
+    optimizer.zero_grad()?;
     for _ in 0..cfg.ppo_epochs {
         for mini_start in (0..n).step_by(cfg.mini_batch_size) {
             let mini_end = (mini_start + cfg.mini_batch_size).min(n);
@@ -314,9 +315,11 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
             } else {
                 m.skipped_steps += 1;
             }
-            optimizer.zero_grad();
+            optimizer.zero_grad()?;
         }
     }
+    // gradient buffers live only during the update (docs/architecture.md, "Memory")
+    optimizer.release_grads()?;
     let k = m.micro_batches.max(1) as f64;
     m.pg_loss /= k;
     m.pg_clipfrac_higher /= k;

@@ -146,11 +146,30 @@ impl AnyPrecisionAdamW {
         self.states.get(i).and_then(|s| s.as_ref())
     }
 
-    /// Sets every gradient to zero. The buffers stay allocated ([`GRADIENTS_KEPT_BETWEEN_UPDATES`]).
-    pub fn zero_grad(&mut self) {
+    /// Sets every gradient to zero, first giving a released one ([`Self::release_grads`]) its
+    /// parameter's shape again.
+    pub fn zero_grad(&mut self) -> Result<()> {
         for (_, p) in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() && g.size() != p.size() {
+                let _ = g.f_resize_(p.size())?;
+            }
             p.zero_grad();
         }
+        Ok(())
+    }
+
+    /// Frees every gradient's memory between updates: the gradient tensor is emptied in place
+    /// (`set_()`), since tch cannot set it back to undefined (PyTorch's `p.grad = None`);
+    /// [`Self::zero_grad`] gives it its shape again before the next backward.
+    pub fn release_grads(&mut self) -> Result<()> {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.f_set_()?;
+            }
+        }
+        Ok(())
     }
 
     /// Global L2 norm of all gradients (f32, like `torch.nn.utils.clip_grad_norm_`) and, when it
@@ -330,11 +349,10 @@ impl AnyPrecisionAdamW {
 /// within a few of these instead of several copies of a `[152064, 3584]` matrix.
 pub const STEP_CHUNK_BYTES: i64 = 64 << 20;
 
-/// Whether gradient buffers stay allocated between updates. tch 0.26 has no call that sets a
-/// tensor's gradient back to undefined (PyTorch's `p.grad = None`; neither the generated API nor
-/// torch-sys's `at_*` functions reach `mutable_grad`), so [`AnyPrecisionAdamW::zero_grad`] zeroes
-/// them in place and they live through rollouts; the memory plan counts them there while true.
-pub const GRADIENTS_KEPT_BETWEEN_UPDATES: bool = true;
+/// Whether gradient buffers stay allocated between updates: they do not
+/// ([`AnyPrecisionAdamW::release_grads`] after each update), so the memory plan counts them in
+/// the update only.
+pub const GRADIENTS_KEPT_BETWEEN_UPDATES: bool = false;
 
 /// The per-step scalars of one parameter's update, shared by its chunks.
 struct StepCoefficients {
@@ -472,7 +490,7 @@ mod tests {
             opt = opt.with_chunk_bytes(bytes);
         }
         for g in &grads {
-            opt.zero_grad();
+            opt.zero_grad().unwrap();
             (&p * g.to_kind(kind)).sum(kind).backward();
             opt.step(1e-2).unwrap();
         }
@@ -480,6 +498,26 @@ mod tests {
         let mut out = vec![p.detach(), st.exp_avg.copy(), st.exp_avg_sq.copy()];
         out.extend(st.compensation.as_ref().map(Tensor::copy));
         out
+    }
+
+    /// A released gradient holds no memory; zero_grad gives it back its shape, and the next
+    /// backward accumulates into it as into a fresh one.
+    #[test]
+    fn released_gradients_free_their_memory_and_come_back() {
+        let p = Tensor::ones([64, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = AnyPrecisionAdamW::new(
+            vec![("w".into(), p.shallow_clone())],
+            AdamWConfig::default(),
+        )
+        .unwrap();
+        (&p * 2.0).sum(Kind::Float).backward();
+        opt.release_grads().unwrap();
+        assert_eq!(p.grad().numel(), 0);
+        opt.zero_grad().unwrap();
+        assert_eq!(p.grad().size(), [64, 32]);
+        assert_eq!(f64::try_from(p.grad().abs().sum(Kind::Float)).unwrap(), 0.0);
+        (&p * 3.0).sum(Kind::Float).backward();
+        assert_eq!(f64::try_from(p.grad().mean(Kind::Float)).unwrap(), 3.0);
     }
 
     #[test]

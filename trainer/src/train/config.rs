@@ -600,6 +600,9 @@ impl TrainConfig {
                 a.micro_batch_size_per_device_for_update
             ));
         }
+        if a.max_tokens_per_micro_batch == Some(0) {
+            return bad("actor.max_tokens_per_micro_batch must be positive (leave it out for fixed-count micro-batches)".into());
+        }
         if a.micro_batch_size_per_device_for_experience == 0 || a.ppo_epochs == 0 {
             return bad(
                 "actor.micro_batch_size_per_device_for_experience and ppo_epochs must be positive"

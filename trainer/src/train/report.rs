@@ -51,25 +51,49 @@ impl Phase {
     ];
 }
 
-/// Seconds spent in each phase.
+/// Seconds spent in each phase, and each phase's peak resident host memory (where the platform
+/// reports it: `VmHWM`, reset when a phase starts; the memory a CPU run measures against its
+/// plan).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PhaseTimes(pub BTreeMap<Phase, f64>);
+pub struct PhaseTimes {
+    /// Seconds per phase.
+    pub seconds: BTreeMap<Phase, f64>,
+    /// Peak resident bytes per phase.
+    pub peak_rss: BTreeMap<Phase, u64>,
+}
 
 impl PhaseTimes {
     /// Seconds of `phase` (0 when it did not run).
     pub fn get(&self, phase: Phase) -> f64 {
-        self.0.get(&phase).copied().unwrap_or(0.0)
+        self.seconds.get(&phase).copied().unwrap_or(0.0)
     }
 
     /// Sum over phases.
     pub fn total(&self) -> f64 {
-        self.0.values().sum()
+        self.seconds.values().sum()
     }
 
-    /// Adds the time since `since` to `phase`.
-    pub fn add(&mut self, phase: Phase, since: Instant) {
-        *self.0.entry(phase).or_default() += since.elapsed().as_secs_f64();
+    /// Marks the start of a phase: its peak memory is counted from here.
+    pub fn begin(&self) -> Instant {
+        reset_peak_rss();
+        Instant::now()
     }
+
+    /// Adds the time since `since` (from [`PhaseTimes::begin`]) to `phase`, with the peak
+    /// resident memory since then.
+    pub fn add(&mut self, phase: Phase, since: Instant) {
+        *self.seconds.entry(phase).or_default() += since.elapsed().as_secs_f64();
+        if let Some(peak) = super::memory::peak_rss_bytes() {
+            let p = self.peak_rss.entry(phase).or_default();
+            *p = (*p).max(peak);
+        }
+    }
+}
+
+/// Restarts the process' peak-resident-memory count (`VmHWM`) from the current resident size
+/// (Linux: `5` written to `/proc/self/clear_refs`); elsewhere a no-op.
+pub fn reset_peak_rss() {
+    let _ignored = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Mean reward components over a set of rollouts: a step's rollouts or a validation pass.

@@ -11,8 +11,6 @@
 //! Each phase is one named call with explicit inputs and outputs; [`Trainer::step`] reads as the
 //! list above. The loop around it (validation and checkpoint cadence) is [`super::runner`].
 
-use std::time::Instant;
-
 use tch::{Device, Tensor};
 
 use super::policy::{ModelPolicy, SequenceRef};
@@ -43,29 +41,29 @@ impl Trainer {
         let prompts = self.next_prompts()?;
 
         // 1. sample
-        let t = Instant::now();
+        let t = times.begin();
         let (responses, engine) = self.sample(&prompts)?;
         times.add(Phase::Rollout, t);
 
         // 2. score
-        let t = Instant::now();
+        let t = times.begin();
         let rollouts = self.score(&prompts, responses)?;
         times.add(Phase::Reward, t);
 
         // 3. old log-probs
         let sequences = sequences(&prompts, &rollouts);
-        let t = Instant::now();
+        let t = times.begin();
         let old_log_probs = self.log_probs(&self.policy, &sequences)?;
         times.add(Phase::OldLogProbs, t);
         let generation = GenerationReport::new(&engine, &rollouts, &old_log_probs)?;
 
         // 4. reference log-probs
-        let t = Instant::now();
+        let t = times.begin();
         let ref_log_probs = self.reference_log_probs(&sequences)?;
         times.add(Phase::RefLogProbs, t);
 
         // 5. advantages, 6. actor update
-        let t = Instant::now();
+        let t = times.begin();
         let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
         let update = update_actor(

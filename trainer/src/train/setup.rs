@@ -20,7 +20,7 @@ use super::memory::{MemoryPlan, ModelShape};
 use super::metrics::MetricsLogger;
 use super::rollout::PromptBuilder;
 use super::row_filter::{checks_for, scan_split, skipped_rows_event, PromptLengthCheck, RowScan};
-use super::tiny::{write_tiny_random, TinyShape, TINY_RANDOM};
+use super::tiny::{preset_shape, write_tiny_random};
 use super::{Result, TrainError};
 use crate::generate::DEFAULT_STOP_IDS;
 use crate::grpo::optim::AnyPrecisionAdamW;
@@ -149,16 +149,16 @@ pub fn device_capacity(cfg: &TrainConfig, device: Device) -> u64 {
     }
 }
 
-/// Resolves `model.path`: the `tiny-random` preset (built under `out_dir` on first use), a
-/// local folder, or a hub id ([`crate::model::locate_checkpoint`]).
+/// Resolves `model.path`: a random preset ([`preset_shape`]: `tiny-random`, built under
+/// `out_dir` on first use), a local folder, or a hub id ([`crate::model::locate_checkpoint`]).
 pub fn resolve_model_dir(cfg: &TrainConfig, out_dir: &Path) -> Result<PathBuf> {
     let path = &cfg.model.path;
-    if path == TINY_RANDOM {
+    if let Some(shape) = preset_shape(path) {
         let dir = out_dir.join(BASE_MODEL_DIR);
         if !dir.join("model.safetensors").exists() {
             write_tiny_random(
                 &dir,
-                &TinyShape::default(),
+                &shape,
                 cfg.trainer.seed,
                 (cfg.data.min_pixels, cfg.data.max_pixels),
             )?;

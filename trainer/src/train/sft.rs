@@ -85,14 +85,14 @@ pub fn sft_step(
     }
     let mask = response_mask(&lengths, model.device())?;
     let mut policy = ModelPolicy::new(model, sequences, 1.0);
-    optimizer.zero_grad();
+    optimizer.zero_grad()?;
     let mut loss_sum = 0.0;
     let rows: Vec<usize> = (0..prompts.len()).collect();
     for chunk in rows.chunks(micro_batch_size.max(1)) {
         let lp = policy.response_log_probs(chunk)?;
         let m = mask.f_narrow(0, chunk[0] as i64, chunk.len() as i64)?;
         let nll: Tensor = lp.f_mul(&m)?.f_sum(tch::Kind::Float)?.f_neg()?;
-        nll.f_div_scalar(tokens as f64)?.f_backward()?;
+        policy.backward(&nll.f_div_scalar(tokens as f64)?)?;
         loss_sum += f64::try_from(&nll)?;
     }
     let grad_norm = optimizer.clip_grad_norm(max_grad_norm)?;
@@ -100,7 +100,7 @@ pub fn sft_step(
     if !skipped {
         optimizer.step(lr)?;
     }
-    optimizer.zero_grad();
+    optimizer.zero_grad()?;
     Ok(SftStepStats {
         loss: loss_sum / tokens as f64,
         tokens,
