@@ -101,6 +101,9 @@ impl<'m> RecomputeTape<'m> {
                 let y = (stack.layer)(i, &x)?;
                 y.f_mul(&grad)?.f_sum(y.kind())?.f_backward()?;
                 grad = x.f_grad()?;
+                if x.device() == tch::Device::Cpu {
+                    release_freed_host_memory();
+                }
             }
             if stack.input.requires_grad() {
                 let x = &stack.input;
@@ -108,6 +111,19 @@ impl<'m> RecomputeTape<'m> {
             }
         }
         Ok(())
+    }
+}
+
+/// Returns freed heap memory to the system. glibc keeps freed blocks of its heap resident, so
+/// without this a CPU process grows by the freed activations of every recomputed layer (measured:
+/// +0.25 GiB per layer of the `deep-random` preset) although the live tensors stay one layer's
+/// worth; after each layer the resident memory follows the live tensors again.
+fn release_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands free pages of the allocator's own heaps back to the kernel
+    // (under the arenas' locks); no live allocation is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -125,6 +141,45 @@ pub fn grad_mode_enabled() -> bool {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    /// Resident memory of this process in bytes.
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Heap blocks freed without the release stay resident; the release returns them.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn released_heap_memory_leaves_the_process() {
+        const BLOCK: usize = 64 << 10; // below glibc's smallest mmap threshold: heap blocks
+        const BLOCKS: usize = 2048; // 128 MiB
+        // SAFETY: plain malloc/free of blocks this test owns; each block is written before it is
+        // freed, so its pages are resident.
+        let blocks: Vec<*mut u8> = (0..BLOCKS)
+            .map(|_| unsafe {
+                let p = libc::malloc(BLOCK) as *mut u8;
+                assert!(!p.is_null());
+                std::ptr::write_bytes(p, 1, BLOCK);
+                p
+            })
+            .collect();
+        // a block above the others, so freeing them cannot shrink the heap from its top
+        let fence = unsafe { libc::malloc(BLOCK) };
+        for p in blocks {
+            unsafe { libc::free(p as *mut libc::c_void) };
+        }
+        let before = rss();
+        release_freed_host_memory();
+        let after = rss();
+        unsafe { libc::free(fence) };
+        assert!(
+            before.saturating_sub(after) >= (BLOCK * BLOCKS / 2) as u64,
+            "released {} MiB of 128",
+            before.saturating_sub(after) >> 20
+        );
+    }
 
     /// A two-layer tanh MLP stack on a graph-carrying input: checkpointed gradients of the
     /// weights and of the input's own parameter equal the plain backward's.
