@@ -569,6 +569,10 @@ PY
   if [[ "$dtype" == bf16 ]]; then
     sets+=(--set "actor.optimizer_state_dtype=bf16" --set "actor.kahan_summation=true")
   fi
+  if [[ "$device" == cuda ]]; then
+    # as the 7B recipe runs: layers recomputed in the backward, the reference streamed from host
+    sets+=(--set "model.gradient_checkpointing=true" --set "model.offload_reference=true")
+  fi
   sets+=("${extra_sets[@]}")
   local gpu_total_gib=""
   if [[ "$device" == cuda ]] && command -v nvidia-smi >/dev/null; then
