@@ -146,17 +146,24 @@ mod tests {
     fn rss() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
     }
 
     /// Heap blocks freed without the release stay resident; the release returns them.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn released_heap_memory_leaves_the_process() {
-        const BLOCK: usize = 64 << 10; // below glibc's smallest mmap threshold: heap blocks
-        const BLOCKS: usize = 2048; // 128 MiB
-        // SAFETY: plain malloc/free of blocks this test owns; each block is written before it is
-        // freed, so its pages are resident.
+        // below glibc's smallest mmap threshold, so the blocks come from the heap: 128 MiB
+        const BLOCK: usize = 64 << 10;
+        const BLOCKS: usize = 2048;
+        // SAFETY (every unsafe block below): plain malloc/free of blocks this test owns; each
+        // block is written before it is freed, so its pages are resident; none is used after
+        // its free.
         let blocks: Vec<*mut u8> = (0..BLOCKS)
             .map(|_| unsafe {
                 let p = libc::malloc(BLOCK) as *mut u8;

@@ -42,7 +42,11 @@ impl Linear {
     pub fn to_device(&self, device: Device) -> Result<Self, ModelError> {
         Ok(Linear {
             weight: self.weight.f_to_device(device)?,
-            bias: self.bias.as_ref().map(|b| b.f_to_device(device)).transpose()?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.f_to_device(device))
+                .transpose()?,
         })
     }
 }
