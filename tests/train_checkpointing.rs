@@ -3,6 +3,8 @@
 //! weights after two GRPO steps; right-padded causal log-probs equal the left-padded masked
 //! forward's; token-budget forwards keep the recipe's loss weighting.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
@@ -12,51 +14,11 @@ use trainer::processor::Processor;
 use trainer::train::checkpoint::load_model_tensors;
 use trainer::train::config::TrainConfig;
 use trainer::train::policy::{ModelPolicy, SequenceRef};
-use trainer::train::rollout::{vision_inputs, PromptBuilder, PromptItem};
+use trainer::train::rollout::vision_inputs;
 use trainer::train::tiny::{write_tiny_random, TinyShape};
 use trainer::train::{Trainer, TrainerOptions, DEFAULT_CONFIG};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tiny_model() -> PathBuf {
-    root().join("tests/fixtures/qwen25vl/tiny3b")
-}
-
-fn synthetic(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    let cfg = data::synth::SynthConfig {
-        seed: 5,
-        ..Default::default()
-    };
-    data::synth::write_dataset(&cfg, &data, 8, 2).unwrap();
-    data
-}
-
-/// The first `rows` training rows as prompts (images of 64 patches).
-fn prompts(processor: &Processor, data: &Path, rows: usize) -> Vec<PromptItem> {
-    let files = data::DatasetFiles::from_path(data).unwrap();
-    let mut loader = data::Loader::open(
-        files.split("train").unwrap(),
-        data::LoaderConfig {
-            batch_size: rows,
-            shuffle: false,
-            ..Default::default()
-        },
-        data::Cursor::default(),
-    )
-    .unwrap();
-    let builder = PromptBuilder {
-        min_pixels: 3136,
-        max_pixels: 12544,
-        max_prompt_length: 4096,
-        format_prompt: None,
-    };
-    builder
-        .encode_all(processor, &loader.next_batch().unwrap().samples)
-        .unwrap()
-}
+use common::{encode_first, synthetic, tiny_model};
 
 /// Largest `|a - b|` over a tensor relative to its largest `|a|`.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -97,11 +59,11 @@ fn gradients(
 }
 
 fn assert_checkpointing_exact(model_dir: &Path, dir: &Path) {
-    let data = synthetic(dir);
+    let data = synthetic(dir, 5);
     let model =
         Qwen2_5VLForConditionalGeneration::load(model_dir, Device::Cpu, Kind::Float).unwrap();
     let processor = Processor::from_model_dir(model_dir).unwrap();
-    let prompts = prompts(&processor, &data, 2);
+    let prompts = encode_first(&processor, &data, 2);
     let responses: Vec<Vec<i64>> = [
         "<think>left of</think>",
         "<answer>(B)</answer>",
@@ -132,6 +94,12 @@ fn assert_checkpointing_exact(model_dir: &Path, dir: &Path) {
             worst = (d, name.clone());
         }
     }
+    eprintln!(
+        "{}: largest relative gradient difference {:e} ({})",
+        model_dir.display(),
+        worst.0,
+        worst.1
+    );
     assert!(
         worst.0 <= 1e-6,
         "checkpointed gradient of {} differs by {:e} (relative)",
@@ -161,11 +129,11 @@ fn checkpointing_gives_the_plain_gradients_mid_preset() {
 #[test]
 fn right_padded_causal_log_probs_equal_the_left_padded_masked_forward() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 5);
     let model =
         Qwen2_5VLForConditionalGeneration::load(&tiny_model(), Device::Cpu, Kind::Float).unwrap();
     let processor = Processor::from_model_dir(&tiny_model()).unwrap();
-    let prompts = prompts(&processor, &data, 2);
+    let prompts = encode_first(&processor, &data, 2);
     let responses: Vec<Vec<i64>> = ["<answer>(A)</answer> and more words here", "(B)"]
         .iter()
         .map(|t| processor.tokenize(t).unwrap())
@@ -233,6 +201,7 @@ fn right_padded_causal_log_probs_equal_the_left_padded_masked_forward() {
             worst = worst.max((reference - got).abs());
         }
     }
+    eprintln!("right-padded vs left-padded masked log-probs: largest difference {worst:e}");
     assert!(worst <= 1e-5, "log-probs differ by {worst:e}");
 }
 
@@ -286,7 +255,7 @@ fn weights_diff(a: &Path, b: &Path, start: &Path) -> (f64, f64) {
 #[test]
 fn two_grpo_steps_give_the_same_weights_with_checkpointing() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 5);
     let plain = tiny_run(&dir.path().join("plain"), &data, &[]);
     let checkpointed = tiny_run(
         &dir.path().join("ckpt"),
@@ -295,6 +264,7 @@ fn two_grpo_steps_give_the_same_weights_with_checkpointing() {
     );
     let (diff, moved) = weights_diff(&plain, &checkpointed, &tiny_model());
     assert!(moved > 0.0, "two steps changed no weight");
+    eprintln!("weights after two steps, with vs without checkpointing: {diff:e} (relative)");
     assert!(
         diff <= 1e-6,
         "checkpointing changed the weights by {diff:e}"
@@ -307,7 +277,7 @@ fn two_grpo_steps_give_the_same_weights_with_checkpointing() {
 #[test]
 fn token_budget_forwards_keep_the_loss_weighting() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 5);
     let linear = ["actor.eps=1.0", "actor.lr=1.0"];
     let plain = tiny_run(&dir.path().join("plain"), &data, &linear);
     // the three micro-batches of a mini-batch in one forward, the six rows of each no-grad pass
@@ -330,6 +300,7 @@ fn token_budget_forwards_keep_the_loss_weighting() {
         moved > 1e-3,
         "two steps barely moved the weights ({moved:e})"
     );
+    eprintln!("weights after two steps, packed vs one micro-batch per forward: {diff:e}");
     assert!(
         diff <= 1e-6,
         "packed forwards changed the weights by {diff:e}"

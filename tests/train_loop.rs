@@ -2,6 +2,8 @@
 //! synthetic dataset: exact resume, a GRPO step on the real model moving log-probs the right way,
 //! and `transformers` loading a checkpoint with the same logits.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,27 +16,11 @@ use trainer::processor::Processor;
 use trainer::train::checkpoint::load_model_tensors;
 use trainer::train::config::TrainConfig;
 use trainer::train::policy::{ModelPolicy, SequenceRef};
-use trainer::train::rollout::{response_mask, PromptBuilder, PromptItem};
+use trainer::train::rollout::response_mask;
 use trainer::train::TrainerOptions;
 use trainer::train::{Trainer, DEFAULT_CONFIG};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tiny_model() -> PathBuf {
-    root().join("tests/fixtures/qwen25vl/tiny3b")
-}
-
-fn synthetic(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    let cfg = data::synth::SynthConfig {
-        seed: 3,
-        ..Default::default()
-    };
-    data::synth::write_dataset(&cfg, &data, 8, 2).unwrap();
-    data
-}
+use common::{encode_first, root, synthetic, tiny_model};
 
 /// The embedded default shrunk to seconds: fixture model, no SFT, 2 prompts × 2 responses of at
 /// most 6 tokens, a checkpoint every 2 steps.
@@ -86,7 +72,7 @@ fn run(cfg: TrainConfig, resume: Option<PathBuf>) -> PathBuf {
 #[test]
 fn resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 3);
     let straight = run(config(&dir.path().join("a"), &data, 4), None);
     let half = run(config(&dir.path().join("b"), &data, 2), None);
     assert!(half.ends_with("checkpoint-2"));
@@ -114,28 +100,6 @@ fn resume_continues_exactly() {
     assert!(moved > 0.0, "steps 3-4 changed no weight");
 }
 
-fn encode_first(processor: &Processor, data: &Path, rows: usize) -> Vec<PromptItem> {
-    let files = data::DatasetFiles::from_path(data).unwrap();
-    let mut loader = data::Loader::open(
-        files.split("train").unwrap(),
-        data::LoaderConfig {
-            batch_size: rows,
-            shuffle: false,
-            ..Default::default()
-        },
-        data::Cursor::default(),
-    )
-    .unwrap();
-    let batch = loader.next_batch().unwrap();
-    let builder = PromptBuilder {
-        min_pixels: 3136,
-        max_pixels: 12544,
-        max_prompt_length: 4096,
-        format_prompt: None,
-    };
-    builder.encode_all(processor, &batch.samples).unwrap()
-}
-
 fn sequence_log_probs(
     model: &Qwen2_5VLForConditionalGeneration,
     seqs: &[SequenceRef<'_>],
@@ -149,7 +113,7 @@ fn sequence_log_probs(
 #[test]
 fn grpo_step_on_the_model_raises_the_best_response_and_lowers_the_worst() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 3);
     let model =
         Qwen2_5VLForConditionalGeneration::load(&tiny_model(), Device::Cpu, Kind::Float).unwrap();
     let processor = Processor::from_model_dir(&tiny_model()).unwrap();
@@ -223,7 +187,7 @@ fn transformers_loads_a_checkpoint_with_the_same_logits() {
         python.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic(dir.path());
+    let data = synthetic(dir.path(), 3);
     // the full output vocabulary, so every logit is comparable (the embedded default restricts it)
     let ckpt = run(
         config_with(
