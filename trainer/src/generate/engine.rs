@@ -83,6 +83,17 @@ impl EngineConfig {
             ..self
         }
     }
+
+    /// Rows of the pool when one row of `max_seq_len` slots takes `row_bytes`: `max_num_seqs`,
+    /// or as many as the KV budget holds with one row's worth kept for a waiting prompt's
+    /// prefill (0 when it holds none). The engine allocates this; the memory plan counts it.
+    pub fn pool_rows(&self, row_bytes: u64) -> usize {
+        let budget = self
+            .kv_budget_bytes
+            .unwrap_or(row_bytes * (self.max_num_seqs as u64 + 1));
+        self.max_num_seqs
+            .min((budget / row_bytes.max(1)).saturating_sub(1) as usize)
+    }
 }
 
 /// One prompt and its samples.
@@ -291,13 +302,11 @@ impl Engine {
     ) -> Result<Self, ModelError> {
         let slots = config.max_seq_len.max(1) as i64;
         let row_bytes = KvCache::bytes_for(&model.config, 1, slots, model.kind());
-        let budget = config
-            .kv_budget_bytes
-            .unwrap_or(row_bytes * (config.max_num_seqs as u64 + 1));
-        let rows = config
-            .max_num_seqs
-            .min((budget / row_bytes).saturating_sub(1) as usize);
+        let rows = config.pool_rows(row_bytes);
         if rows == 0 {
+            let budget = config
+                .kv_budget_bytes
+                .unwrap_or(row_bytes * (config.max_num_seqs as u64 + 1));
             return Err(ModelError::Input(format!(
                 "a KV budget of {budget} bytes holds no sequence: a row of {slots} slots takes \
                  {row_bytes} bytes and one more row's worth is kept for a prompt's prefill \

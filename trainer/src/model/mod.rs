@@ -269,7 +269,7 @@ impl Qwen2_5VLForConditionalGeneration {
 
     /// The model computing on `device` while its decoder layers, vision blocks and embedding
     /// stay where they are (host memory): each layer visits the device for its turn in a
-    /// forward ([`text::DecoderLayer::visiting`]), embedding rows are gathered where they live,
+    /// forward ([`text::DecoderLayer::forward`]), embedding rows are gathered where they live,
     /// and only the output head, the final norm, the vision tower's patch embedding and merger
     /// and the rotary tables move. The device then holds one layer's weights at a time instead
     /// of the model: how an offloaded reference model runs its no-grad pass.

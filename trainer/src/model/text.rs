@@ -185,7 +185,7 @@ impl Attention {
 impl DecoderLayer {
     /// A copy of the layer on `device` when its weights live elsewhere (a host-resident model
     /// computing on a GPU brings one layer at a time), else `None`.
-    pub fn visiting(&self, device: Device) -> Result<Option<Self>, ModelError> {
+    fn visiting(&self, device: Device) -> Result<Option<Self>, ModelError> {
         if self.input_layernorm.weight.device() == device {
             return Ok(None);
         }
@@ -208,7 +208,9 @@ impl DecoderLayer {
         }))
     }
 
-    /// `h + attn(norm(h))`, then `+ mlp(norm(·))`; `cache` holds this layer's slots.
+    /// `h + attn(norm(h))`, then `+ mlp(norm(·))`; `cache` holds this layer's slots. A layer
+    /// whose weights live on another device than `h` (a streamed model) runs on a copy brought
+    /// to `h`'s device for this call ([`DecoderLayer::visiting`]).
     pub fn forward(
         &self,
         h: &Tensor,
@@ -217,6 +219,9 @@ impl DecoderLayer {
         mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor, ModelError> {
+        if let Some(here) = self.visiting(h.device())? {
+            return here.forward(h, cos, sin, mask, cache);
+        }
         let a = self
             .self_attn
             .forward(&self.input_layernorm.forward(h)?, cos, sin, mask, cache)?;
@@ -288,8 +293,6 @@ impl Qwen2_5VLTextModel {
     ) -> Result<Tensor, ModelError> {
         let mut h = inputs_embeds.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            let visiting = layer.visiting(h.device())?;
-            let layer = visiting.as_ref().unwrap_or(layer);
             h = layer.forward(&h, cos, sin, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
@@ -315,9 +318,7 @@ impl Qwen2_5VLTextModel {
             mask.shallow_clone(),
         );
         let h = tape.run(inputs_embeds, self.layers.len(), move |i, x| {
-            let visiting = self.layers[i].visiting(x.device())?;
-            let layer = visiting.as_ref().unwrap_or(&self.layers[i]);
-            layer.forward(x, &cos, &sin, &mask, None)
+            self.layers[i].forward(x, &cos, &sin, &mask, None)
         })?;
         self.norm.forward(&h)
     }

@@ -162,7 +162,8 @@ impl VisionBlock {
         }))
     }
 
-    /// `x + attn(norm1(x))`, then `+ mlp(norm2(·))`, attention within `segs`.
+    /// `x + attn(norm1(x))`, then `+ mlp(norm2(·))`, attention within `segs`; a block whose
+    /// weights live elsewhere runs on a copy on `x`'s device ([`VisionBlock::visiting`]).
     fn forward(
         &self,
         x: &Tensor,
@@ -170,6 +171,9 @@ impl VisionBlock {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        if let Some(here) = self.visiting(x.device())? {
+            return here.forward(x, segs, cos, sin);
+        }
         let a = self.attn.forward(&self.norm1.forward(x)?, segs, cos, sin)?;
         let x = x.f_add(&a)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
@@ -411,11 +415,7 @@ impl Qwen2_5VisionTransformer {
             } else {
                 &windows
             };
-            let visiting = self.blocks[i].visiting(x.device())?;
-            visiting
-                .as_ref()
-                .unwrap_or(&self.blocks[i])
-                .forward(x, segs, &cos, &sin)
+            self.blocks[i].forward(x, segs, &cos, &sin)
         };
         let x = match tape {
             Some(tape) => tape.run(&x, self.blocks.len(), block)?,

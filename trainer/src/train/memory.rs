@@ -870,16 +870,16 @@ impl<'a> Estimator<'a> {
     fn rollout(&mut self) -> u64 {
         let (cfg, shape, geo) = (self.cfg, self.shape, self.geo);
         let phase = PlanPhase::Rollout;
-        // as the engine sizes it: max_num_seqs rows (no more than the step's responses) of
-        // prompt + response slots plus one row's worth for a prefill, or fewer rows when
-        // rollout.kv_cache_gib is smaller
+        // as the engine sizes it (the trainer's engine config, EngineConfig::pool_rows):
+        // max_num_seqs rows (no more than the step's responses) of prompt + response slots plus
+        // one row's worth for a prefill, or fewer rows when rollout.kv_cache_gib is smaller
         let row_bytes = 2 * shape.num_hidden_layers * shape.kv_dim() * geo.seq * self.wb;
-        let wanted = (cfg.rollout.max_num_seqs as u64).min(geo.responses_per_rank.max(1));
-        let budget = cfg
-            .rollout
-            .kv_cache_gib
-            .map_or(row_bytes * (wanted + 1), |g| (g * GIB) as u64);
-        let rows = wanted.min((budget / row_bytes.max(1)).saturating_sub(1));
+        let engine = cfg.rollout.engine_config(
+            geo.prompt as usize,
+            geo.response as usize,
+            geo.responses_per_rank as usize,
+        );
+        let rows = engine.pool_rows(row_bytes) as u64;
         let pool = (rows + 1) * row_bytes;
         let name = format!(
             "KV pool: {rows} rows x {} slots + 1 row for a prefill",

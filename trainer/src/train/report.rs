@@ -83,7 +83,7 @@ impl PhaseTimes {
     /// resident memory since then.
     pub fn add(&mut self, phase: Phase, since: Instant) {
         *self.seconds.entry(phase).or_default() += since.elapsed().as_secs_f64();
-        if let Some(peak) = super::memory::peak_rss_bytes() {
+        if let Some(peak) = peak_rss_bytes() {
             let p = self.peak_rss.entry(phase).or_default();
             *p = (*p).max(peak);
         }
@@ -288,10 +288,9 @@ pub fn step_scalars(report: &StepReport, rollouts: &[Rollout]) -> BTreeMap<Strin
     s.insert("rollout/logprob_diff_max".into(), g.logprob_diff_max);
     s.insert("rollout/occupancy".into(), g.occupancy);
     s.insert("rollout/kv_pool_gib".into(), g.kv_pool_bytes as f64 / GIB);
-    s.insert(
-        "perf/peak_rss_gib".into(),
-        peak_rss_bytes().unwrap_or(0) as f64 / GIB,
-    );
+    // the step's peak: the kernel's count restarts at every phase (PhaseTimes::begin)
+    let peak = report.times.peak_rss.values().copied().max().unwrap_or(0);
+    s.insert("perf/peak_rss_gib".into(), peak as f64 / GIB);
     s
 }
 
