@@ -1,7 +1,7 @@
-//! Multiple-choice benchmark rows: the generic MCQ JSONL format (one JSON object per line with
-//! `question`, `options`, `answer` letter, optional `id`, `category`/`task` and `image` path) so
-//! CV-Bench-style sets can be converted and run. Parquet sets (STVQA-7K, generic MCQ parquet) are
-//! read through the `data` crate and converted into [`EvalSample`].
+//! Benchmark rows: the generic MCQ JSONL format (one JSON object per line with `question`,
+//! `options`, `answer` letter, optional `id`, `category`/`task` and `image` path), STVQA-schema
+//! parquet read through the `data` crate, and the published benchmark layouts of
+//! [`super::benchmarks`] (docs/benchmarks.md), all converted into [`EvalSample`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,8 +10,75 @@ use image::RgbImage;
 
 use super::EvalError;
 
+/// Where a sample's image comes from; encoded images are decoded only when the prompt is built,
+/// so a benchmark of thousands of images is held as its compressed bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// A file on disk.
+    Path(PathBuf),
+    /// An encoded image (PNG, JPEG, …) from a parquet row; `origin` names file, row and column.
+    Encoded {
+        /// The encoded bytes.
+        bytes: Arc<[u8]>,
+        /// Where they were read from, for errors.
+        origin: String,
+    },
+    /// Pixels already decoded.
+    Decoded(Arc<RgbImage>),
+}
+
+impl ImageSource {
+    /// The pixels as RGB.
+    pub fn load(&self) -> Result<RgbImage, EvalError> {
+        match self {
+            ImageSource::Decoded(p) => Ok(p.as_ref().clone()),
+            ImageSource::Path(path) => Ok(image::open(path)
+                .map_err(|e| EvalError::Image {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+                .to_rgb8()),
+            ImageSource::Encoded { bytes, origin } => Ok(image::load_from_memory(bytes)
+                .map_err(|e| EvalError::Image {
+                    path: PathBuf::from(origin),
+                    message: e.to_string(),
+                })?
+                .to_rgb8()),
+        }
+    }
+}
+
+/// How a sample's question becomes the text wrapped by the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptStyle {
+    /// The question followed by `\nOptions:\n(A) …` lines (generic JSONL, STVQA).
+    #[default]
+    Generic,
+    /// The question already is the complete instruction (a benchmark's own `prompt` column with
+    /// its options and any suffix the authors append).
+    Verbatim,
+    /// RealWorldQA: under the SpatialThinker template the sentence asking for a bare letter is
+    /// removed from the question, as `evals.py` does; other templates keep it.
+    RealWorldQa,
+}
+
+/// How a sample's extracted answer is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// Multiple choice through [`super::matching::score`] (choice text, letters; fixed or legacy).
+    #[default]
+    Choices,
+    /// Free text compared with the ground truth as `evals.py` does for RealWorldQA and
+    /// SpatialBench (`trim_truth`) and for MMVP (ground truth as stored), through
+    /// [`super::matching::score_text`].
+    Text {
+        /// Whether the ground truth is stripped of surrounding whitespace first.
+        trim_truth: bool,
+    },
+}
+
 /// One benchmark question.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvalSample {
     /// Stable id used to resume (the row's `id`, else its 0-based row number).
     pub id: String,
@@ -23,15 +90,18 @@ pub struct EvalSample {
     pub answer: String,
     /// Category used for per-category accuracy (`category`, else `task`).
     pub category: Option<String>,
-    /// The image file, resolved against the JSONL file's folder.
-    pub image: Option<PathBuf>,
-    /// The image already decoded (parquet rows), used instead of `image`.
-    pub pixels: Option<Arc<RgbImage>>,
+    /// The images in the order the model sees them (the first one's size goes into the
+    /// SpatialThinker template); JSONL paths are resolved against the file's folder.
+    pub images: Vec<ImageSource>,
     /// The row's own prompt (STVQA `problem`), for [`crate::infer::prompt::Template::Dataset`].
     pub prompt: Option<String>,
     /// The spatial reward's ground truth (`answer_option_text`), to report the trainer's
     /// validation accuracy next to the benchmark's.
     pub reward_ground_truth: Option<String>,
+    /// How the question becomes the instruction.
+    pub style: PromptStyle,
+    /// How the answer is scored.
+    pub scoring: Scoring,
 }
 
 /// Reads split `split` of an STVQA-schema parquet dataset (a file, a folder, or a hub id) in
@@ -87,10 +157,11 @@ pub fn read_stvqa_parquet(
                 options: r.options.clone().unwrap_or_default(),
                 answer: answer.unwrap_or_default(),
                 category: r.category.clone(),
-                image: None,
-                pixels: Some(Arc::new(sample.image)),
+                images: vec![ImageSource::Decoded(Arc::new(sample.image))],
                 reward_ground_truth: Some(r.ground_truth.clone()),
                 prompt: Some(r.prompt),
+                style: PromptStyle::Generic,
+                scoring: Scoring::Choices,
             });
         }
     }
@@ -165,10 +236,14 @@ fn sample_from_json(
         options,
         answer,
         category,
-        image: string("image")?.map(|p| base.join(p)),
-        pixels: None,
+        images: string("image")?
+            .map(|p| ImageSource::Path(base.join(p)))
+            .into_iter()
+            .collect(),
         prompt: None,
         reward_ground_truth: None,
+        style: PromptStyle::Generic,
+        scoring: Scoring::Choices,
     })
 }
 
@@ -191,10 +266,13 @@ mod tests {
         assert_eq!(rows[0].options, vec!["x", "y"]);
         assert_eq!(rows[0].category.as_deref(), Some("Depth"));
         assert_eq!(
-            rows[0].image.as_deref(),
-            Some(dir.path().join("a.png").as_path())
+            rows[0].images,
+            vec![ImageSource::Path(dir.path().join("a.png"))]
         );
-        assert_eq!((rows[1].id.as_str(), rows[1].image.is_none()), ("7", true));
+        assert_eq!(
+            (rows[1].id.as_str(), rows[1].images.is_empty()),
+            ("7", true)
+        );
 
         std::fs::write(
             &path,

@@ -110,6 +110,33 @@ pub fn score(gt: &str, answer: Option<&str>, choices: &[String], mode: MatchMode
     }
 }
 
+/// Score a free-text answer as `evals.py` does for RealWorldQA and SpatialBench (`trim_truth`:
+/// the ground truth is stripped) and for MMVP (kept as stored): correct when equal ignoring case,
+/// or [`grade_answer`] agrees, or the text in the answer's first parentheses (or the whole answer)
+/// without a trailing `.` equals the ground truth. No letter mapping is involved, so the fixed and
+/// legacy matchers agree here.
+pub fn score_text(gt: &str, answer: Option<&str>, trim_truth: bool) -> MatchOutcome {
+    let gt = if trim_truth { gt.trim() } else { gt }.to_string();
+    let Some(answer) = answer else {
+        return MatchOutcome {
+            gt,
+            pred: FAILED_TO_EXTRACT.to_string(),
+            correct: false,
+            rule: MatchRule::NoAnswer,
+        };
+    };
+    let pred = answer.trim().to_string();
+    let correct = gt.to_lowercase() == pred.to_lowercase()
+        || grade_answer(&gt, &pred)
+        || parenthesised_equal(&gt, &pred);
+    MatchOutcome {
+        gt,
+        pred,
+        correct,
+        rule: MatchRule::NoChoices,
+    }
+}
+
 /// Map an answer to a choice letter (or leave it as text) under `mode`.
 fn map_to_letter(answer: &str, choices: &[String], mode: MatchMode) -> (String, MatchRule) {
     let lowered: Vec<String> = choices.iter().map(|c| c.to_lowercase()).collect();

@@ -4,6 +4,9 @@
 //! standard errors. Evaluation sits above inference: it imports `infer` (prompts, the model
 //! generator), never the other way round.
 
+pub mod benchmarks;
+pub mod chart;
+pub mod compare;
 pub mod dataset;
 pub mod extract;
 pub mod matching;

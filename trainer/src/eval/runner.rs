@@ -4,15 +4,21 @@
 
 use std::collections::HashSet;
 
-use image::RgbImage;
+use data::rng::SplitMix64;
+use image::{DynamicImage, RgbImage};
+use tch::Tensor;
 
-use super::dataset::EvalSample;
+use super::benchmarks::REALWORLDQA_LETTER_ONLY;
+use super::dataset::{EvalSample, PromptStyle, Scoring};
 use super::extract::extract_answer;
-use super::matching::{score, MatchMode};
+use super::matching::{score, score_text, MatchMode};
 use super::report::{SampleLog, SampleRecord};
 use super::EvalError;
+use crate::generate::{generate, PromptBatch};
 use crate::infer::generator::ModelGenerator;
 use crate::infer::prompt::{question_with_options, render, Template};
+use crate::model::VisionInputs;
+use crate::processor::{ChatMessage, ContentPart};
 
 /// Greedy decoding budget of the authors' evaluation.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 2048;
@@ -24,8 +30,11 @@ pub struct EvalPrompt {
     pub id: String,
     /// The user text (template applied, options included).
     pub text: String,
-    /// The image at its original size, if the sample has one.
+    /// The (first) image at its original size, if the sample has one.
     pub image: Option<RgbImage>,
+    /// Further images of multi-image samples (BLINK multi-view and jigsaw, RoboSpatial's depth
+    /// image), after `image` in the user turn.
+    pub more_images: Vec<RgbImage>,
 }
 
 /// Produces one response per prompt; implemented by the model (greedy, `max_new_tokens`) and by
@@ -35,16 +44,68 @@ pub trait AnswerGenerator {
     fn generate(&mut self, batch: &[EvalPrompt]) -> Result<Vec<String>, EvalError>;
 }
 
-/// The model itself: one batched greedy (or sampled) generation over the prompts' `[image, text]`
-/// user turns.
+/// The model itself: one batched greedy (or sampled) generation over the prompts' user turns,
+/// the images first and the text after them, as `evals.py` builds its messages.
 impl AnswerGenerator for ModelGenerator {
     fn generate(&mut self, batch: &[EvalPrompt]) -> Result<Vec<String>, EvalError> {
-        let turns: Vec<(&str, Option<&RgbImage>)> = batch
+        let gen_err = |e: &dyn std::fmt::Display| EvalError::Generator(e.to_string());
+        if batch.iter().all(|p| p.more_images.is_empty()) {
+            let turns: Vec<(&str, Option<&RgbImage>)> = batch
+                .iter()
+                .map(|p| (p.text.as_str(), p.image.as_ref()))
+                .collect();
+            return self.answer(&turns).map_err(|e| gen_err(&e));
+        }
+        // Several images in one turn: the same steps as `ModelGenerator::answer`, one image
+        // part per image.
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut pixels = Vec::new();
+        let mut grids = Vec::new();
+        for p in batch {
+            let images: Vec<DynamicImage> = p
+                .image
+                .iter()
+                .chain(&p.more_images)
+                .map(|i| DynamicImage::ImageRgb8(i.clone()))
+                .collect();
+            let mut content = vec![ContentPart::Image; images.len()];
+            content.push(ContentPart::Text(p.text.clone()));
+            let enc = self
+                .processor
+                .encode_prompt(&[ChatMessage::new("user", content)], &images)
+                .map_err(|e| gen_err(&e))?;
+            if !enc.image_grid_thw.is_empty() {
+                pixels.push(enc.pixel_values);
+                grids.extend(enc.image_grid_thw);
+            }
+            ids.push(enc.input_ids);
+        }
+        let images = if grids.is_empty() {
+            None
+        } else {
+            Some(VisionInputs::new(
+                Tensor::f_cat(&pixels, 0).map_err(|e| gen_err(&e))?,
+                grids,
+            ))
+        };
+        let prompts = PromptBatch {
+            input_ids: ids,
+            images,
+        };
+        // Greedy decoding ignores the generator; sampling here is seeded per batch.
+        let mut rng = SplitMix64::new(0);
+        let samples = generate(&self.model, &prompts, 1, &self.sampling, &mut rng)
+            .map_err(|e| gen_err(&e))?;
+        samples
             .iter()
-            .map(|p| (p.text.as_str(), p.image.as_ref()))
-            .collect();
-        self.answer(&turns)
-            .map_err(|e| EvalError::Generator(e.to_string()))
+            .map(|s| {
+                let ids: Vec<u32> = s.ids.iter().map(|&i| i as u32).collect();
+                self.processor
+                    .tokenizer
+                    .decode(&ids, true)
+                    .map_err(|e| gen_err(&e))
+            })
+            .collect()
     }
 }
 
@@ -59,20 +120,16 @@ pub struct EvalOptions {
     pub batch_size: usize,
 }
 
-/// Build the prompt for one sample, loading its image.
+/// Build the prompt for one sample, loading its images.
 pub fn build_prompt(sample: &EvalSample, template: Template) -> Result<EvalPrompt, EvalError> {
-    let image = match (&sample.pixels, &sample.image) {
-        (Some(pixels), _) => Some(pixels.as_ref().clone()),
-        (None, Some(path)) => Some(
-            image::open(path)
-                .map_err(|e| EvalError::Image {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-                .to_rgb8(),
-        ),
-        (None, None) => None,
-    };
+    let mut images = sample
+        .images
+        .iter()
+        .map(|i| i.load())
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let image = images.next();
+    let more_images: Vec<RgbImage> = images.collect();
     if template == Template::Spatialthinker && image.is_none() {
         return Err(EvalError::Unsupported(format!(
             "sample {}: the spatialthinker template states the image size, but the sample has no image",
@@ -90,17 +147,26 @@ pub fn build_prompt(sample: &EvalSample, template: Template) -> Result<EvalPromp
         // as in training: the image goes first, the prompt's <image> markers are dropped
         prompt.replace("<image>", "")
     } else {
-        render(
-            template,
-            &question_with_options(&sample.question, &sample.options),
-            size,
-        )
+        render(template, &instruction(sample, template), size)
     };
     Ok(EvalPrompt {
         id: sample.id.clone(),
         text,
         image,
+        more_images,
     })
+}
+
+/// The question text the template wraps, per the sample's [`PromptStyle`].
+pub fn instruction(sample: &EvalSample, template: Template) -> String {
+    match sample.style {
+        PromptStyle::Generic => question_with_options(&sample.question, &sample.options),
+        PromptStyle::Verbatim => sample.question.clone(),
+        PromptStyle::RealWorldQa if template == Template::Spatialthinker => {
+            sample.question.replace(REALWORLDQA_LETTER_ONLY, "")
+        }
+        PromptStyle::RealWorldQa => sample.question.clone(),
+    }
 }
 
 /// Score one response.
@@ -111,7 +177,10 @@ pub fn score_response(
     matching: MatchMode,
 ) -> SampleRecord {
     let answer = extract_answer(&response);
-    let outcome = score(&sample.answer, answer.as_deref(), &sample.options, matching);
+    let outcome = match sample.scoring {
+        Scoring::Choices => score(&sample.answer, answer.as_deref(), &sample.options, matching),
+        Scoring::Text { trim_truth } => score_text(&sample.answer, answer.as_deref(), trim_truth),
+    };
     let reward_accuracy = sample.reward_ground_truth.as_ref().map(|gt| {
         let problem = sample.prompt.as_deref().unwrap_or_default();
         rewards::score(
