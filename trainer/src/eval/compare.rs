@@ -225,12 +225,11 @@ impl Value {
     }
 }
 
-/// Pooled accuracy of `cats` in `report` (all of them must be there).
+/// Pooled accuracy of those of `cats` that `report` has (`None` when it has none of them).
 fn pooled(report: &EvalReport, cats: &[&str]) -> Option<Accuracy> {
     let mut correct = 0;
     let mut total = 0;
-    for c in cats {
-        let a = report.categories.get(*c)?;
+    for a in cats.iter().filter_map(|c| report.categories.get(*c)) {
         correct += a.correct;
         total += a.total;
     }
@@ -335,9 +334,14 @@ impl Comparison {
             if values.iter().all(Option::is_none) {
                 continue;
             }
+            let short = match id {
+                "cv-bench" => "CV-Bench mean 2D,3D",
+                "blink" => "BLINK mean Rel,Depth",
+                _ => label,
+            };
             rows.push(Row {
                 label: label.to_string(),
-                short: label.to_string(),
+                short: short.to_string(),
                 headline: true,
                 values,
             });
