@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh            libtorch 2.13.0 (CPU-only layout, ~1.1 GB) into .deps/libtorch
 #   scripts/setup.sh --python   also the full Python env in .venv (torch + transformers + pyarrow
-#                               + openai + tensorboard) used only by parity tests and fixture scripts
+#                               + openai + tensorboard) used only by parity tests and fixture scripts,
+#                               and Debian's chromium for the run report's headless-browser test
 #
 # libtorch comes from PyPI's `torch==2.13.0` wheel (the version tch 0.26 is built against). Only
 # `torch/lib`, `torch/include` and the two CUDA runtime libraries that `libtorch_cpu.so` links
@@ -109,8 +110,27 @@ install_python() {
   say "python env ready: $("$venv/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
 }
 
+# The run report's test (tests/run_report.rs) loads report.html in headless Chromium; Debian's
+# package, installed with apt (as root) where it is missing. Without root or apt the test says
+# it skipped the browser check.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then
+    say "chromium already installed: $(command -v chromium) (skipped)"
+    return
+  fi
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    say "chromium missing and apt-get unavailable without root: the report's browser test will skip"
+    return
+  fi
+  say "installing Debian's chromium (headless browser for the run report's test)"
+  retry apt-get update -qq
+  retry env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  say "chromium ready: $(chromium --version 2>/dev/null || echo installed)"
+}
+
 install_libtorch
 if [[ "$WANT_PYTHON" == 1 ]]; then
   install_python
+  install_chromium
 fi
 say "done"

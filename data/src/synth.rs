@@ -144,6 +144,14 @@ pub struct SynthConfig {
     pub encoding: ImageEncoding,
     /// Rows per parquet row group.
     pub rows_per_group: usize,
+    /// Question categories to generate (names of [`SYNTH_CATEGORIES`], drawn with its weights);
+    /// empty: all of them.
+    pub categories: Vec<String>,
+    /// List the options in a fixed order (yes before no, the correct count among 1–5 in
+    /// ascending order, …: each category's canonical order) instead of shuffling them, so the
+    /// option letter follows from the option text; an easier task for tiny models. Off in
+    /// STVQA-7K.
+    pub fixed_option_order: bool,
 }
 
 impl Default for SynthConfig {
@@ -155,7 +163,57 @@ impl Default for SynthConfig {
             max_objects: 4,
             encoding: ImageEncoding::Png,
             rows_per_group: crate::writer::DEFAULT_ROWS_PER_GROUP,
+            categories: Vec::new(),
+            fixed_option_order: false,
         }
+    }
+}
+
+impl SynthConfig {
+    /// The categories drawn and their weights; an unknown name is an error listing the known.
+    pub fn category_weights(&self) -> Result<Vec<(&'static str, u32)>> {
+        if self.categories.is_empty() {
+            return Ok(SYNTH_CATEGORIES.to_vec());
+        }
+        self.categories
+            .iter()
+            .map(|name| {
+                SYNTH_CATEGORIES
+                    .iter()
+                    .find(|(c, _)| c == name)
+                    .copied()
+                    .ok_or_else(|| {
+                        DataError::Config(format!(
+                            "unknown synthetic category `{name}` (known: {})",
+                            SYNTH_CATEGORIES.map(|c| c.0).join(", ")
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Canonical position of an option text: yes before no, numbers ascending, the four relations
+/// and quadrants in a fixed order, anything else after them in text order.
+fn canonical_rank(option: &str) -> (usize, String) {
+    const ORDER: [&str; 10] = [
+        "yes",
+        "no",
+        "left of",
+        "right of",
+        "above",
+        "below",
+        "top left",
+        "top right",
+        "bottom left",
+        "bottom right",
+    ];
+    match ORDER.iter().position(|o| *o == option) {
+        Some(i) => (i, String::new()),
+        None => match option.parse::<u32>() {
+            Ok(n) => (ORDER.len() + n as usize, String::new()),
+            Err(_) => (usize::MAX, option.to_string()),
+        },
     }
 }
 
@@ -819,11 +877,14 @@ pub fn generate_row(cfg: &SynthConfig, split: &str, index: u64) -> Result<StvqaR
         )));
     }
     let mut rng = SplitMix64::derive(&[cfg.seed, split_stream(split), index]);
-    let weights: Vec<u32> = SYNTH_CATEGORIES.iter().map(|c| c.1).collect();
-    let mut category = SYNTH_CATEGORIES[rng.weighted(&weights)].0;
+    let categories = cfg.category_weights()?;
+    let weights: Vec<u32> = categories.iter().map(|c| c.1).collect();
+    let chosen = categories[rng.weighted(&weights)].0;
+    let mut category = chosen;
     let mut made = None;
     for attempt_no in 0..2 * ATTEMPTS {
-        if attempt_no == ATTEMPTS {
+        // a category that cannot be laid out falls back to a relation question, when asked for
+        if attempt_no == ATTEMPTS && categories.iter().any(|c| c.0 == "relation") {
             category = "relation";
         }
         if let Some(m) = attempt(&mut rng, cfg, category) {
@@ -831,12 +892,22 @@ pub fn generate_row(cfg: &SynthConfig, split: &str, index: u64) -> Result<StvqaR
             break;
         }
     }
-    let (scene, g) = made.ok_or_else(|| {
+    let (scene, mut g) = made.ok_or_else(|| {
         DataError::Config(format!(
             "could not lay out a scene on a {} x {} canvas (row {index})",
             cfg.width, cfg.height
         ))
     })?;
+    if cfg.fixed_option_order {
+        let correct = g.question.options[g.question.answer_index].clone();
+        g.question.options.sort_by_key(|o| canonical_rank(o));
+        g.question.answer_index = g
+            .question
+            .options
+            .iter()
+            .position(|o| *o == correct)
+            .expect("the correct option is kept");
+    }
     let image_id = format!("synth-{split}-{index:06}");
     let ext = match cfg.encoding {
         ImageEncoding::Png => "png",
@@ -1015,6 +1086,32 @@ mod tests {
         );
         assert_eq!(scene.objects[0].id, "circle.2");
         assert_eq!(scene.objects[1].id, "circle.1");
+    }
+
+    #[test]
+    fn categories_and_fixed_option_order() {
+        let cfg = SynthConfig {
+            categories: vec!["existence".into()],
+            fixed_option_order: true,
+            ..SynthConfig::default()
+        };
+        for i in 0..20 {
+            let row = generate_row(&cfg, "train", i).unwrap();
+            assert_eq!(row.category, "existence");
+            assert_eq!(row.options, vec!["yes".to_string(), "no".to_string()]);
+            let letter = if row.answer_text_only == "yes" {
+                "A"
+            } else {
+                "B"
+            };
+            assert_eq!(row.answer_only, letter);
+        }
+        let bad = SynthConfig {
+            categories: vec!["reach".into()],
+            ..SynthConfig::default()
+        };
+        let e = generate_row(&bad, "train", 0).unwrap_err().to_string();
+        assert!(e.contains("unknown synthetic category `reach`"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod grpo;
 pub mod infer;
 pub mod model;
 pub mod processor;
+pub mod report;
 pub mod serve;
 pub mod tokenizer;
 pub mod train;

@@ -39,6 +39,8 @@ enum Command {
     Reward(cli::reward::Args),
     /// Dataset tools: stats, validate, synth, import.
     Data(cli::data::Args),
+    /// Write a run folder's report.html: curves, validation, a gallery of sampled rollouts.
+    Report(cli::report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => cli::eval::run(args),
         Command::Reward(args) => cli::reward::run(args),
         Command::Data(args) => cli::data::run(args),
+        Command::Report(args) => cli::report::run(args),
     }
 }

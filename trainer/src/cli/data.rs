@@ -190,6 +190,7 @@ pub fn run(args: Args) -> Result<()> {
                 max_objects,
                 encoding: image_format.parse::<ImageEncoding>()?,
                 rows_per_group,
+                ..SynthConfig::default()
             };
             let files = data::synth::write_dataset(&cfg, &out, train, val)?;
             for f in files {

@@ -12,8 +12,10 @@ use trainer::eval::compare::{load_run, Comparison};
 use trainer::eval::dataset::{read_mcq_jsonl, read_stvqa_parquet, EvalSample};
 use trainer::eval::matching::MatchMode;
 use trainer::eval::report::{EvalReport, SampleLog};
-use trainer::eval::runner::{build_prompt, run_eval, EvalOptions, DEFAULT_MAX_NEW_TOKENS};
-use trainer::infer::prompt::Template;
+use trainer::eval::runner::{
+    build_prompt, instruction, run_eval, EvalOptions, DEFAULT_MAX_NEW_TOKENS,
+};
+use trainer::infer::prompt::{Template, TrainedTemplate};
 
 /// Evaluate checkpoints on a benchmark, or (`eval report`) compare finished runs.
 #[derive(Debug, clap::Args)]
@@ -67,7 +69,8 @@ struct RunArgs {
     /// Split to read from STVQA-schema parquet datasets (without `--benchmark`).
     #[arg(long, default_value = "val")]
     split: String,
-    /// Instruction wrapped around each question [default: `spatialthinker`].
+    /// Instruction wrapped around each question [default: `dataset` when the checkpoint records
+    /// the prompt template it was trained with (prompt_template.json), else `spatialthinker`].
     #[arg(long, value_enum)]
     template: Option<Template>,
     /// Evaluate only the first N rows.
@@ -131,13 +134,30 @@ fn load(args: &RunArgs) -> Result<Vec<EvalSample>> {
     Ok(rows)
 }
 
-/// The template to use: `--template`, else `spatialthinker`.
+/// The template to use: `--template`, else `dataset` when the checkpoint records its training
+/// template, else `spatialthinker`. Under `dataset`, rows without their own prompt (JSONL
+/// benchmarks) get the recorded template rendered around their question.
 fn resolve_template(
-    _model: &Path,
+    model: &Path,
     requested: Option<Template>,
-    _samples: &mut [EvalSample],
+    samples: &mut [EvalSample],
 ) -> Result<Template> {
-    Ok(requested.unwrap_or(Template::Spatialthinker))
+    let recorded = TrainedTemplate::read(&crate::cli::generate::model_dir(model)?)?;
+    let template = match (requested, &recorded) {
+        (Some(t), _) => t,
+        (None, Some(_)) => Template::Dataset,
+        (None, None) => Template::Spatialthinker,
+    };
+    if let (Template::Dataset, Some(t)) = (template, &recorded) {
+        for s in samples.iter_mut().filter(|s| s.prompt.is_none()) {
+            // the image's size, as the runner loads it
+            let size = build_prompt(s, Template::Plain)?
+                .image
+                .map_or((0, 0), |i| i.dimensions());
+            s.prompt = Some(t.render(&instruction(s, Template::Dataset), size));
+        }
+    }
+    Ok(template)
 }
 
 /// Run `eval` or `eval report`.

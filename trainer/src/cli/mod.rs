@@ -9,6 +9,7 @@ pub mod generate;
 pub mod infer;
 pub mod logprobs;
 pub mod plan;
+pub mod report;
 pub mod reward;
 pub mod serve;
 pub mod train;

@@ -125,6 +125,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &summary.checkpoint {
         println!("checkpoint: {}", dir.display());
     }
+    if let Some(report) = &summary.report {
+        println!("report: {}", report.display());
+    }
     println!(
         "wall time: {:.1} s; logs: {}",
         summary.seconds,

@@ -130,10 +130,25 @@ fn draw_arrow(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), stroke: u32, c: 
 
 /// Text on a dark backing box at (`x`, `y`), glyphs scaled by `scale`; non-ASCII shows as `?`.
 fn draw_label(img: &mut RgbImage, text: &str, x: f64, y: f64, scale: u32, c: Rgb<u8>) {
-    let (x, y, s) = (x as i64, y as i64, scale as i64);
+    let (xi, yi, s) = (x as i64, y as i64, scale as i64);
     let cell = GLYPH as i64 * s;
     let n = text.chars().count() as i64;
-    fill(img, x, y, x + n * cell + 2, y + cell + 2, Rgb([0, 0, 0]));
+    fill(
+        img,
+        xi,
+        yi,
+        xi + n * cell + 2,
+        yi + cell + 2,
+        Rgb([0, 0, 0]),
+    );
+    draw_text(img, text, xi, yi, scale, c);
+}
+
+/// Text without a backing box, its top-left corner at (`x`, `y`) (one pixel of margin, as a
+/// label has), glyph cells of `8 × scale` pixels; non-ASCII shows as `?`. Clipped to the image.
+pub fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: u32, c: Rgb<u8>) {
+    let s = scale as i64;
+    let cell = GLYPH as i64 * s;
     for (i, ch) in text.chars().enumerate() {
         let code = if ch.is_ascii() {
             ch as usize

@@ -23,6 +23,30 @@ pub struct ParsedResponse {
     pub answer: Option<String>,
 }
 
+impl ParsedResponse {
+    /// What could not be read, one line per section, in response order (empty when every
+    /// section parsed): a missing `<tag>…</tag>` pair, or the scene's parse error.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let missing = |tag: &str| format!("{tag}: no <{tag}>…</{tag}> pair in the response");
+        if self.observe.is_none() {
+            out.push(missing("observe"));
+        }
+        match (&self.scene, &self.scene_error) {
+            (Some(_), _) => {}
+            (None, Some(e)) => out.push(format!("scene: {e}")),
+            (None, None) => out.push(missing("scene")),
+        }
+        if self.think.is_none() {
+            out.push(missing("think"));
+        }
+        if self.answer.is_none() {
+            out.push(missing("answer"));
+        }
+        out
+    }
+}
+
 /// The trimmed text between the first `<tag>` and the following `</tag>`.
 pub fn section(text: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
@@ -69,6 +93,7 @@ mod tests {
     #[test]
     fn sections_and_graph() {
         let p = parse_response(RESPONSE);
+        assert!(p.problems().is_empty());
         assert_eq!(p.observe.as_deref(), Some("A man stands behind a bike."));
         assert_eq!(
             p.think.as_deref(),
@@ -92,10 +117,17 @@ mod tests {
     #[test]
     fn missing_and_invalid_sections() {
         let p = parse_response("<scene>{objects: oops}</scene><answer>B");
+        let problems = p.problems();
         assert!(p.scene.is_none());
         assert!(p.scene_error.unwrap().contains("not valid JSON"));
         assert!(p.answer.is_none(), "unterminated answer is not a section");
         assert!(p.observe.is_none() && p.think.is_none());
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[1].starts_with("scene: ") && problems[1].contains("not valid JSON"));
+        assert_eq!(
+            problems[3],
+            "answer: no <answer>…</answer> pair in the response"
+        );
         let p = parse_response("<scene>[1]</scene>");
         assert_eq!(
             p.scene_error.as_deref(),

@@ -3,6 +3,9 @@
 //! image size.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 /// The short SpatialThinker instruction (model card and evaluation template). The model is
 /// queried with this text as is: its last line keeps the unformatted `{Width} x {Height}`
@@ -23,9 +26,175 @@ pub enum Template {
     Reasoning,
     /// The question alone, after `Question: ` (the `no_reasoning` template).
     Plain,
-    /// The row's own prompt column, as training saw it (STVQA parquet `problem`); for checking
-    /// a checkpoint against the trainer's validation.
+    /// The prompt training saw: a dataset row's own prompt column (STVQA parquet `problem`)
+    /// where the row has one, else the template the checkpoint records
+    /// ([`PROMPT_TEMPLATE_FILE`]); the default of `infer`, `eval` and `serve` when the
+    /// checkpoint records one.
     Dataset,
+}
+
+/// File in a checkpoint folder recording the prompt template the checkpoint was trained with.
+pub const PROMPT_TEMPLATE_FILE: &str = "prompt_template.json";
+/// Placeholder of the image width in [`TrainedTemplate::text`].
+pub const WIDTH_PLACEHOLDER: &str = "{width}";
+/// Placeholder of the image height in [`TrainedTemplate::text`].
+pub const HEIGHT_PLACEHOLDER: &str = "{height}";
+/// Placeholder of the question with its options in [`TrainedTemplate::text`].
+pub const QUESTION_PLACEHOLDER: &str = "{question}";
+/// Where the question starts in a SpatialThinker training prompt (`QUESTION_PREFIX + "\nQ. " +
+/// question_with_options`, docs/recipe.md, "Training prompt"), when the row lacks its
+/// `question_with_options` column.
+const QUESTION_MARKER: &str = "\nQ. ";
+/// Opening of the image-size line the spatial reward reads (docs/recipe.md, "Training prompt").
+const IMAGE_SIZE_OPEN: &str = "Image size: (";
+
+/// Errors of reading, writing or deriving a [`TrainedTemplate`].
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a prompt template: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The recorded text lacks a placeholder, or a training prompt cannot be turned into one.
+    #[error("{source_name}: {msg}")]
+    Invalid { source_name: String, msg: String },
+}
+
+/// The user text a checkpoint was trained with, as a template: the training prompt of one row
+/// with its image size replaced by [`WIDTH_PLACEHOLDER`] / [`HEIGHT_PLACEHOLDER`] and its
+/// question (with options) by [`QUESTION_PLACEHOLDER`]. The trainer writes it into every
+/// checkpoint as [`PROMPT_TEMPLATE_FILE`]; `infer`, `eval` and `serve` default to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainedTemplate {
+    /// The user text after the image, with the three placeholders (the dataset's prompt with
+    /// `data.format_prompt` put before it and its `<image>` markers removed, as training sends it).
+    pub text: String,
+    /// The training row it was derived from (file and row).
+    pub derived_from: String,
+    /// The training-time pixel limits of EasyR1's pre-resize (`data.min_pixels`, `max_pixels`).
+    pub min_pixels: u64,
+    /// See `min_pixels`.
+    pub max_pixels: u64,
+}
+
+impl TrainedTemplate {
+    /// Derives the template from one training prompt: `text` is the user text exactly as
+    /// training sent it, `question_with_options` the row's question with its options (else the
+    /// text after the prompt's last `\nQ. `), `stated` the size in its `Image size: (W x H)` line.
+    pub fn derive(
+        text: &str,
+        question_with_options: Option<&str>,
+        stated: (u32, u32),
+        derived_from: &str,
+        pixels: (u64, u64),
+    ) -> Result<Self, TemplateError> {
+        let bad = |msg: String| TemplateError::Invalid {
+            source_name: derived_from.to_string(),
+            msg,
+        };
+        for p in [WIDTH_PLACEHOLDER, HEIGHT_PLACEHOLDER, QUESTION_PLACEHOLDER] {
+            if text.contains(p) {
+                return Err(bad(format!(
+                    "the prompt already contains the placeholder {p}"
+                )));
+            }
+        }
+        let question_at = match question_with_options {
+            Some(q) if !q.is_empty() => text.rfind(q).map(|i| (i, q.len())),
+            _ => None,
+        }
+        .or_else(|| {
+            text.rfind(QUESTION_MARKER).map(|i| {
+                let start = i + QUESTION_MARKER.len();
+                (start, text.len() - start)
+            })
+        })
+        .ok_or_else(|| {
+            bad(
+                "the prompt holds neither the row's question_with_options nor a `\nQ. ` line"
+                    .into(),
+            )
+        })?;
+        let size_open = text
+            .find(IMAGE_SIZE_OPEN)
+            .map(|i| i + IMAGE_SIZE_OPEN.len())
+            .ok_or_else(|| bad("the prompt has no `Image size: (W x H)` line".into()))?;
+        let size_text = format!("{} x {}", stated.0, stated.1);
+        if !text[size_open..].starts_with(&size_text) || size_open + size_text.len() > question_at.0
+        {
+            return Err(bad(format!(
+                "the prompt's first image-size line does not read ({size_text}) before the question"
+            )));
+        }
+        let size_end = size_open + size_text.len();
+        let (q_start, q_len) = question_at;
+        let template = format!(
+            "{}{WIDTH_PLACEHOLDER} x {HEIGHT_PLACEHOLDER}{}{QUESTION_PLACEHOLDER}{}",
+            &text[..size_open],
+            &text[size_end..q_start],
+            &text[q_start + q_len..]
+        );
+        Ok(TrainedTemplate {
+            text: template,
+            derived_from: derived_from.to_string(),
+            min_pixels: pixels.0,
+            max_pixels: pixels.1,
+        })
+    }
+
+    /// The user text for `question` (options already included) about an image of `size`
+    /// (width, height): the placeholders replaced, each once.
+    pub fn render(&self, question: &str, size: (u32, u32)) -> String {
+        self.text
+            .replacen(WIDTH_PLACEHOLDER, &size.0.to_string(), 1)
+            .replacen(HEIGHT_PLACEHOLDER, &size.1.to_string(), 1)
+            .replacen(QUESTION_PLACEHOLDER, question, 1)
+    }
+
+    /// Writes the template as pretty JSON to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), TemplateError> {
+        let text = serde_json::to_string_pretty(self).map_err(|source| TemplateError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::write(path, text).map_err(|source| TemplateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The template recorded in checkpoint folder `dir`, `None` when it records none (a
+    /// checkpoint from elsewhere or from before templates were recorded).
+    pub fn read(dir: &Path) -> Result<Option<Self>, TemplateError> {
+        let path = dir.join(PROMPT_TEMPLATE_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let t: TrainedTemplate =
+            serde_json::from_str(&text).map_err(|source| TemplateError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        for p in [WIDTH_PLACEHOLDER, HEIGHT_PLACEHOLDER, QUESTION_PLACEHOLDER] {
+            if !t.text.contains(p) {
+                return Err(TemplateError::Invalid {
+                    source_name: path.display().to_string(),
+                    msg: format!("the template text lacks the placeholder {p}"),
+                });
+            }
+        }
+        Ok(Some(t))
+    }
 }
 
 /// A question followed by its options as `\nOptions:\n(A) …` lines, as STVQA writes them. With no

@@ -108,6 +108,20 @@ pub struct DataConfig {
     /// Rows of the synthetic validation split.
     #[serde(default = "default_synthetic_val_rows")]
     pub synthetic_val_rows: u64,
+    /// Side in pixels of the synthetic images: 112.
+    #[serde(default = "default_synthetic_image_size")]
+    pub synthetic_image_size: u32,
+    /// Most distinct objects in a synthetic scene (2–6): 4.
+    #[serde(default = "default_synthetic_max_objects")]
+    pub synthetic_max_objects: u32,
+    /// Question categories of the synthetic data (`relation`, `size`, `count`, `existence`,
+    /// `instance_location`, `distance`, `depth`); empty: all.
+    #[serde(default)]
+    pub synthetic_categories: Vec<String>,
+    /// List synthetic options in each category's fixed order instead of shuffled, so the option
+    /// letter follows from its text (`data::synth::SynthConfig::fixed_option_order`).
+    #[serde(default)]
+    pub synthetic_fixed_option_order: bool,
     /// Prompts per RL step (`rollout_batch_size`): 512.
     pub rollout_batch_size: usize,
     /// Prompts per validation batch: 8.
@@ -409,6 +423,12 @@ fn default_synthetic_train_rows() -> u64 {
 }
 fn default_synthetic_val_rows() -> u64 {
     64
+}
+fn default_synthetic_image_size() -> u32 {
+    data::synth::DEFAULT_IMAGE_SIZE
+}
+fn default_synthetic_max_objects() -> u32 {
+    4
 }
 fn default_val_batch() -> usize {
     8

@@ -33,6 +33,17 @@ pub struct LoggedRollout<'a> {
     pub reward: f64,
     /// Reward components (format, accuracy, count, spatial…).
     pub components: BTreeMap<String, f64>,
+    /// The dataset row the prompt came from (its image is drawn by the run report).
+    pub row: Option<SampleRow>,
+}
+
+/// A dataset row named by parquet file and row index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SampleRow {
+    /// The parquet file.
+    pub file: PathBuf,
+    /// Row index within the file.
+    pub row: usize,
 }
 
 /// Writes metrics of every step to JSONL and TensorBoard.

@@ -9,7 +9,7 @@
 //! * [`rollout`], [`policy`]: prompts, sampling and scoring; the model as a log-prob source;
 //! * [`sft`]: the supervised warm-up; [`report`], [`metrics`]: what a step and a run print and log;
 //! * [`checkpoint`], [`memory`]: checkpoint files and the device-memory plan; [`tiny`]: the
-//!   `tiny-random` preset.
+//!   `tiny-random` preset; [`prompt_template`]: the training prompt recorded in checkpoints.
 //!
 //! The algorithm itself (advantages, losses, the actor update, the optimiser) is
 //! [`crate::grpo`]; this module wires it to the model, the data and the rewards.
@@ -19,10 +19,12 @@ pub mod config;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
+pub mod prompt_template;
 pub mod report;
 pub mod rl_step;
 pub mod rollout;
 pub mod row_filter;
+pub mod run_report;
 pub mod runner;
 pub mod setup;
 pub mod sft;

@@ -140,6 +140,7 @@ impl RewardSummary {
             ("count", self.count),
             ("spatial", self.spatial),
             ("response_length", self.response_length),
+            ("responses", self.responses as f64),
         ]
         .into_iter()
         .map(|(k, v)| (format!("{prefix}/{k}"), v))
@@ -317,6 +318,10 @@ pub fn sample_rollouts<'a>(
                 ("count".to_string(), r.score.count),
                 ("spatial".to_string(), r.score.spatial),
             ]),
+            row: Some(super::metrics::SampleRow {
+                file: prompts[r.prompt].row.file.as_ref().clone(),
+                row: prompts[r.prompt].row.row,
+            }),
         })
         .collect()
 }

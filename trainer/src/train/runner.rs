@@ -139,6 +139,7 @@ impl Trainer {
             }
         }
         summary.seconds = started.elapsed().as_secs_f64();
+        summary.report = self.write_run_report();
         Ok(summary)
     }
 }
@@ -154,4 +155,6 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// The run report (`report.html`), when it could be written.
+    pub report: Option<PathBuf>,
 }

@@ -182,6 +182,11 @@ pub fn resolve_split(
         if DatasetFiles::from_path(&dir).is_err() {
             let synth = data::synth::SynthConfig {
                 seed: cfg.data.seed,
+                width: cfg.data.synthetic_image_size,
+                height: cfg.data.synthetic_image_size,
+                max_objects: cfg.data.synthetic_max_objects,
+                categories: cfg.data.synthetic_categories.clone(),
+                fixed_option_order: cfg.data.synthetic_fixed_option_order,
                 ..Default::default()
             };
             data::synth::write_dataset(
@@ -411,6 +416,15 @@ impl Trainer {
             // a resumed checkpoint's own restriction does not outlive a switch to the full vocabulary
             policy.clear_output_vocab();
         }
+        // the prompt template the checkpoints record for infer, eval and serve
+        copy_files.retain(|p| !p.ends_with(crate::infer::prompt::PROMPT_TEMPLATE_FILE));
+        copy_files.extend(super::prompt_template::record_prompt_template(
+            &cfg,
+            &builder,
+            &train_files,
+            &train_exclusion,
+            &out_dir,
+        )?);
         let trainable: Vec<(String, Tensor)> = policy
             .named_tensors()
             .into_iter()
