@@ -364,3 +364,66 @@ fn paper_columns_equal_the_published_numbers() {
         assert_eq!(m.stated_avg12, *avg);
     }
 }
+
+#[test]
+fn multi_image_rows_run_through_the_tiny_checkpoint() {
+    // RoboSpatial-Home rows carry an RGB and a depth image: one user turn with both images.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("robospatial/data");
+    std::fs::create_dir_all(&data).unwrap();
+    let n = 2;
+    let mut options = ListBuilder::new(StringBuilder::new());
+    for _ in 0..n {
+        options.values().append_value("yes");
+        options.values().append_value("no");
+        options.append(true);
+    }
+    let batch = RecordBatch::try_from_iter(vec![
+        ("image", jpeg_col(n)),
+        ("depth_image", jpeg_col(n)),
+        (
+            "prompt",
+            text(&vec!["Can the mug fit on the shelf?\n(A) yes\n(B) no"; n]),
+        ),
+        ("answer", text(&vec!["(A)"; n])),
+        ("options", Arc::new(options.finish()) as ArrayRef),
+        ("category", text(&["compatibility", "configuration"])),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(data.join("train-00000-of-00001.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let out = dir.path().join("run");
+    let run = bin()
+        .args([
+            "eval",
+            "--benchmark",
+            "robospatial",
+            "--max-new-tokens",
+            "2",
+        ])
+        .args(["--batch-size", "2", "--out"])
+        .arg(&out)
+        .arg("--data")
+        .arg(dir.path().join("robospatial"))
+        .arg("--model")
+        .arg(tiny_model())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: EvalReport = serde_json::from_str(
+        &std::fs::read_to_string(out.join("robospatial/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report.overall.total, 2);
+    assert_eq!(report.run["benchmark"], "robospatial");
+    assert_eq!(
+        report.categories.keys().collect::<Vec<_>>(),
+        ["compatibility", "configuration"]
+    );
+}
