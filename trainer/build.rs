@@ -56,7 +56,56 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_c10d();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/cli/doctor/libtorch_version.rs");
+}
+
+/// Compiles `csrc/c10d.cpp`, the C interface to libtorch's torch.distributed that
+/// `src/distributed/` binds, against the libtorch torch-sys links (its headers sit next to its
+/// `lib/`), with the flags torch-sys uses for its own wrappers. The Gloo declarations it needs
+/// come from `csrc/gloo_decls` (the wheel ships no Gloo headers; see the README there). With the
+/// `cuda` feature and `NCCL_INCLUDE_DIR`/`CUDA_HOME` headers present, NCCL is compiled in too.
+fn compile_c10d() {
+    println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-env-changed=NCCL_INCLUDE_DIR");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!("torch-sys did not export DEP_TCH_LIBTORCH_LIB: cannot find libtorch's headers");
+    };
+    let root = Path::new(&lib)
+        .parent()
+        .map_or_else(|| Path::new(&lib).join(".."), Path::to_path_buf);
+    let include = root.join("include");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("csrc/c10d.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("csrc/gloo_decls")
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .define("USE_C10D_GLOO", None)
+        // libtorch's headers are not warning-clean under -Wall
+        .warnings(false);
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let cuda = std::env::var("CUDA_HOME").unwrap_or_else(|_| "/usr/local/cuda".into());
+        let nccl = std::env::var("NCCL_INCLUDE_DIR").unwrap_or_else(|_| format!("{cuda}/include"));
+        if Path::new(&nccl).join("nccl.h").exists() {
+            build
+                .include(format!("{cuda}/include"))
+                .include(&nccl)
+                .define("USE_C10D_NCCL", None)
+                .define("USE_CUDA", None)
+                .define("SPATIALTHINKER_NCCL", None);
+        } else {
+            println!(
+                "cargo:warning=no nccl.h under {nccl}: this build has no NCCL process group (set NCCL_INCLUDE_DIR)"
+            );
+        }
+    }
+    build.compile("spatialthinker_c10d");
 }

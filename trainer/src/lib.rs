@@ -1,6 +1,7 @@
 //! Qwen2.5-VL on libtorch (tch) and the GRPO trainer that reproduces SpatialThinker.
 
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod generate;
 pub mod grpo;

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Train with GRPO and the dense spatial reward (no arguments: the tiny CPU demo).
     Train(cli::train::Args),
+    /// Run `train` as the ranks of a data-parallel job on this node (like torchrun).
+    Launch(cli::launch::Args),
     /// Supervised warm-up only (cross-entropy on a reference-response column).
     Sft(cli::train::SftArgs),
     /// Per-device memory plan of a recipe (every phase's peak), checked against a device size.
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => cli::train::run(args),
+        Command::Launch(args) => cli::launch::run(args),
         Command::Sft(args) => cli::train::run_sft(args),
         Command::Plan(args) => cli::plan::run(args),
         Command::Doctor(args) => cli::doctor::run(args),

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod eval;
 pub mod generate;
 pub mod infer;
+pub mod launch;
 pub mod logprobs;
 pub mod plan;
 pub mod report;

@@ -47,8 +47,8 @@ pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Data-parallel ranks (GPUs). Each device's plan covers its share of the rollouts and of
-    /// the update; the model state (weights, gradients, optimizer states, reference) is
-    /// replicated on every rank: no sharding exists yet, so more GPUs do not shrink it.
+    /// the update and 1/N of the optimizer states (ZeRO-1, `distributed.shard_optimizer`);
+    /// weights, gradients and the reference are replicated on every rank.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub gpus: u64,
     /// Memory of one device in GiB (2^30 bytes); 10 % is kept as allocator headroom. Without

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use trainer::distributed::{Backend, DataParallel, DistEnv, LOST_RANK_EXIT_CODE};
 use trainer::train::config::TrainConfig;
 use trainer::train::{Trainer, TrainerOptions, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 
@@ -86,37 +87,98 @@ pub fn run(args: Args) -> Result<()> {
         print!("{}", cfg.to_toml_string()?);
         return Ok(());
     }
+    // one rank of a job launched by `spatialthinker launch`, torchrun or srun
+    let dp = join_job(&cfg)?;
+    let rank = dp.as_ref().map(|d| (d.rank(), d.world()));
+    run_rank(args, cfg, dp).with_context(|| match rank {
+        Some((r, w)) => format!("rank {r} of {w}"),
+        None => "train".to_string(),
+    })
+}
+
+/// The data-parallel job this process belongs to (docs/distributed.md), `None` when it runs
+/// alone. A rank that learns another one is lost prints why and exits at once with
+/// [`LOST_RANK_EXIT_CODE`].
+fn join_job(cfg: &TrainConfig) -> Result<Option<DataParallel>> {
+    let Some(env) = DistEnv::from_env()? else {
+        return Ok(None);
+    };
+    let device = trainer::train::setup::resolve_device(&cfg.trainer.device)?;
+    let backend = Backend::for_device(device);
+    let on_lost: Box<dyn Fn(&str) + Send> = Box::new(|msg: &str| {
+        eprintln!("error: {msg}");
+        // SAFETY: `_exit` ends the process without running atexit handlers or destructors,
+        // which is what a rank must do while its main thread may be blocked inside a
+        // collective; stderr is unbuffered, so the message is out.
+        unsafe { libc::_exit(LOST_RANK_EXIT_CODE) }
+    });
+    let dp = DataParallel::init(&env, backend, &cfg.distributed, on_lost).with_context(|| {
+        format!(
+            "rank {} of {} joining the job at {}:{} ({})",
+            env.rank,
+            env.world_size,
+            env.master_addr,
+            env.master_port,
+            backend.name()
+        )
+    })?;
+    if dp.is_main() {
+        eprintln!(
+            "data parallel: {} ranks ({} per node), backend {}, optimizer {}",
+            env.world_size,
+            env.local_world_size,
+            backend.name(),
+            if cfg.distributed.shard_optimizer {
+                "sharded (ZeRO-1)"
+            } else {
+                "replicated"
+            }
+        );
+    }
+    Ok(Some(dp))
+}
+
+fn run_rank(args: Args, cfg: TrainConfig, dp: Option<DataParallel>) -> Result<()> {
+    let main = dp.as_ref().is_none_or(DataParallel::is_main);
+    let quiet = args.quiet || !main;
     let source = args
         .config
         .config
         .as_ref()
         .map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
-    if !args.quiet {
+    if !quiet {
         eprintln!(
             "config: {source}; model {}; output {}",
             cfg.model.path,
             cfg.trainer.output_dir.display()
         );
     }
-    let mut trainer = Trainer::new(
+    let mut trainer = Trainer::new_with(
         cfg,
         TrainerOptions {
             resume: args.resume,
             overwrite: args.overwrite,
-            progress: !args.quiet,
+            progress: !quiet,
             dry: args.validate_only,
             ..Default::default()
         },
+        dp,
     )?;
-    if trainer.resumed() && !args.quiet {
+    if trainer.resumed() && !quiet {
         eprintln!("resumed at RL step {}", trainer.rl_step());
     }
     if args.validate_only {
         let v = trainer.validate()?;
-        println!("validation at step {}: {v}", trainer.rl_step());
+        trainer.finish()?;
+        if main {
+            println!("validation at step {}: {v}", trainer.rl_step());
+        }
         return Ok(());
     }
     let summary = trainer.run()?;
+    if !main {
+        return Ok(());
+    }
     let fmt = |v: &Option<trainer::train::RewardSummary>| {
         v.as_ref().map_or("not run".to_string(), |v| v.to_string())
     };

@@ -224,16 +224,72 @@ pub fn compute_log_probs<P: PolicyLogprobs + ?Sized>(
     Ok(Tensor::f_cat(&parts, 0)?)
 }
 
-/// The actor update of one RL step with learning rate `lr`: for every mini-batch, one backward
-/// per micro-batch of `(pg_loss + kl_coef·kl_loss) / (mini / micro)`, then gradient clipping and
-/// an AdamW step (skipped when the norm is not finite), then zeroed gradients; at the end the
-/// gradient buffers are released ([`AnyPrecisionAdamW::release_grads`]).
+/// The other copies of the policy in a data-parallel run, as the update meets them: a single
+/// process has none ([`SingleReplica`]); [`crate::distributed::DataParallel`] is the
+/// multi-process one. Every method is called by every replica at the same point.
+pub trait Replicas {
+    /// Number of replicas.
+    fn world(&self) -> usize {
+        1
+    }
+
+    /// Sums `values` over the replicas in place.
+    fn sum(&self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The largest `n` over the replicas.
+    fn max(&self, n: usize) -> Result<usize> {
+        Ok(n)
+    }
+
+    /// Sums the gradients of `params` over the replicas (after the micro-batch loop).
+    fn reduce_gradients(&self, _params: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// After each replica stepped the parameters whose optimiser state it holds: every replica
+    /// gets all parameters.
+    fn gather_parameters(&self, _params: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One process, no other replicas.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleReplica;
+
+impl Replicas for SingleReplica {}
+
+/// The actor update of one RL step with learning rate `lr` on a single device
+/// ([`update_actor_with`] without replicas).
 pub fn update_actor<P: PolicyLogprobs + ?Sized>(
     cfg: &UpdateConfig,
     policy: &mut P,
     batch: &RolloutBatch,
     optimizer: &mut AnyPrecisionAdamW,
     lr: f64,
+) -> Result<UpdateMetrics> {
+    update_actor_with(cfg, policy, batch, optimizer, lr, &SingleReplica)
+}
+
+/// The actor update of one RL step with learning rate `lr`: for every mini-batch, one backward
+/// per micro-batch of `(pg_loss + kl_coef·kl_loss) / (mini / micro)`, then gradient clipping and
+/// an AdamW step (skipped when the norm is not finite), then zeroed gradients; at the end the
+/// gradient buffers are released ([`AnyPrecisionAdamW::release_grads`]).
+///
+/// With replicas, `cfg.mini_batch_size` is this replica's share of the mini-batch: each loss is
+/// divided by the micro-batches of the whole mini-batch over all replicas and the gradients are
+/// summed over replicas before the norm, so the weighting is the single-device recipe's and the
+/// clip and the non-finite skip are the same decision everywhere. Every replica runs as many
+/// optimiser steps as the one with the most rows (one left without rows adds zero gradients).
+pub fn update_actor_with<P: PolicyLogprobs + ?Sized>(
+    cfg: &UpdateConfig,
+    policy: &mut P,
+    batch: &RolloutBatch,
+    optimizer: &mut AnyPrecisionAdamW,
+    lr: f64,
+    replicas: &dyn Replicas,
 ) -> Result<UpdateMetrics> {
     cfg.validate()?;
     batch.check()?;
@@ -243,12 +299,14 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
         ));
     }
     let n = batch.len();
-    let grad_accum = (cfg.mini_batch_size / cfg.micro_batch_size) as f64;
+    let grad_accum = (cfg.mini_batch_size / cfg.micro_batch_size * replicas.world()) as f64;
+    let mini_batches = replicas.max(n.div_ceil(cfg.mini_batch_size))?;
     let mut m = UpdateMetrics::default();
     let mut kl_sum = 0.0;
     optimizer.zero_grad()?;
     for _ in 0..cfg.ppo_epochs {
-        for mini_start in (0..n).step_by(cfg.mini_batch_size) {
+        for mini in 0..mini_batches {
+            let mini_start = (mini * cfg.mini_batch_size).min(n);
             let mini_end = (mini_start + cfg.mini_batch_size).min(n);
             let micro_batches: Vec<Range<usize>> = (mini_start..mini_end)
                 .step_by(cfg.micro_batch_size)
@@ -306,12 +364,14 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
                     policy.backward(&loss)?;
                 }
             }
-            // Data parallelism goes here: all-reduce the accumulated gradients (an f32 mean
-            // over ranks) before the norm, so clipping and the non-finite skip are global.
+            // the global gradient: summed over replicas before the norm, so the clip and the
+            // non-finite skip are one decision everywhere (docs/distributed.md)
+            replicas.reduce_gradients(optimizer.params())?;
             let norm = optimizer.clip_grad_norm(cfg.max_grad_norm)?;
             m.grad_norms.push(norm);
             if norm.is_finite() {
                 optimizer.step(lr)?;
+                replicas.gather_parameters(optimizer.params())?;
             } else {
                 m.skipped_steps += 1;
             }
@@ -320,12 +380,25 @@ pub fn update_actor<P: PolicyLogprobs + ?Sized>(
     }
     // gradient buffers live only during the update (docs/architecture.md, "Memory")
     optimizer.release_grads()?;
-    let k = m.micro_batches.max(1) as f64;
-    m.pg_loss /= k;
-    m.pg_clipfrac_higher /= k;
-    m.pg_clipfrac_lower /= k;
-    m.ppo_kl /= k;
-    m.entropy_loss /= k;
+    // the diagnostics are means over every replica's micro-batches
+    let mut sums = [
+        m.pg_loss,
+        m.pg_clipfrac_higher,
+        m.pg_clipfrac_lower,
+        m.ppo_kl,
+        m.entropy_loss,
+        kl_sum,
+        m.micro_batches as f64,
+    ];
+    replicas.sum(&mut sums)?;
+    let [pg_loss, higher, lower, ppo_kl, entropy, kl_sum, micro_batches] = sums;
+    let k = micro_batches.max(1.0);
+    m.pg_loss = pg_loss / k;
+    m.pg_clipfrac_higher = higher / k;
+    m.pg_clipfrac_lower = lower / k;
+    m.ppo_kl = ppo_kl / k;
+    m.entropy_loss = entropy / k;
     m.kl_loss = cfg.kl_coef.map(|_| kl_sum / k);
+    m.micro_batches = micro_batches as usize;
     Ok(m)
 }

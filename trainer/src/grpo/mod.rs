@@ -28,6 +28,9 @@ pub enum GrpoError {
     /// independent of the model).
     #[error("policy: {0}")]
     Policy(Box<dyn std::error::Error + Send + Sync>),
+    /// Communication with the other replicas failed (boxed like [`GrpoError::Policy`]).
+    #[error("replicas: {0}")]
+    Replicas(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result type of the GRPO algorithm.

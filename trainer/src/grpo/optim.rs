@@ -10,6 +10,8 @@
 //! reference rounds: each in-place op produces its tensor's dtype, fused multiply-adds are done in
 //! f32 and rounded once.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -87,6 +89,9 @@ pub struct AnyPrecisionAdamW {
     cfg: AdamWConfig,
     params: Vec<(String, Tensor)>,
     states: Vec<Option<ParamState>>,
+    /// The elements of each parameter (flattened) whose state this optimiser holds and which it
+    /// updates: all of them, or this rank's ZeRO-1 shard ([`Self::with_shard`]).
+    owned: Vec<Range<i64>>,
     /// f32 bytes per chunk of the step ([`STEP_CHUNK_BYTES`] unless set for a test).
     chunk_bytes: i64,
 }
@@ -105,12 +110,58 @@ impl AnyPrecisionAdamW {
             }
         }
         let states = params.iter().map(|_| None).collect();
+        let owned = params.iter().map(|(_, p)| 0..p.numel() as i64).collect();
         Ok(AnyPrecisionAdamW {
             cfg,
             params,
             states,
+            owned,
             chunk_bytes: STEP_CHUNK_BYTES,
         })
+    }
+
+    /// This optimiser holding state for, and updating, only `owned[i]` of parameter `i`'s
+    /// flattened elements (a ZeRO-1 shard, [`crate::distributed::FlatLayout::owned`]); the other
+    /// elements are left to the other ranks. Gradients, the norm and the clip stay whole.
+    pub fn with_shard(mut self, owned: Vec<Range<i64>>) -> Result<Self> {
+        if owned.len() != self.params.len() {
+            return Err(GrpoError::Invalid(format!(
+                "shard covers {} parameters, the optimiser has {}",
+                owned.len(),
+                self.params.len()
+            )));
+        }
+        for ((name, p), r) in self.params.iter().zip(&owned) {
+            if r.start < 0 || r.end < r.start || r.end > p.numel() as i64 {
+                return Err(GrpoError::Invalid(format!(
+                    "shard range {r:?} is outside parameter {name} of {} elements",
+                    p.numel()
+                )));
+            }
+        }
+        self.owned = owned;
+        self.states = self.params.iter().map(|_| None).collect();
+        Ok(self)
+    }
+
+    /// The flattened elements of parameter `i` this optimiser holds state for.
+    pub fn owned(&self, i: usize) -> Range<i64> {
+        self.owned[i].clone()
+    }
+
+    /// Elements of optimiser state held per buffer (`exp_avg`, and likewise `exp_avg_sq` and
+    /// the compensation): the sum of the owned ranges.
+    pub fn state_elements(&self) -> i64 {
+        self.owned.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Parameter `p`'s owned elements: `p` itself when it owns all of them, else a flat view.
+    fn owned_view(t: &Tensor, p_numel: i64, range: &Range<i64>) -> Result<Tensor> {
+        if range.start == 0 && range.end == p_numel {
+            return Ok(t.shallow_clone());
+        }
+        Ok(t.f_view([-1])?
+            .f_narrow(0, range.start, range.end - range.start)?)
     }
 
     /// This optimiser with step chunks of at most `bytes` of f32 (at least one row): the results
@@ -221,11 +272,19 @@ impl AnyPrecisionAdamW {
         let _guard = tch::no_grad_guard();
         let cfg = self.cfg;
         let (beta1, beta2) = cfg.betas;
-        for ((_, p), state) in self.params.iter_mut().zip(self.states.iter_mut()) {
-            let grad = p.grad();
-            if !grad.defined() {
+        for (((_, param), state), range) in self
+            .params
+            .iter()
+            .zip(self.states.iter_mut())
+            .zip(&self.owned)
+        {
+            let grad = param.grad();
+            if !grad.defined() || range.is_empty() {
                 continue;
             }
+            let numel = param.numel() as i64;
+            let p = &Self::owned_view(param, numel, range)?;
+            let grad = Self::owned_view(&grad, numel, range)?;
             let kind = cfg.state_dtype.kind();
             if state.is_none() {
                 let zeros = || Tensor::f_zeros(p.size(), (kind, p.device()));
@@ -301,11 +360,17 @@ impl AnyPrecisionAdamW {
         let kind = self.cfg.state_dtype.kind();
         let step_of: std::collections::HashMap<&str, u64> =
             steps.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-        for ((name, p), state) in self.params.iter().zip(self.states.iter_mut()) {
+        for (((name, param), state), range) in self
+            .params
+            .iter()
+            .zip(self.states.iter_mut())
+            .zip(&self.owned)
+        {
             let Some(&step) = step_of.get(name.as_str()) else {
                 *state = None;
                 continue;
             };
+            let p = &Self::owned_view(param, param.numel() as i64, range)?;
             let device = p.device();
             let mut take = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}{name}");

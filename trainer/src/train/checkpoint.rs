@@ -29,6 +29,8 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 /// Optimiser buffers.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Name prefix of the folder where ranks stage their optimiser shards for rank 0.
+pub const SHARD_STAGING_PREFIX: &str = ".optimizer-shards-";
 /// Default largest shard, as Hugging Face's `max_shard_size="5GB"`.
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
@@ -207,6 +209,57 @@ impl CheckpointManager {
         state: &TrainerState,
         on_file: &mut dyn FnMut(&Path),
     ) -> Result<PathBuf> {
+        let optimizer = match optimizer {
+            Some(opt) => OptimizerFiles::Whole(opt),
+            None => OptimizerFiles::None,
+        };
+        self.save_inner(step, model, optimizer, state, on_file)
+    }
+
+    /// The folder of the checkpoint of `step`.
+    pub fn checkpoint_dir(&self, step: u64) -> PathBuf {
+        self.root.join(format!("{CHECKPOINT_PREFIX}{step}"))
+    }
+
+    /// The folder where ranks other than 0 put their optimiser shards for the checkpoint of
+    /// `step` before rank 0 publishes it ([`Self::save_sharded`]).
+    pub fn shard_staging_dir(&self, step: u64) -> PathBuf {
+        self.root.join(format!("{SHARD_STAGING_PREFIX}{step}"))
+    }
+
+    /// [`Self::save`] for rank 0 of a data-parallel run whose optimiser state is sharded over
+    /// `world` ranks: rank 0's shard is written with the checkpoint, and the other ranks'
+    /// shards, already in [`Self::shard_staging_dir`], are moved in before the checkpoint is
+    /// renamed into place (so it is published with every shard or not at all).
+    pub fn save_sharded(
+        &self,
+        step: u64,
+        model: &ModelFiles<'_>,
+        own: &AnyPrecisionAdamW,
+        world: usize,
+        state: &TrainerState,
+    ) -> Result<PathBuf> {
+        let staged = self.shard_staging_dir(step);
+        let optimizer = OptimizerFiles::Sharded {
+            own,
+            world,
+            staged: &staged,
+        };
+        let dir = self.save_inner(step, model, optimizer, state, &mut |_| {})?;
+        if staged.exists() {
+            fs::remove_dir_all(&staged).map_err(|e| TrainError::io(&staged, e))?;
+        }
+        Ok(dir)
+    }
+
+    fn save_inner(
+        &self,
+        step: u64,
+        model: &ModelFiles<'_>,
+        optimizer: OptimizerFiles<'_>,
+        state: &TrainerState,
+        on_file: &mut dyn FnMut(&Path),
+    ) -> Result<PathBuf> {
         fs::create_dir_all(&self.root).map_err(|e| TrainError::io(&self.root, e))?;
         self.remove_temp_dirs()?;
         let tmp = self
@@ -240,16 +293,34 @@ impl CheckpointManager {
 
         // Trainer state and optimiser buffers.
         let mut state = state.clone();
-        if let Some(opt) = optimizer {
-            let (tensors, steps) = opt.state_tensors();
-            let views = tensors
-                .iter()
-                .map(|(n, t)| Ok((n.clone(), to_view(n, t, None)?)))
-                .collect::<Result<Vec<_>>>()?;
-            let path = tmp.join(OPTIMIZER_FILE);
-            write_safetensors(&path, &views)?;
-            on_file(&path);
-            state.optimizer_param_steps = steps;
+        match optimizer {
+            OptimizerFiles::None => {}
+            OptimizerFiles::Whole(opt) => {
+                let (tensors, steps) = opt.state_tensors();
+                let views = tensors
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), to_view(n, t, None)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let path = tmp.join(OPTIMIZER_FILE);
+                write_safetensors(&path, &views)?;
+                on_file(&path);
+                state.optimizer_param_steps = steps;
+            }
+            OptimizerFiles::Sharded { own, world, staged } => {
+                for path in write_optimizer_shard(&tmp, own, 0, world)? {
+                    on_file(&path);
+                }
+                for rank in 1..world {
+                    for name in shard_file_names(rank, world) {
+                        let (src, dst) = (staged.join(&name), tmp.join(&name));
+                        fs::rename(&src, &dst).map_err(|e| TrainError::Checkpoint {
+                            path: src.clone(),
+                            msg: format!("rank {rank}'s optimizer shard is missing: {e}"),
+                        })?;
+                        on_file(&dst);
+                    }
+                }
+            }
         }
         let state_path = tmp.join(TRAINER_STATE_FILE);
         let text = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Checkpoint {
@@ -498,20 +569,305 @@ pub fn restore_state(
     Ok(state)
 }
 
+/// [`restore_state`] for rank `shard.0` of `shard.1` data-parallel ranks (`None`: one process).
+/// Optimiser state saved by the same number of ranks is read from this rank's own shard; saved
+/// by one process or by another number of ranks, it is reassembled from every file and this
+/// rank's part taken, which gives exactly the same state (docs/distributed.md, "Resume").
+pub fn restore_state_sharded(
+    dir: &Path,
+    optimizer: Option<&mut AnyPrecisionAdamW>,
+    shard: Option<(usize, usize)>,
+) -> Result<TrainerState> {
+    let state = load_trainer_state(dir)?;
+    if let Some(opt) = optimizer {
+        let (rank, world) = shard.unwrap_or((0, 1));
+        restore_optimizer_for(dir, &state, opt, rank, world)?;
+    }
+    Ok(state)
+}
+
 /// The optimiser buffers and per-parameter step counts saved in `dir`.
 fn restore_optimizer(dir: &Path, state: &TrainerState, opt: &mut AnyPrecisionAdamW) -> Result<()> {
-    {
-        let path = dir.join(OPTIMIZER_FILE);
-        let tensors = if path.exists() {
-            read_tensors(&path)?
-        } else {
-            Vec::new()
-        };
-        opt.load_state(tensors, &state.optimizer_param_steps)
-            .map_err(|e| TrainError::Checkpoint {
-                path,
-                msg: e.to_string(),
-            })?;
+    restore_optimizer_for(dir, state, opt, 0, 1)
+}
+
+/// Restores `opt` (rank `rank` of `world`) from `dir`, whichever way the state was saved.
+fn restore_optimizer_for(
+    dir: &Path,
+    state: &TrainerState,
+    opt: &mut AnyPrecisionAdamW,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    let failed = |path: PathBuf| {
+        move |e: crate::grpo::GrpoError| TrainError::Checkpoint {
+            path,
+            msg: e.to_string(),
+        }
+    };
+    let whole = dir.join(OPTIMIZER_FILE);
+    let saved_world = saved_shard_world(dir)?;
+    let (tensors, steps) = match saved_world {
+        None if !whole.exists() => (Vec::new(), state.optimizer_param_steps.clone()),
+        None => (read_tensors(&whole)?, state.optimizer_param_steps.clone()),
+        Some(w) if w == world => {
+            let manifest = read_shard_manifest(dir, rank, world)?;
+            let path = dir.join(&shard_file_names(rank, world)[0]);
+            for (i, (name, _)) in opt.params().iter().enumerate() {
+                let want = opt.owned(i);
+                let got = manifest.ranges.iter().find(|(n, _, _)| n == name);
+                let matches = match got {
+                    Some((_, a, b)) => *a == want.start && *b == want.end,
+                    None => want.is_empty(),
+                };
+                if !matches {
+                    return Err(TrainError::Checkpoint {
+                        path,
+                        msg: format!(
+                            "shard of rank {rank} holds {name} elements {:?}, this rank owns {want:?}: the model or its trainable parameters differ from the saved run",
+                            got.map(|(_, a, b)| *a..*b)
+                        ),
+                    });
+                }
+            }
+            let tensors = read_tensors(&path)?;
+            opt.load_state(tensors, &manifest.steps)
+                .map_err(failed(path))?;
+            return Ok(());
+        }
+        Some(w) => {
+            eprintln!(
+                "note: {} holds optimizer state sharded over {w} ranks; this run has {world}: rank {rank} reassembles it from all {w} shards (exact, but reads every shard)",
+                dir.display()
+            );
+            assemble_shards(dir, w)?
+        }
+    };
+    // whole tensors: a sharded optimiser takes its part of each
+    let mut parts = Vec::with_capacity(tensors.len());
+    let owned: HashMap<&str, std::ops::Range<i64>> = opt
+        .params()
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), opt.owned(i)))
+        .collect();
+    let shapes: HashMap<&str, Vec<i64>> = opt
+        .params()
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.size()))
+        .collect();
+    for (key, t) in tensors {
+        let param = crate::grpo::optim::STATE_PREFIXES
+            .iter()
+            .find_map(|p| key.strip_prefix(p))
+            .unwrap_or(&key);
+        match (owned.get(param), shapes.get(param)) {
+            (Some(r), Some(shape)) if r.start == 0 && r.end == shape.iter().product::<i64>() => {
+                // a whole parameter (reassembled shards are flat)
+                let whole = if t.numel() as i64 == r.end {
+                    t.f_reshape(shape.as_slice())?
+                } else {
+                    t
+                };
+                parts.push((key, whole))
+            }
+            (Some(r), Some(_)) if r.is_empty() => {}
+            (Some(r), Some(_)) => {
+                let part = t.f_reshape([-1])?.f_narrow(0, r.start, r.end - r.start)?;
+                parts.push((key, part));
+            }
+            // unknown names are reported by load_state
+            _ => parts.push((key, t)),
+        }
     }
-    Ok(())
+    let steps: Vec<(String, u64)> = steps
+        .into_iter()
+        .filter(|(n, _)| owned.get(n.as_str()).is_some_and(|r| !r.is_empty()))
+        .collect();
+    opt.load_state(parts, &steps)
+        .map_err(failed(dir.to_path_buf()))
+}
+
+/// What one rank's optimiser shard holds besides its tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardManifest {
+    /// The rank that wrote it.
+    pub rank: usize,
+    /// Ranks the state was sharded over.
+    pub world: usize,
+    /// For each parameter with elements in this shard: its name and the flattened element
+    /// range `[start, end)` the shard's tensors hold.
+    pub ranges: Vec<(String, i64, i64)>,
+    /// Per-parameter AdamW step counts of those parameters.
+    pub steps: Vec<(String, u64)>,
+}
+
+/// `optimizer-rank<r>-of-<w>.safetensors` and its `.json` manifest.
+pub fn shard_file_names(rank: usize, world: usize) -> [String; 2] {
+    [
+        format!("optimizer-rank{rank}-of-{world}.safetensors"),
+        format!("optimizer-rank{rank}-of-{world}.json"),
+    ]
+}
+
+/// Writes rank `rank`'s optimiser shard into `dir` (tensors and manifest, synced); returns the
+/// two paths.
+pub fn write_optimizer_shard(
+    dir: &Path,
+    opt: &AnyPrecisionAdamW,
+    rank: usize,
+    world: usize,
+) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let (tensors, steps) = opt.state_tensors();
+    let views = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), to_view(n, t, None)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let names = shard_file_names(rank, world);
+    let tensor_path = dir.join(&names[0]);
+    write_safetensors(&tensor_path, &views)?;
+    let manifest = ShardManifest {
+        rank,
+        world,
+        ranges: opt
+            .params()
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), opt.owned(i)))
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(n, r)| (n, r.start, r.end))
+            .collect(),
+        steps,
+    };
+    let manifest_path = dir.join(&names[1]);
+    write_synced(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    sync_dir(dir)?;
+    Ok(vec![tensor_path, manifest_path])
+}
+
+/// The number of ranks a checkpoint's optimiser state is sharded over, `None` when it is not.
+pub fn saved_shard_world(dir: &Path) -> Result<Option<usize>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    for entry in fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))? {
+        let name = entry
+            .map_err(|e| TrainError::io(dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .to_string();
+        if let Some(rest) = name
+            .strip_prefix("optimizer-rank0-of-")
+            .and_then(|r| r.strip_suffix(".json"))
+        {
+            if let Ok(w) = rest.parse() {
+                return Ok(Some(w));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn read_shard_manifest(dir: &Path, rank: usize, world: usize) -> Result<ShardManifest> {
+    let path = dir.join(&shard_file_names(rank, world)[1]);
+    let text = fs::read_to_string(&path).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        msg: format!("optimizer shard manifest of rank {rank} of {world}: {e}"),
+    })?;
+    let m: ShardManifest = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    if m.rank != rank || m.world != world {
+        return Err(TrainError::Checkpoint {
+            path,
+            msg: format!(
+                "says rank {} of {}, expected {rank} of {world}",
+                m.rank, m.world
+            ),
+        });
+    }
+    Ok(m)
+}
+
+/// The whole optimiser state of a checkpoint sharded over `world` ranks: each parameter's
+/// buffers put back together from the shards' element ranges (f32 on the CPU, then each
+/// buffer's saved kind), and the step counts.
+fn assemble_shards(dir: &Path, world: usize) -> Result<(NamedTensorList, Vec<(String, u64)>)> {
+    // name → (flat f32 buffer, kind, filled elements)
+    let mut full: BTreeMap<String, (Vec<f32>, Kind, i64)> = BTreeMap::new();
+    let mut sizes: HashMap<String, i64> = HashMap::new();
+    let mut steps: BTreeMap<String, u64> = BTreeMap::new();
+    let mut manifests = Vec::with_capacity(world);
+    for rank in 0..world {
+        let m = read_shard_manifest(dir, rank, world)?;
+        for (name, _, end) in &m.ranges {
+            let e = sizes.entry(name.clone()).or_insert(0);
+            *e = (*e).max(*end);
+        }
+        steps.extend(m.steps.iter().cloned());
+        manifests.push(m);
+    }
+    for (rank, m) in manifests.iter().enumerate() {
+        let path = dir.join(&shard_file_names(rank, world)[0]);
+        let tensors: HashMap<String, Tensor> = read_tensors(&path)?.into_iter().collect();
+        for (name, start, end) in &m.ranges {
+            for prefix in crate::grpo::optim::STATE_PREFIXES {
+                let key = format!("{prefix}{name}");
+                let Some(t) = tensors.get(&key) else { continue };
+                let values: Vec<f32> =
+                    Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_reshape([-1])?)?;
+                if values.len() as i64 != end - start {
+                    return Err(TrainError::Checkpoint {
+                        path: path.clone(),
+                        msg: format!(
+                            "{key} has {} elements, its manifest says {}",
+                            values.len(),
+                            end - start
+                        ),
+                    });
+                }
+                let size = sizes[name];
+                let entry = full
+                    .entry(key)
+                    .or_insert_with(|| (vec![0f32; size as usize], t.kind(), 0));
+                entry.0[*start as usize..*end as usize].copy_from_slice(&values);
+                entry.2 += end - start;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(full.len());
+    for (key, (values, kind, filled)) in full {
+        if filled != values.len() as i64 {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: format!(
+                    "the shards cover {filled} of {key}'s {} elements",
+                    values.len()
+                ),
+            });
+        }
+        out.push((key, Tensor::f_from_slice(&values)?.f_to_kind(kind)?));
+    }
+    Ok((out, steps.into_iter().collect()))
+}
+
+type NamedTensorList = Vec<(String, Tensor)>;
+
+/// How a checkpoint stores the optimiser.
+enum OptimizerFiles<'a> {
+    /// No optimiser state.
+    None,
+    /// `optimizer.safetensors`, the whole state.
+    Whole(&'a AnyPrecisionAdamW),
+    /// One shard per rank: rank 0's `own`, the others' staged in `staged`.
+    Sharded {
+        own: &'a AnyPrecisionAdamW,
+        world: usize,
+        staged: &'a Path,
+    },
 }

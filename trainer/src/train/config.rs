@@ -384,6 +384,9 @@ pub struct TrainConfig {
     pub sft: SftConfig,
     /// Loop, checkpoints and logs.
     pub trainer: TrainerConfig,
+    /// Multi-process runs: timeouts, bucket sizes, optimizer sharding.
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedConfig,
 }
 
 impl Default for AlgorithmConfig {
@@ -647,7 +650,40 @@ impl TrainConfig {
         if self.sft.enabled && (self.sft.steps == 0 || self.sft.batch_size == 0) {
             return bad("sft.enabled needs sft.steps and sft.batch_size > 0".into());
         }
+        self.distributed.validate().map_err(TrainError::Config)?;
         Ok(())
+    }
+
+    /// Checks that the batch geometry splits over `world` data-parallel ranks: each optimiser
+    /// step's prompts (`actor.global_batch_size`) into equal whole groups per rank, and each
+    /// rank's share of responses into whole micro-batches.
+    pub fn validate_world(&self, world: usize) -> Result<()> {
+        let a = &self.actor;
+        if world <= 1 {
+            return Ok(());
+        }
+        if !a.global_batch_size.is_multiple_of(world) {
+            return Err(TrainError::Config(format!(
+                "actor.global_batch_size = {} prompts per optimiser step does not split over {world} ranks: use a multiple of {world}",
+                a.global_batch_size
+            )));
+        }
+        let per_rank = a.global_batch_size / world * self.rollout.n;
+        if !per_rank.is_multiple_of(a.micro_batch_size_per_device_for_update) {
+            return Err(TrainError::Config(format!(
+                "each of {world} ranks holds {per_rank} responses per optimiser step (global_batch_size / {world} × n), not a multiple of actor.micro_batch_size_per_device_for_update = {}",
+                a.micro_batch_size_per_device_for_update
+            )));
+        }
+        Ok(())
+    }
+
+    /// The actor-update geometry of one of `world` data-parallel ranks: its share of each
+    /// mini-batch ([`crate::grpo::actor::update_actor_with`]).
+    pub fn update_config_for(&self, world: usize) -> UpdateConfig {
+        let mut cfg = self.update_config();
+        cfg.mini_batch_size /= world.max(1);
+        cfg
     }
 
     /// Responses per optimiser step (`global_batch_size × n`).

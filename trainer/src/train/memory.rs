@@ -690,8 +690,8 @@ impl MemoryPlan {
             );
         }
         s += &format!(
-            "\nas configured it needs a device of at least {}; the model state is not sharded \
-             across GPUs (--gpus only divides the work)",
+            "\nas configured it needs a device of at least {}; across GPUs the optimizer \
+             states are sharded (ZeRO-1), weights, gradients and the reference are replicated",
             gib(self.required_capacity())
         );
         s
@@ -739,6 +739,8 @@ struct Estimator<'a> {
     /// Per patch: pixel values, vision rotary tables and the merger's tensors.
     patch_extras: f64,
     items: Vec<PlanItem>,
+    /// Data-parallel ranks.
+    ranks: u64,
 }
 
 impl<'a> Estimator<'a> {
@@ -756,6 +758,7 @@ impl<'a> Estimator<'a> {
             cfg,
             shape,
             geo: Geometry::new(cfg, shape, ranks),
+            ranks: ranks.max(1) as u64,
             wb,
             text,
             vision,
@@ -817,12 +820,19 @@ impl<'a> Estimator<'a> {
             StateDtype::F32 => 4,
         };
         let buffers = if cfg.actor.kahan_summation { 3 } else { 2 };
+        // ZeRO-1: each rank holds the optimiser state of 1/ranks of the parameters
+        let sharded = self.ranks > 1 && cfg.distributed.shard_optimizer;
+        let owned = if sharded {
+            trainable.div_ceil(self.ranks)
+        } else {
+            trainable
+        };
         let s = State {
             total,
             trainable,
             weights: total * wb,
             grads: trainable * wb,
-            optimizer: trainable * state_bytes * buffers,
+            optimizer: owned * state_bytes * buffers,
             reference: if cfg.algorithm.use_kl_loss && !cfg.model.offload_reference {
                 total * wb
             } else {
@@ -839,14 +849,36 @@ impl<'a> Estimator<'a> {
         } else {
             ""
         };
+        let shard = if sharded {
+            format!(
+                " (ZeRO-1 shard: 1/{} of {})",
+                self.ranks,
+                billions(trainable)
+            )
+        } else {
+            String::new()
+        };
         self.add_persistent(
             format!(
-                "optimizer states: m, v{kahan} in {}, {} params",
+                "optimizer states: m, v{kahan} in {}, {} params{shard}",
                 state_name(cfg.actor.optimizer_state_dtype),
-                billions(trainable)
+                billions(owned)
             ),
             s.optimizer,
         );
+        if self.ranks > 1 {
+            // one f32 bucket in flight, and the all-gather's world × bucket receive buffer
+            let bucket = (cfg.distributed.bucket_mib << 20) as f64;
+            self.add(
+                PlanPhase::Update,
+                format!(
+                    "communication buckets: f32, {} MiB × (1 + {} ranks)",
+                    cfg.distributed.bucket_mib, self.ranks
+                ),
+                bucket * (1 + self.ranks) as f64,
+                true,
+            );
+        }
         if GRADIENTS_KEPT_BETWEEN_UPDATES {
             self.add_persistent(
                 format!("gradients: {dtype} (zeroed, not freed, between updates)"),

@@ -60,6 +60,9 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// Another rank, or the communication with it, failed.
+    #[error("{0}")]
+    Distributed(#[from] crate::distributed::DistError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -113,21 +113,47 @@ pub struct RewardSummary {
     pub spatial: f64,
     /// Mean response length in tokens.
     pub response_length: f64,
+    /// Fraction of responses cut at the length limit (no stop token).
+    pub truncated: f64,
 }
+
+/// The sums a [`RewardSummary`] is made of (responses, then the sum of each mean's values, in
+/// field order): they add over the ranks of a data-parallel run.
+pub type RewardSums = [f64; 8];
 
 impl RewardSummary {
     /// Means over `rollouts`.
     pub fn from_rollouts(rollouts: &[Rollout]) -> Self {
-        let n = rollouts.len().max(1) as f64;
-        let mean = |f: &dyn Fn(&Rollout) -> f64| rollouts.iter().map(f).sum::<f64>() / n;
+        Self::from_sums(&Self::sums(rollouts))
+    }
+
+    /// The sums behind the means over `rollouts`.
+    pub fn sums(rollouts: &[Rollout]) -> RewardSums {
+        let sum = |f: &dyn Fn(&Rollout) -> f64| rollouts.iter().map(f).sum::<f64>();
+        [
+            rollouts.len() as f64,
+            sum(&|r| r.score.overall),
+            sum(&|r| r.score.format),
+            sum(&|r| r.score.accuracy),
+            sum(&|r| r.score.count),
+            sum(&|r| r.score.spatial),
+            sum(&|r| r.ids.len() as f64),
+            sum(&|r| f64::from(u8::from(!r.stopped))),
+        ]
+    }
+
+    /// The means of `sums` ([`Self::sums`], possibly added over ranks).
+    pub fn from_sums(sums: &RewardSums) -> Self {
+        let n = sums[0].max(1.0);
         RewardSummary {
-            responses: rollouts.len(),
-            reward: mean(&|r| r.score.overall),
-            format: mean(&|r| r.score.format),
-            accuracy: mean(&|r| r.score.accuracy),
-            count: mean(&|r| r.score.count),
-            spatial: mean(&|r| r.score.spatial),
-            response_length: mean(&|r| r.ids.len() as f64),
+            responses: sums[0] as usize,
+            reward: sums[1] / n,
+            format: sums[2] / n,
+            accuracy: sums[3] / n,
+            count: sums[4] / n,
+            spatial: sums[5] / n,
+            response_length: sums[6] / n,
+            truncated: sums[7] / n,
         }
     }
 
@@ -251,17 +277,16 @@ pub fn step_line(r: &StepReport, max_steps: u64) -> String {
 }
 
 /// The scalars of one RL step, for `metrics.jsonl` and TensorBoard.
-pub fn step_scalars(report: &StepReport, rollouts: &[Rollout]) -> BTreeMap<String, f64> {
+pub fn step_scalars(report: &StepReport) -> BTreeMap<String, f64> {
     let u = &report.update;
     let mut s = report.rollouts.scalars("reward");
-    let clipped = rollouts.iter().filter(|r| !r.stopped).count() as f64;
     s.insert(
         "response_length/mean".into(),
         report.rollouts.response_length,
     );
     s.insert(
         "response_length/clip_ratio".into(),
-        clipped / rollouts.len().max(1) as f64,
+        report.rollouts.truncated,
     );
     s.insert("actor/pg_loss".into(), u.pg_loss);
     s.insert("actor/pg_clipfrac_higher".into(), u.pg_clipfrac_higher);

@@ -18,15 +18,17 @@ use super::report::{
     sample_rollouts, step_scalars, GenerationReport, Phase, PhaseTimes, RewardSummary, StepReport,
 };
 use super::rollout::{
-    response_mask, sample_responses, score_samples, PromptItem, Rollout, ScoredRollouts,
+    draw_seeds, response_mask, sample_responses_seeded, score_samples, PromptItem, Rollout,
+    ScoredRollouts,
 };
 use super::row_filter::{SkipReason, SkippedRow};
 use super::setup::{bar, weight_kind, Trainer};
 use super::{Result, TrainError};
+use crate::distributed::{shard_rows, ReduceOp};
 use crate::generate::{
     EngineConfig, EngineStats, GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS,
 };
-use crate::grpo::actor::{compute_log_probs, update_actor, RolloutBatch};
+use crate::grpo::actor::{compute_log_probs, update_actor, update_actor_with, RolloutBatch};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use crate::model::Qwen2_5VLForConditionalGeneration;
 use crate::tokenizer::ENDOFTEXT_ID;
@@ -36,13 +38,13 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepReport> {
         self.ensure_reference()?;
         let mut times = PhaseTimes::default();
-        // Data parallelism goes here: each rank takes its shard of whole GRPO groups, so the
-        // advantages below need no communication.
-        let prompts = self.next_prompts()?;
+        // this rank's share of the batch: whole GRPO groups, so the advantages below need no
+        // communication (docs/distributed.md, "Sharding")
+        let (prompts, seeds) = self.next_prompts()?;
 
         // 1. sample
         let t = times.begin();
-        let (responses, engine) = self.sample(&prompts)?;
+        let (responses, engine) = self.sample(&prompts, &seeds)?;
         times.add(Phase::Rollout, t);
 
         // 2. score
@@ -66,14 +68,26 @@ impl Trainer {
         let t = times.begin();
         let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
-        let update = update_actor(
-            &self.cfg.update_config(),
-            &mut ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature)
-                .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing),
-            &batch,
-            &mut self.optimizer,
-            lr,
-        )?;
+        let mut policy = ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature)
+            .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing);
+        let update = match &self.dp {
+            None => update_actor(
+                &self.cfg.update_config(),
+                &mut policy,
+                &batch,
+                &mut self.optimizer,
+                lr,
+            )?,
+            Some(dp) => update_actor_with(
+                &self.cfg.update_config_for(dp.world()),
+                &mut policy,
+                &batch,
+                &mut self.optimizer,
+                lr,
+                dp,
+            )?,
+        };
+        drop(policy);
         times.add(Phase::Update, t);
 
         // 7. metrics
@@ -81,7 +95,7 @@ impl Trainer {
         self.optimizer_steps += update.grad_norms.len() as u64;
         let report = StepReport {
             step: self.rl_step,
-            rollouts: RewardSummary::from_rollouts(&rollouts),
+            rollouts: self.global_summary(&rollouts)?,
             update,
             lr,
             times,
@@ -92,15 +106,23 @@ impl Trainer {
         Ok(report)
     }
 
-    /// The next batch of training rows as model prompts; a row the processor rejects is left
-    /// out ([`Trainer::skip_rows`]).
-    fn next_prompts(&mut self) -> Result<Vec<PromptItem>> {
+    /// This rank's rows of the next training batch as model prompts, with each one's response
+    /// seeds (every row of the batch draws its seeds, [`draw_seeds`]); a row the processor
+    /// rejects is left out ([`Trainer::skip_rows`]).
+    fn next_prompts(&mut self) -> Result<(Vec<PromptItem>, Vec<Vec<u64>>)> {
         let batch = self.loader.next_batch()?;
-        let mut prompts = Vec::with_capacity(batch.samples.len());
+        let seeds = draw_seeds(&mut self.rng, batch.samples.len(), self.cfg.rollout.n);
+        let rows = self.my_rows(batch.samples.len(), self.cfg.actor.global_batch_size);
+        let mut prompts = Vec::with_capacity(rows.len());
+        let mut kept_seeds = Vec::with_capacity(rows.len());
         let mut skipped = Vec::new();
-        for sample in &batch.samples {
+        for row in rows {
+            let sample = &batch.samples[row];
             match self.builder.encode(&self.processor, sample) {
-                Ok(prompt) => prompts.push(prompt),
+                Ok(prompt) => {
+                    prompts.push(prompt);
+                    kept_seeds.push(seeds[row].clone());
+                }
                 Err(TrainError::Row { msg, .. }) => skipped.push(SkippedRow {
                     row: sample.record.source.clone(),
                     reason: SkipReason::Unprocessable { message: msg },
@@ -109,11 +131,34 @@ impl Trainer {
             }
         }
         self.skip_rows(skipped)?;
-        Ok(prompts)
+        Ok((prompts, kept_seeds))
     }
 
-    /// Phase 1: `rollout.n` responses per prompt at the rollout temperature.
-    fn sample(&mut self, prompts: &[PromptItem]) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
+    /// The rows of a batch of `rows` this rank takes, `per_step` prompts per optimiser step
+    /// ([`shard_rows`]; all of them in a single process).
+    pub(super) fn my_rows(&self, rows: usize, per_step: usize) -> Vec<usize> {
+        match &self.dp {
+            Some(dp) => shard_rows(rows, per_step, dp.world(), dp.rank()),
+            None => (0..rows).collect(),
+        }
+    }
+
+    /// The reward means of `rollouts` over every rank's rollouts.
+    pub(super) fn global_summary(&self, rollouts: &[Rollout]) -> Result<RewardSummary> {
+        let mut sums = RewardSummary::sums(rollouts);
+        if let Some(dp) = &self.dp {
+            dp.all_reduce_f64(&mut sums, ReduceOp::Sum)?;
+        }
+        Ok(RewardSummary::from_sums(&sums))
+    }
+
+    /// Phase 1: `rollout.n` responses per prompt at the rollout temperature, each response
+    /// from its own seed.
+    fn sample(
+        &mut self,
+        prompts: &[PromptItem],
+        seeds: &[Vec<u64>],
+    ) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
         let sampling = self.sampling(self.cfg.rollout.temperature);
         let engine = self.engine_config(prompts, self.cfg.rollout.n, &sampling);
         let pb = bar(
@@ -121,13 +166,12 @@ impl Trainer {
             "rollout",
             self.opts.progress,
         );
-        let responses = sample_responses(
+        let responses = sample_responses_seeded(
             &self.policy,
             prompts,
-            self.cfg.rollout.n,
+            seeds,
             &sampling,
             engine,
-            &mut self.rng,
             &mut |done| pb.set_position(done as u64),
         )?;
         pb.finish_and_clear();
@@ -237,7 +281,7 @@ impl Trainer {
         let Some(logger) = self.logger.as_mut() else {
             return Ok(());
         };
-        logger.log(report.step, &step_scalars(report, rollouts))?;
+        logger.log(report.step, &step_scalars(report))?;
         let freq = self.cfg.trainer.sample_freq as u64;
         if freq > 0 && report.step.is_multiple_of(freq) {
             let n = self.cfg.rollout.n;

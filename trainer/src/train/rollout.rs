@@ -10,7 +10,7 @@ use rewards::{LabelSimilarity, RewardInput, RewardKind, RewardScore};
 
 use super::{Result, TrainError};
 use crate::generate::{
-    generate_groups, EngineConfig, EngineStats, GeneratedSequence, SamplingConfig,
+    Engine, EngineConfig, EngineStats, GeneratedSequence, GroupRequest, SamplingConfig,
 };
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{easyr1_pre_resize, ChatMessage, ContentPart, Processor};
@@ -158,6 +158,15 @@ pub struct Rollout {
     pub score: RewardScore,
 }
 
+/// Draws the generator seeds of `rows` prompts × `n` responses from `rng`, row by row. Every row
+/// of a batch draws its seeds whichever rank samples it (and whether or not it is left out), so
+/// a response's randomness does not depend on how the batch is sharded.
+pub fn draw_seeds(rng: &mut SplitMix64, rows: usize, n: usize) -> Vec<Vec<u64>> {
+    (0..rows)
+        .map(|_| (0..n).map(|_| rng.next_u64()).collect())
+        .collect()
+}
+
 /// Samples `n` responses per prompt through one generation engine (`engine` sizes its KV pool;
 /// [`generate_groups`]), rows in prompt-major order: each prompt is prefilled once and each
 /// response draws from its own generator, seeded from `rng` in that order. `on_rows` is told how
@@ -171,13 +180,37 @@ pub fn sample_responses(
     rng: &mut SplitMix64,
     on_rows: &mut dyn FnMut(usize),
 ) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
-    let groups = prompts
-        .iter()
-        .map(|p| Ok((p.ids.clone(), Some(vision_inputs(&[p])?))))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(generate_groups(
-        model, engine, groups, n, sampling, rng, on_rows,
-    )?)
+    let seeds = draw_seeds(rng, prompts.len(), n);
+    sample_responses_seeded(model, prompts, &seeds, sampling, engine, on_rows)
+}
+
+/// [`sample_responses`] with each prompt's response seeds given (`seeds[p]`, one per response).
+pub fn sample_responses_seeded(
+    model: &Qwen2_5VLForConditionalGeneration,
+    prompts: &[PromptItem],
+    seeds: &[Vec<u64>],
+    sampling: &SamplingConfig,
+    engine: EngineConfig,
+    on_rows: &mut dyn FnMut(usize),
+) -> Result<(Vec<GeneratedSequence>, EngineStats)> {
+    if seeds.len() != prompts.len() {
+        return Err(TrainError::Invalid(format!(
+            "{} prompts but seeds for {}",
+            prompts.len(),
+            seeds.len()
+        )));
+    }
+    let mut engine = Engine::new(model, engine)?;
+    for (p, seeds) in prompts.iter().zip(seeds) {
+        engine.add(GroupRequest {
+            prompt_ids: p.ids.clone(),
+            images: Some(vision_inputs(&[p])?),
+            sampling: sampling.clone(),
+            seeds: seeds.clone(),
+        })?;
+    }
+    let sequences = engine.run(model, on_rows)?;
+    Ok((sequences, engine.stats().clone()))
 }
 
 /// Rollouts of a batch, and the prompts whose reward raised.

@@ -8,11 +8,13 @@ use std::time::Instant;
 use data::{Cursor, Loader};
 use serde_json::json;
 
-use super::checkpoint::{ModelFiles, TrainerState};
+use super::checkpoint::{
+    write_optimizer_shard, CheckpointManager, ModelFiles, TrainerState, DEFAULT_MAX_SHARD_BYTES,
+};
 use super::report::{step_line, RewardSummary};
-use super::rollout::sample_responses;
+use super::rollout::{draw_seeds, sample_responses_seeded};
 use super::setup::{bar, loader_config, Trainer};
-use super::Result;
+use super::{Result, TrainError};
 use data::rng::SplitMix64;
 
 /// Salt of the validation sampler's seed, so validation never draws from the rollout stream.
@@ -43,14 +45,18 @@ impl Trainer {
         );
         let mut all = Vec::new();
         while let Some(batch) = loader.next_batch_of(0)? {
-            let prompts = self.builder.encode_all(&self.processor, &batch.samples)?;
-            let (samples, _) = sample_responses(
+            // every row draws its seeds; this rank samples its consecutive share of the batch
+            let seeds = draw_seeds(&mut rng, batch.samples.len(), n);
+            let rows = self.my_rows(batch.samples.len(), batch.samples.len());
+            let mine: Vec<data::Sample> = rows.iter().map(|&r| batch.samples[r].clone()).collect();
+            let seeds: Vec<Vec<u64>> = rows.iter().map(|&r| seeds[r].clone()).collect();
+            let prompts = self.builder.encode_all(&self.processor, &mine)?;
+            let (samples, _) = sample_responses_seeded(
                 &self.policy,
                 &prompts,
-                n,
+                &seeds,
                 &sampling,
                 self.engine_config(&prompts, n, &sampling),
-                &mut rng,
                 &mut |_| {},
             )?;
             pb.inc(samples.len() as u64);
@@ -64,7 +70,7 @@ impl Trainer {
             all.extend(scored.rollouts);
         }
         pb.finish_and_clear();
-        Ok(RewardSummary::from_rollouts(&all))
+        self.global_summary(&all)
     }
 
     /// Logs a validation report at the current RL step.
@@ -76,8 +82,33 @@ impl Trainer {
     }
 
     /// Writes `checkpoint-<rl_step>` (weights in the HF layout, optimiser, step, data cursor,
-    /// sampler RNG, reference model path), pruning to `trainer.save_limit`.
+    /// sampler RNG, reference model path), pruning to `trainer.save_limit`. In a data-parallel
+    /// run every rank calls it: with a sharded optimiser each rank stages its shard and rank 0
+    /// publishes the folder with all of them; every rank returns the folder.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let Some(dp) = &self.dp else {
+            return self.write_checkpoint(None);
+        };
+        let step = self.rl_step;
+        let sharded = self.cfg.distributed.shard_optimizer;
+        if sharded && !dp.is_main() {
+            let staged = self.checkpoints.shard_staging_dir(step);
+            write_optimizer_shard(&staged, &self.optimizer, dp.rank(), dp.world())?;
+        }
+        // every shard is on disk before rank 0 moves them into the checkpoint
+        dp.barrier()?;
+        let dir = if dp.is_main() {
+            self.write_checkpoint(sharded.then_some(dp.world()))?
+        } else {
+            self.checkpoints.checkpoint_dir(step)
+        };
+        // nobody goes on (or exits) before the checkpoint is published
+        dp.barrier()?;
+        Ok(dir)
+    }
+
+    /// Rank 0's part of [`Self::save_checkpoint`] (`sharded`: the optimiser's world size).
+    fn write_checkpoint(&self, sharded: Option<usize>) -> Result<PathBuf> {
         let tensors = self.policy.named_tensors();
         let state = TrainerState {
             rl_step: self.rl_step,
@@ -90,17 +121,21 @@ impl Trainer {
                 "base_model": self.model_dir,
             }),
         };
-        self.checkpoints.save(
-            self.rl_step,
-            &ModelFiles {
-                tensors: &tensors,
-                save_kind: None,
-                config_json: &self.config_json,
-                copy_files: &self.copy_files,
-            },
-            Some(&self.optimizer),
-            &state,
-        )
+        let model = ModelFiles {
+            tensors: &tensors,
+            save_kind: None,
+            config_json: &self.config_json,
+            copy_files: &self.copy_files,
+        };
+        match sharded {
+            Some(world) => {
+                self.checkpoints
+                    .save_sharded(self.rl_step, &model, &self.optimizer, world, &state)
+            }
+            None => self
+                .checkpoints
+                .save(self.rl_step, &model, Some(&self.optimizer), &state),
+        }
     }
 
     /// The whole run: supervised warm-up when enabled (fresh runs only), validation before
@@ -109,7 +144,7 @@ impl Trainer {
     pub fn run(&mut self) -> Result<RunSummary> {
         let started = Instant::now();
         if self.cfg.sft.enabled && !self.resumed {
-            let dir = self.run_sft()?;
+            let dir = self.warm_up()?;
             self.say(&format!("sft checkpoint: {}", dir.display()));
         }
         let mut summary = RunSummary::default();
@@ -140,7 +175,46 @@ impl Trainer {
         }
         summary.seconds = started.elapsed().as_secs_f64();
         summary.report = self.write_run_report();
+        self.finish()?;
         Ok(summary)
+    }
+
+    /// Leaves a data-parallel job in order ([`crate::distributed::DataParallel::finish`]);
+    /// nothing for a single process. No collective may follow.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(dp) = self.dp.take() {
+            dp.finish()?;
+        }
+        Ok(())
+    }
+
+    /// The supervised warm-up ([`Trainer::run_sft`]). In a data-parallel run rank 0 alone
+    /// trains and saves it while the others wait; then every rank takes its weights and its
+    /// checkpoint as the reference.
+    fn warm_up(&mut self) -> Result<PathBuf> {
+        let main = match &self.dp {
+            None => return self.run_sft(),
+            Some(dp) => dp.is_main(),
+        };
+        let saved = if main { Some(self.run_sft()?) } else { None };
+        let dp = self.dp.as_ref().expect("checked above");
+        dp.barrier()?;
+        dp.broadcast_from_main(self.optimizer.params())?;
+        let dir = match saved {
+            Some(d) => d,
+            None => {
+                let root = self.out_dir.join(super::sft::SFT_DIR);
+                CheckpointManager::new(&root, 1, DEFAULT_MAX_SHARD_BYTES)
+                    .latest()?
+                    .ok_or_else(|| TrainError::Checkpoint {
+                        path: root.clone(),
+                        msg: "rank 0 wrote no warm-up checkpoint".into(),
+                    })?
+            }
+        };
+        self.reference_dir = dir.clone();
+        self.reference = None;
+        Ok(dir)
     }
 }
 

@@ -13,7 +13,8 @@ use rewards::{ExactLabelSimilarity, LabelSimilarity, WordVectorSimilarity};
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{
-    restore_state, CheckpointManager, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, TRAINER_STATE_FILE,
+    restore_state_sharded, CheckpointManager, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
+    TRAINER_STATE_FILE,
 };
 use super::config::{OutputVocabMode, TrainConfig, WeightDtype};
 use super::memory::{MemoryPlan, ModelShape};
@@ -22,6 +23,7 @@ use super::rollout::PromptBuilder;
 use super::row_filter::{checks_for, scan_split, skipped_rows_event, PromptLengthCheck, RowScan};
 use super::tiny::{preset_shape, write_tiny_random};
 use super::{Result, TrainError};
+use crate::distributed::{DataParallel, FlatLayout};
 use crate::generate::DEFAULT_STOP_IDS;
 use crate::grpo::optim::AnyPrecisionAdamW;
 use crate::model::config::Qwen2_5VLConfig;
@@ -106,6 +108,8 @@ pub struct Trainer {
     pub(super) train_scan: RowScan,
     /// Validation rows left out at set-up.
     pub(super) val_exclusion: BTreeSet<RowRef>,
+    /// The other ranks of a data-parallel run (`None`: one process).
+    pub(super) dp: Option<DataParallel>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -348,7 +352,32 @@ impl Trainer {
     /// the dataset, refuses a plan that does not fit the device ([`device_capacity`]) unless
     /// `trainer.allow_overcommit` is set.
     pub fn new(cfg: TrainConfig, opts: TrainerOptions) -> Result<Self> {
-        let device = resolve_device(&cfg.trainer.device)?;
+        Self::new_with(cfg, opts, None)
+    }
+
+    /// [`Self::new`] as one rank of a data-parallel run ([`DataParallel`]; docs/distributed.md):
+    /// rank 0 prepares the output folder, model and data while the others wait, then they all
+    /// load the same weights, rank 0's are broadcast, and each rank keeps its shard of the
+    /// optimiser state. Only rank 0 logs and prints.
+    pub fn new_with(
+        cfg: TrainConfig,
+        mut opts: TrainerOptions,
+        dp: Option<DataParallel>,
+    ) -> Result<Self> {
+        let main = dp.as_ref().is_none_or(DataParallel::is_main);
+        if let Some(dp) = &dp {
+            cfg.validate_world(dp.world())?;
+            if !main {
+                // rank 0 writes what the others read (base model, data, output folder) first
+                opts.progress = false;
+                opts.overwrite = false;
+                dp.barrier()?;
+            }
+        }
+        let device = match &dp {
+            Some(dp) => dp.device(resolve_device(&cfg.trainer.device)?),
+            None => resolve_device(&cfg.trainer.device)?,
+        };
         let out_dir = cfg.trainer.output_dir.clone();
         if opts.overwrite && out_dir.exists() {
             fs::remove_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
@@ -364,10 +393,11 @@ impl Trainer {
         let config_json: serde_json::Value = serde_json::from_str(&config_text)?;
         let model_config = Qwen2_5VLConfig::from_json_str(&config_text)?;
         // the memory plan, before the dataset is touched: a run that cannot fit stops here
-        let plan = MemoryPlan::estimate(
+        let plan = MemoryPlan::estimate_ranks(
             &cfg,
             &ModelShape::from_config(&model_config),
             device_capacity(&cfg, device),
+            dp.as_ref().map_or(1, DataParallel::world),
         );
         match plan.check() {
             Ok(()) if opts.progress => eprint!("{plan}"),
@@ -408,7 +438,10 @@ impl Trainer {
         if cfg.model.output_vocab == OutputVocabMode::Dataset {
             let ids = dataset_vocab(&cfg, &train_files, &train_exclusion, &processor)?;
             let path = out_dir.join(OUTPUT_VOCAB_FILE);
-            fs::write(&path, serde_json::to_string(&ids)?).map_err(|e| TrainError::io(&path, e))?;
+            if main {
+                fs::write(&path, serde_json::to_string(&ids)?)
+                    .map_err(|e| TrainError::io(&path, e))?;
+            }
             policy.restrict_output_vocab(&ids)?;
             copy_files.retain(|p| !p.ends_with(OUTPUT_VOCAB_FILE));
             copy_files.push(path);
@@ -418,13 +451,15 @@ impl Trainer {
         }
         // the prompt template the checkpoints record for infer, eval and serve
         copy_files.retain(|p| !p.ends_with(crate::infer::prompt::PROMPT_TEMPLATE_FILE));
-        copy_files.extend(super::prompt_template::record_prompt_template(
-            &cfg,
-            &builder,
-            &train_files,
-            &train_exclusion,
-            &out_dir,
-        )?);
+        if main {
+            copy_files.extend(super::prompt_template::record_prompt_template(
+                &cfg,
+                &builder,
+                &train_files,
+                &train_exclusion,
+                &out_dir,
+            )?);
+        }
         let trainable: Vec<(String, Tensor)> = policy
             .named_tensors()
             .into_iter()
@@ -434,6 +469,11 @@ impl Trainer {
             let _ = t.shallow_clone().set_requires_grad(true);
         }
         let mut optimizer = AnyPrecisionAdamW::new(trainable, cfg.adamw_config())?;
+        if let Some(dp) = dp.as_ref().filter(|_| cfg.distributed.shard_optimizer) {
+            // ZeRO-1: this rank keeps and updates its shard of the optimiser state
+            let layout = FlatLayout::of(optimizer.params(), dp.world());
+            optimizer = optimizer.with_shard(layout.owned(dp.rank()))?;
+        }
 
         let mut cursor = Cursor::default();
         let mut rng = SplitMix64::new(cfg.trainer.seed);
@@ -441,7 +481,8 @@ impl Trainer {
         let mut optimizer_steps = 0;
         let mut reference_dir = model_dir.clone();
         if let Some(dir) = &resume_dir {
-            let state = restore_state(dir, Some(&mut optimizer))?;
+            let shard = dp.as_ref().map(|d| (d.rank(), d.world()));
+            let state = restore_state_sharded(dir, Some(&mut optimizer), shard)?;
             rl_step = state.rl_step;
             optimizer_steps = state.optimizer_step;
             cursor = serde_json::from_value(state.data_cursor.clone())
@@ -478,7 +519,7 @@ impl Trainer {
             })?),
             None => Box::new(ExactLabelSimilarity),
         };
-        let logger = if opts.dry {
+        let logger = if opts.dry || !main {
             None
         } else {
             fs::write(out_dir.join(CONFIG_FILE), cfg.to_toml_string()?)
@@ -492,7 +533,7 @@ impl Trainer {
             }
             Some(logger)
         };
-        Ok(Trainer {
+        Trainer {
             copy_files,
             cfg,
             opts,
@@ -518,7 +559,21 @@ impl Trainer {
             resumed: resume_dir.is_some(),
             val_exclusion: val_scan.exclusion(),
             train_scan,
-        })
+            dp,
+        }
+        .synchronised(main)
+    }
+
+    /// A data-parallel trainer once set up: rank 0 releases the ranks waiting for its set-up,
+    /// then every rank takes rank 0's weights, so all replicas start identical.
+    fn synchronised(self, main: bool) -> Result<Self> {
+        if let Some(dp) = &self.dp {
+            if main {
+                dp.barrier()?;
+            }
+            dp.broadcast_from_main(self.optimizer.params())?;
+        }
+        Ok(self)
     }
 
     /// The configuration.

@@ -1,0 +1,3 @@
+// Declarations only (see README.md next to this file).
+#pragma once
+#include "gloo/context.h"
