@@ -142,7 +142,12 @@ fn resolve_template(
     requested: Option<Template>,
     samples: &mut [EvalSample],
 ) -> Result<Template> {
-    let recorded = TrainedTemplate::read(&crate::cli::generate::model_dir(model)?)?;
+    // A checkpoint that cannot be located records no template: loading it for generation
+    // reports the error, and a run whose answers are all in the log needs no checkpoint.
+    let recorded = match crate::cli::generate::model_dir(model) {
+        Ok(dir) => TrainedTemplate::read(&dir)?,
+        Err(_) => None,
+    };
     let template = match (requested, &recorded) {
         (Some(t), _) => t,
         (None, Some(_)) => Template::Dataset,
