@@ -93,16 +93,17 @@ impl Heartbeat {
         })
     }
 
-    /// Ranks that sent no heartbeat during the last `3 × interval` (waiting that long first), for
-    /// naming the culprit of a failed collective.
+    /// Ranks whose heartbeat stopped, for naming the culprit of a failed collective: after
+    /// waiting `4 × interval`, those not seen beating for `2.5 × interval` (a live rank beats
+    /// every interval and is read every interval, so it is never seen older than two).
     pub fn silent_ranks(&self) -> Vec<usize> {
-        let window = self.interval * 3;
-        std::thread::sleep(window);
+        std::thread::sleep(self.interval * 4);
+        let quiet = self.interval.mul_f64(2.5);
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.beats
             .iter()
             .enumerate()
-            .filter(|&(r, (_, at))| r != self.rank && at.elapsed() > window)
+            .filter(|&(r, (_, at))| r != self.rank && at.elapsed() > quiet)
             .map(|(r, _)| r)
             .collect()
     }

@@ -69,7 +69,7 @@ pub struct DistributedConfig {
     pub heartbeat_timeout_s: f64,
     /// MiB of f32 per gradient all-reduce and parameter all-gather bucket: 64.
     #[serde(default = "default_bucket_mib")]
-    pub bucket_mib: usize,
+    pub bucket_mib: f64,
     /// Keep each rank's share of the optimizer state only (ZeRO-1): true.
     #[serde(default = "default_true")]
     pub shard_optimizer: bool,
@@ -84,8 +84,8 @@ fn default_heartbeat_interval_s() -> f64 {
 fn default_heartbeat_timeout_s() -> f64 {
     30.0
 }
-fn default_bucket_mib() -> usize {
-    64
+fn default_bucket_mib() -> f64 {
+    64.0
 }
 fn default_true() -> bool {
     true
@@ -119,7 +119,7 @@ impl DistributedConfig {
                 self.heartbeat_timeout_s, self.heartbeat_interval_s
             ));
         }
-        if self.bucket_mib == 0 {
+        if !positive(self.bucket_mib) {
             return Err("distributed.bucket_mib must be positive".into());
         }
         Ok(())
@@ -127,7 +127,7 @@ impl DistributedConfig {
 
     /// Elements of one f32 bucket.
     pub fn bucket_elements(&self) -> i64 {
-        zero::bucket_elements(self.bucket_mib << 20)
+        zero::bucket_elements((self.bucket_mib * (1u64 << 20) as f64) as usize)
     }
 }
 
@@ -265,7 +265,9 @@ impl DataParallel {
             .map(Heartbeat::silent_ranks)
             .unwrap_or_default();
         for r in &silent {
-            notes.push(format!("rank {r} is lost (no heartbeat)"));
+            notes.push(format!(
+                "rank {r} is lost: its heartbeat stopped (killed, crashed, or its host is unreachable)"
+            ));
         }
         for r in (0..self.world()).filter(|r| *r != self.rank() && !silent.contains(r)) {
             match self.store.add(&collective_key(r), 0) {

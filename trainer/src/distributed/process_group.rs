@@ -20,11 +20,14 @@ fn take_message(err: *mut c_char) -> String {
     }
     // SAFETY: `err` was allocated by `copy_message` in csrc/c10d.cpp as a NUL-terminated string
     // and is owned by us from here; it is read once and freed once.
-    unsafe {
+    let msg = unsafe {
         let msg = CStr::from_ptr(err).to_string_lossy().into_owned();
         ffi::st_free_string(err);
         msg
-    }
+    };
+    // c10d appends where it was raised and, with TORCH_SHOW_CPP_STACKTRACES, a C++ stack
+    let cut = msg.find("\nException raised from").unwrap_or(msg.len());
+    msg[..cut].trim().to_string()
 }
 
 fn c_string(s: &str, what: &str) -> Result<CString> {

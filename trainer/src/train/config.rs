@@ -62,6 +62,11 @@ pub struct ModelConfig {
     /// speed device for tiny CPU runs, saved with checkpoints as `output_vocab.json`).
     #[serde(default)]
     pub output_vocab: OutputVocabMode,
+    /// The frozen reference of the KL term: a model folder or hub id (default: the starting
+    /// model, or the warm-up's checkpoint when it runs). Set it when continuing from a checkpoint
+    /// that should still be held to the base model.
+    #[serde(default)]
+    pub reference_path: Option<String>,
 }
 
 /// Which token ids the policy may emit.

@@ -868,7 +868,7 @@ impl<'a> Estimator<'a> {
         );
         if self.ranks > 1 {
             // one f32 bucket in flight, and the all-gather's world × bucket receive buffer
-            let bucket = (cfg.distributed.bucket_mib << 20) as f64;
+            let bucket = cfg.distributed.bucket_mib * (1u64 << 20) as f64;
             self.add(
                 PlanPhase::Update,
                 format!(

@@ -212,8 +212,10 @@ impl Trainer {
                     })?
             }
         };
-        self.reference_dir = dir.clone();
-        self.reference = None;
+        if self.cfg.model.reference_path.is_none() {
+            self.reference_dir = dir.clone();
+            self.reference = None;
+        }
         Ok(dir)
     }
 }

@@ -479,7 +479,11 @@ impl Trainer {
         let mut rng = SplitMix64::new(cfg.trainer.seed);
         let mut rl_step = 0;
         let mut optimizer_steps = 0;
-        let mut reference_dir = model_dir.clone();
+        let mut reference_dir = match &cfg.model.reference_path {
+            Some(path) => crate::model::locate_checkpoint(path)
+                .map_err(|e| TrainError::Config(format!("model.reference_path: {e}")))?,
+            None => model_dir.clone(),
+        };
         if let Some(dir) = &resume_dir {
             let shard = dp.as_ref().map(|d| (d.rank(), d.world()));
             let state = restore_state_sharded(dir, Some(&mut optimizer), shard)?;

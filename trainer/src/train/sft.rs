@@ -198,8 +198,11 @@ impl Trainer {
             None,
             &state,
         )?;
-        self.reference_dir = saved.clone();
-        self.reference = None;
+        if self.cfg.model.reference_path.is_none() {
+            // the warm-up's checkpoint is the reference, unless one was named
+            self.reference_dir = saved.clone();
+            self.reference = None;
+        }
         Ok(saved)
     }
 }
