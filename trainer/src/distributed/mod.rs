@@ -234,9 +234,12 @@ impl DataParallel {
         &self.group
     }
 
-    /// The device of this rank given the configured one: `cuda:LOCAL_RANK` for CUDA.
+    /// The device of this rank given the configured one: `cuda:LOCAL_RANK` for CUDA, or
+    /// `cuda:0` when the launcher gave each rank one visible GPU (`CUDA_VISIBLE_DEVICES` per
+    /// task, as `srun --gpus-per-task=1` does).
     pub fn device(&self, configured: Device) -> Device {
         match configured {
+            Device::Cuda(_) if tch::Cuda::device_count() == 1 => Device::Cuda(0),
             Device::Cuda(_) => Device::Cuda(self.env.local_rank),
             d => d,
         }

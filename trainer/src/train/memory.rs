@@ -850,11 +850,7 @@ impl<'a> Estimator<'a> {
             ""
         };
         let shard = if sharded {
-            format!(
-                " (ZeRO-1 shard: 1/{} of {})",
-                self.ranks,
-                billions(trainable)
-            )
+            format!(" / {} ranks", self.ranks)
         } else {
             String::new()
         };
@@ -862,7 +858,7 @@ impl<'a> Estimator<'a> {
             format!(
                 "optimizer states: m, v{kahan} in {}, {} params{shard}",
                 state_name(cfg.actor.optimizer_state_dtype),
-                billions(owned)
+                billions(trainable)
             ),
             s.optimizer,
         );
@@ -1483,9 +1479,14 @@ impl fmt::Display for MemoryPlan {
         };
         writeln!(
             f,
-            "memory plan per device ({} data-parallel rank{}, model state replicated on each):",
+            "memory plan per device ({} data-parallel rank{}{}):",
             self.ranks,
-            if self.ranks == 1 { "" } else { "s" }
+            if self.ranks == 1 { "" } else { "s" },
+            match (self.ranks, self.cfg.distributed.shard_optimizer) {
+                (1, _) => "",
+                (_, true) => "; optimizer states sharded (ZeRO-1), the rest replicated",
+                (_, false) => "; model state replicated on each",
+            }
         )?;
         for line in &self.header {
             writeln!(f, "  {line}")?;
