@@ -66,11 +66,14 @@ fn main() {
 /// `src/distributed/` binds, against the libtorch torch-sys links (its headers sit next to its
 /// `lib/`), with the flags torch-sys uses for its own wrappers. The Gloo declarations it needs
 /// come from `csrc/gloo_decls` (the wheel ships no Gloo headers; see the README there). With the
-/// `cuda` feature and `NCCL_INCLUDE_DIR`/`CUDA_HOME` headers present, NCCL is compiled in too.
+/// `cuda` feature and `nccl.h` in `NCCL_INCLUDE_DIR` (default `$CUDA_HOME/include`), NCCL is
+/// compiled in too, with the CUDA headers from `CUDA_INCLUDE_DIRS` (colon-separated; default
+/// `$CUDA_HOME/include`) — docs/distributed.md, "The binding".
 fn compile_c10d() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=NCCL_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_INCLUDE_DIRS");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not export DEP_TCH_LIBTORCH_LIB: cannot find libtorch's headers");
     };
@@ -92,11 +95,16 @@ fn compile_c10d() {
         // libtorch's headers are not warning-clean under -Wall
         .warnings(false);
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        // a CUDA toolkit's include/, or (PyPI's split nvidia-* wheels) a colon-separated list
         let cuda = std::env::var("CUDA_HOME").unwrap_or_else(|_| "/usr/local/cuda".into());
+        let cuda_includes =
+            std::env::var("CUDA_INCLUDE_DIRS").unwrap_or_else(|_| format!("{cuda}/include"));
         let nccl = std::env::var("NCCL_INCLUDE_DIR").unwrap_or_else(|_| format!("{cuda}/include"));
         if Path::new(&nccl).join("nccl.h").exists() {
+            for dir in cuda_includes.split(':').filter(|d| !d.is_empty()) {
+                build.include(dir);
+            }
             build
-                .include(format!("{cuda}/include"))
                 .include(&nccl)
                 .define("USE_C10D_NCCL", None)
                 .define("USE_CUDA", None)
