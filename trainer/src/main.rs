@@ -43,6 +43,8 @@ enum Command {
     Data(cli::data::Args),
     /// Write a run folder's report.html: curves, validation, a gallery of sampled rollouts.
     Report(cli::report::Args),
+    /// Write a LoRA checkpoint merged into its base as a full Hugging Face model folder.
+    Export(cli::export::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +64,6 @@ fn main() -> anyhow::Result<()> {
         Command::Reward(args) => cli::reward::run(args),
         Command::Data(args) => cli::data::run(args),
         Command::Report(args) => cli::report::run(args),
+        Command::Export(args) => cli::export::run(args),
     }
 }

@@ -84,6 +84,7 @@ pub fn load_generator(
         max_new_tokens,
     )
     .with_context(|| format!("loading {}", dir.display()))?;
+    placement.apply_adapter(&mut generator.model)?;
     placement.apply_output_vocab(&mut generator.model, &dir)?;
     Ok(generator)
 }

@@ -5,6 +5,7 @@ pub mod bench_rollout;
 pub mod data;
 pub mod doctor;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod infer;
 pub mod launch;
@@ -36,6 +37,10 @@ pub struct Placement {
     /// gets probability 0. Without it the full vocabulary is used.
     #[arg(long, value_name = "FILE")]
     pub output_vocab: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`: a LoRA
+    /// run's checkpoint, or one PEFT saved) to apply on top of `--model`.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl Placement {
@@ -45,8 +50,26 @@ impl Placement {
         let mut model =
             Qwen2_5VLForConditionalGeneration::load(dir, self.device.resolve()?, self.dtype.kind())
                 .with_context(|| format!("loading {}", dir.display()))?;
+        self.apply_adapter(&mut model)?;
         self.apply_output_vocab(&mut model, dir)?;
         Ok(model)
+    }
+
+    /// Puts the `--adapter` folder's LoRA adapters on `model` (nothing without the flag).
+    pub fn apply_adapter(&self, model: &mut Qwen2_5VLForConditionalGeneration) -> Result<()> {
+        if let Some(dir) = &self.adapter {
+            let cfg = model
+                .load_adapter(dir)
+                .with_context(|| format!("--adapter {}", dir.display()))?;
+            let layers = model.lora_tensors().len() / 2;
+            eprintln!(
+                "adapter {}: rank {}, alpha {} on {layers} layers",
+                dir.display(),
+                cfg.r,
+                cfg.alpha
+            );
+        }
+        Ok(())
     }
 
     /// Restricts `model`'s output vocabulary to `--output-vocab` and says so; without the flag,

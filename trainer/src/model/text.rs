@@ -9,15 +9,19 @@ use tch::{Device, Kind, Tensor};
 use super::checkpoint::RecomputeTape;
 use super::config::TextConfig;
 use super::kv_cache::KvCache;
+use super::lora::LoraPair;
 use super::weight_path::WeightPath;
 use super::ModelError;
 use crate::model::rope::apply_rotary;
 
-/// `x W^T (+ b)`.
+/// `x W^T (+ b)`, plus a LoRA adapter's `scale · (x Aᵀ) Bᵀ` when one is attached
+/// ([`super::lora`]).
 #[derive(Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The adapter of this layer, if any (f32, trainable; the base weight stays frozen).
+    pub lora: Option<LoraPair>,
 }
 
 impl Linear {
@@ -30,12 +34,17 @@ impl Linear {
             } else {
                 None
             },
+            lora: None,
         })
     }
 
-    /// Applies the layer on the last axis.
+    /// Applies the layer on the last axis (with its adapter when one is attached).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.lora {
+            None => Ok(y),
+            Some(lora) => lora.add_to(x, &y),
+        }
     }
 
     /// A copy on `device`.
@@ -46,6 +55,11 @@ impl Linear {
                 .bias
                 .as_ref()
                 .map(|b| b.f_to_device(device))
+                .transpose()?,
+            lora: self
+                .lora
+                .as_ref()
+                .map(|l| l.to_device(device))
                 .transpose()?,
         })
     }

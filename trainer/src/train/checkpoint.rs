@@ -64,6 +64,9 @@ pub struct ModelFiles<'a> {
     pub config_json: &'a serde_json::Value,
     /// Files copied verbatim (tokenizer, processor, chat template, generation config…).
     pub copy_files: &'a [PathBuf],
+    /// A LoRA run's `adapter_config.json`: then `tensors` are the adapters, written as PEFT's
+    /// `adapter_model.safetensors` instead of model shards (the base stays where it was read).
+    pub adapter_config: Option<&'a serde_json::Value>,
 }
 
 /// Writes and prunes checkpoints under one folder.
@@ -288,8 +291,25 @@ impl CheckpointManager {
             on_file(&dst);
         }
 
-        // Weights: shards of at most max_shard_bytes in key order, and the index.
-        self.write_weights(&tmp, model, on_file)?;
+        // Weights: shards of at most max_shard_bytes in key order, and the index; or the adapters.
+        match model.adapter_config {
+            None => self.write_weights(&tmp, model, on_file)?,
+            Some(adapter_config) => {
+                use crate::model::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+                let views = model
+                    .tensors
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), to_view(n, t, None)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let path = tmp.join(ADAPTER_WEIGHTS_FILE);
+                write_safetensors(&path, &views)?;
+                on_file(&path);
+                let path = tmp.join(ADAPTER_CONFIG_FILE);
+                let text = serde_json::to_string_pretty(adapter_config)?;
+                write_synced(&path, text.as_bytes())?;
+                on_file(&path);
+            }
+        }
 
         // Trainer state and optimiser buffers.
         let mut state = state.clone();

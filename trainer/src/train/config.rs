@@ -67,6 +67,10 @@ pub struct ModelConfig {
     /// that should still be held to the base model.
     #[serde(default)]
     pub reference_path: Option<String>,
+    /// `[model.lora]`: train LoRA adapters on a frozen base instead of the whole model; the KL
+    /// reference is then the same base with the adapters off (docs/architecture.md, "LoRA").
+    #[serde(default)]
+    pub lora: Option<crate::model::LoraConfig>,
 }
 
 /// Which token ids the policy may emit.
@@ -570,6 +574,18 @@ impl TrainConfig {
     /// Checks ranges and the batch geometry.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
+        if let Some(lora) = &self.model.lora {
+            lora.validate().map_err(|e| match e {
+                crate::model::ModelError::Config(m) => TrainError::Config(m),
+                e => e.into(),
+            })?;
+            if lora.dropout > 0.0 && self.model.gradient_checkpointing {
+                // the recomputed layer would draw another dropout mask than the forward did
+                return bad(
+                    "model.lora.dropout > 0 needs model.gradient_checkpointing = false".into(),
+                );
+            }
+        }
         let a = &self.actor;
         if self.rollout.n < 2 {
             return bad(format!(

@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod lora;
 pub mod memory;
 pub mod metrics;
 pub mod policy;

@@ -293,6 +293,11 @@ impl Trainer {
     /// Loads the frozen reference on first use (when the KL loss is on).
     pub(super) fn ensure_reference(&mut self) -> Result<()> {
         if self.reference.is_none() && self.cfg.algorithm.use_kl_loss {
+            // LoRA: the policy's own base weights with the adapters off (train/lora.rs)
+            if let Some(base) = self.lora_reference()? {
+                self.reference = Some(base);
+                return Ok(());
+            }
             let device = if self.cfg.model.offload_reference {
                 Device::Cpu
             } else {

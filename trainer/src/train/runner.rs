@@ -109,7 +109,7 @@ impl Trainer {
 
     /// Rank 0's part of [`Self::save_checkpoint`] (`sharded`: the optimiser's world size).
     fn write_checkpoint(&self, sharded: Option<usize>) -> Result<PathBuf> {
-        let tensors = self.policy.named_tensors();
+        let (tensors, adapter_config) = self.checkpoint_tensors();
         let state = TrainerState {
             rl_step: self.rl_step,
             optimizer_step: self.optimizer_steps,
@@ -126,6 +126,7 @@ impl Trainer {
             save_kind: None,
             config_json: &self.config_json,
             copy_files: &self.copy_files,
+            adapter_config: adapter_config.as_ref(),
         };
         match sharded {
             Some(world) => {

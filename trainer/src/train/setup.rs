@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use data::{ColumnNames, Cursor, DatasetFiles, Loader, LoaderConfig, RowRef};
 use indicatif::{ProgressBar, ProgressStyle};
 use rewards::{ExactLabelSimilarity, LabelSimilarity, WordVectorSimilarity};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use super::checkpoint::{
     restore_state_sharded, CheckpointManager, DEFAULT_MAX_SHARD_BYTES, INDEX_FILE,
@@ -432,7 +432,7 @@ impl Trainer {
         let train_exclusion = train_scan.exclusion();
         let kind = weight_kind(cfg.model.dtype);
         // a checkpoint is a complete model folder: resuming loads the weights from it directly
-        let weights_dir = resume_dir.as_deref().unwrap_or(&model_dir);
+        let weights_dir = super::lora::weights_dir(&cfg, resume_dir.as_deref(), &model_dir);
         let mut policy = Qwen2_5VLForConditionalGeneration::load(weights_dir, device, kind)?;
         let mut copy_files = model_side_files(&model_dir)?;
         if cfg.model.output_vocab == OutputVocabMode::Dataset {
@@ -460,11 +460,8 @@ impl Trainer {
                 &out_dir,
             )?);
         }
-        let trainable: Vec<(String, Tensor)> = policy
-            .named_tensors()
-            .into_iter()
-            .filter(|(name, _)| !(cfg.model.freeze_vision_tower && name.starts_with("visual.")))
-            .collect();
+        // every weight, or with `[model.lora]` the adapters only (the base stays frozen)
+        let trainable = super::lora::trainable_tensors(&cfg, &mut policy, resume_dir.as_deref())?;
         for (_, t) in &trainable {
             let _ = t.shallow_clone().set_requires_grad(true);
         }

@@ -178,7 +178,7 @@ impl Trainer {
             "sft: {} steps of {} rows, final loss {last:.3}",
             sft.steps, sft.batch_size
         ));
-        let tensors = self.policy.named_tensors();
+        let (tensors, adapter_config) = self.checkpoint_tensors();
         let state = TrainerState {
             rl_step: 0,
             optimizer_step: sft.steps as u64,
@@ -194,6 +194,7 @@ impl Trainer {
                 save_kind: None,
                 config_json: &self.config_json,
                 copy_files: &self.copy_files,
+                adapter_config: adapter_config.as_ref(),
             },
             None,
             &state,
