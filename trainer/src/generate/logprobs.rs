@@ -7,7 +7,7 @@ use tch::Tensor;
 use super::decode::to_tensor;
 use crate::model::{
     get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, RecomputeTape,
-    VisionInputs,
+    SharedPrompts, VisionInputs,
 };
 
 /// Prompts with given responses, for teacher-forced log-probs.
@@ -119,6 +119,57 @@ pub fn response_logprobs_with<'m>(
         .f_to_device(device)?;
     let lp = lp.f_mul(&mask)?;
     Ok(ResponseLogprobs { logprobs: lp, mask })
+}
+
+/// [`response_logprobs_with`] for rows that share prompts: each distinct prompt runs once per
+/// layer ([`Qwen2_5VLForConditionalGeneration::shared_prompt_hidden`]); the result is the same
+/// `[N, R]` log-probs (equal up to rounding).
+pub fn response_logprobs_shared<'m>(
+    model: &'m Qwen2_5VLForConditionalGeneration,
+    batch: &SharedPrompts<'_>,
+    temperature: f64,
+    tape: Option<&mut RecomputeTape<'m>>,
+) -> Result<ResponseLogprobs, ModelError> {
+    if temperature <= 0.0 {
+        return Err(ModelError::Input(format!(
+            "temperature must be > 0, got {temperature}"
+        )));
+    }
+    let device = model.device();
+    let hidden = model.shared_prompt_hidden(batch, tape)?;
+    let n = batch.responses.len() as i64;
+    let r_max = batch.responses.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let rows: Vec<i64> = batch.prompt_of_row.iter().map(|&p| p as i64).collect();
+    let first = hidden
+        .prompt_last
+        .f_index_select(0, &Tensor::from_slice(&rows).f_to_device(device)?)?
+        .f_unsqueeze(1)?;
+    // the prompt's last token predicts response token 0; response token j, token j + 1
+    let hidden = if r_max > 1 {
+        Tensor::f_cat(&[first, hidden.responses.f_narrow(1, 0, r_max - 1)?], 1)?
+    } else {
+        first
+    };
+    let mut targets = Vec::with_capacity((n * r_max) as usize);
+    let mut valid = Vec::with_capacity(targets.capacity());
+    for resp in batch.responses {
+        for j in 0..r_max as usize {
+            targets.push(resp.get(j).copied().unwrap_or(0));
+            valid.push(if j < resp.len() { 1f32 } else { 0f32 });
+        }
+    }
+    let targets = Tensor::from_slice(&targets).f_to_device(device)?;
+    let lp = model
+        .lm_head
+        .target_log_probs(&hidden.f_flatten(0, 1)?, &targets, temperature)?
+        .f_view([n, r_max])?;
+    let mask = Tensor::from_slice(&valid)
+        .f_view([n, r_max])?
+        .f_to_device(device)?;
+    Ok(ResponseLogprobs {
+        logprobs: lp.f_mul(&mask)?,
+        mask,
+    })
 }
 
 /// Rows padded on the right with `pad` to the longest: `(ids, 0/1 mask)`.

@@ -19,7 +19,10 @@ pub use decode::{decode_step, prefill, Prefill};
 pub use engine::{
     Engine, EngineConfig, EngineStats, Finish, GroupRequest, SeqId, Sequences, TokenOut,
 };
-pub use logprobs::{response_logprobs, response_logprobs_with, ResponseBatch, ResponseLogprobs};
+pub use logprobs::{
+    response_logprobs, response_logprobs_shared, response_logprobs_with, ResponseBatch,
+    ResponseLogprobs,
+};
 pub use sampling::{choose, SamplingConfig, DEFAULT_STOP_IDS};
 
 use crate::model::{ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs};

@@ -210,6 +210,11 @@ pub struct ActorConfig {
     /// micro-batch of `micro_batch_size_per_device_for_update`), however rows are grouped.
     #[serde(default)]
     pub max_tokens_per_micro_batch: Option<usize>,
+    /// In the log-prob passes and the update, the responses of a forward that share a prompt
+    /// run it once per layer and attend to its keys and values (exact up to rounding;
+    /// docs/architecture.md, "Shared prompts"): true.
+    #[serde(default = "default_true")]
+    pub shared_prompt_forward: bool,
     /// Passes over each rollout batch: 1.
     #[serde(default = "default_one")]
     pub ppo_epochs: usize,

@@ -4,11 +4,11 @@
 use tch::Tensor;
 
 use super::rollout::{vision_inputs, PromptItem};
-use crate::generate::{response_logprobs_with, ResponseBatch};
+use crate::generate::{response_logprobs_shared, response_logprobs_with, ResponseBatch};
 use crate::grpo::actor::PolicyLogprobs;
 use crate::grpo::{GrpoError, Result};
 use crate::model::checkpoint::grad_mode_enabled;
-use crate::model::{Qwen2_5VLForConditionalGeneration, RecomputeTape};
+use crate::model::{Qwen2_5VLForConditionalGeneration, RecomputeTape, SharedPrompts};
 use crate::tokenizer::ENDOFTEXT_ID;
 
 /// One scored sequence: which prompt and which response ids.
@@ -29,6 +29,8 @@ pub struct ModelPolicy<'a> {
     width: i64,
     /// Checkpoint the layers of grad-mode forwards (`model.gradient_checkpointing`).
     checkpointing: bool,
+    /// Run each distinct prompt of a forward once (`actor.shared_prompt_forward`).
+    share_prompts: bool,
     /// The last grad-mode forward's checkpointed layers, waiting for [`PolicyLogprobs::backward`].
     tape: Option<RecomputeTape<'a>>,
 }
@@ -52,8 +54,16 @@ impl<'a> ModelPolicy<'a> {
             temperature,
             width,
             checkpointing: false,
+            share_prompts: false,
             tape: None,
         }
+    }
+
+    /// With `on`, the rows of a forward that share a prompt run it once per layer and attend to
+    /// its keys and values ([`crate::model::prefix`]; exact up to rounding).
+    pub fn with_shared_prompts(mut self, on: bool) -> Self {
+        self.share_prompts = on;
+        self
     }
 
     /// With `on`, grad-mode forwards keep only each decoder layer's and vision block's input and
@@ -90,18 +100,47 @@ impl PolicyLogprobs for ModelPolicy<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let prompts: Vec<&PromptItem> = picked.iter().map(|s| s.prompt).collect();
-        let images = vision_inputs(&prompts).map_err(|e| GrpoError::Invalid(e.to_string()))?;
-        let batch = ResponseBatch {
-            prompts: picked.iter().map(|s| s.prompt.ids.clone()).collect(),
-            responses: picked.iter().map(|s| s.response.to_vec()).collect(),
-            images: Some(images),
-        };
+        // each row's prompt among the distinct prompts of this forward, in order of appearance
+        let mut distinct: Vec<&PromptItem> = Vec::new();
+        let prompt_of_row: Vec<usize> = picked
+            .iter()
+            .map(
+                |s| match distinct.iter().position(|&d| std::ptr::eq(d, s.prompt)) {
+                    Some(i) => i,
+                    None => {
+                        distinct.push(s.prompt);
+                        distinct.len() - 1
+                    }
+                },
+            )
+            .collect();
         let model = self.model;
         let mut tape = (self.checkpointing && grad_mode_enabled()).then(RecomputeTape::new);
-        let out =
+        let responses: Vec<Vec<i64>> = picked.iter().map(|s| s.response.to_vec()).collect();
+        let policy_error = |e| GrpoError::Policy(Box::new(e));
+        let out = if self.share_prompts && distinct.len() < picked.len() {
+            let images = vision_inputs(&distinct).map_err(|e| GrpoError::Invalid(e.to_string()))?;
+            let prompts: Vec<Vec<i64>> = distinct.iter().map(|p| p.ids.clone()).collect();
+            let batch = SharedPrompts {
+                prompts: &prompts,
+                images: Some(&images),
+                responses: &responses,
+                prompt_of_row: &prompt_of_row,
+                pad_token_id: ENDOFTEXT_ID,
+            };
+            response_logprobs_shared(model, &batch, self.temperature, tape.as_mut())
+                .map_err(policy_error)?
+        } else {
+            let prompts: Vec<&PromptItem> = picked.iter().map(|s| s.prompt).collect();
+            let images = vision_inputs(&prompts).map_err(|e| GrpoError::Invalid(e.to_string()))?;
+            let batch = ResponseBatch {
+                prompts: picked.iter().map(|s| s.prompt.ids.clone()).collect(),
+                responses,
+                images: Some(images),
+            };
             response_logprobs_with(model, &batch, self.temperature, ENDOFTEXT_ID, tape.as_mut())
-                .map_err(|e| GrpoError::Policy(Box::new(e)))?;
+                .map_err(policy_error)?
+        };
         self.tape = tape;
         let r = out.logprobs.size()[1];
         Ok(if r < self.width {

@@ -69,7 +69,8 @@ impl Trainer {
         let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
         let mut policy = ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature)
-            .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing);
+            .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing)
+            .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
         let update = match &self.dp {
             None => update_actor(
                 &self.cfg.update_config(),
@@ -229,7 +230,8 @@ impl Trainer {
         model: &Qwen2_5VLForConditionalGeneration,
         sequences: &[SequenceRef<'_>],
     ) -> Result<Tensor> {
-        let mut policy = ModelPolicy::new(model, sequences.to_vec(), self.cfg.rollout.temperature);
+        let mut policy = ModelPolicy::new(model, sequences.to_vec(), self.cfg.rollout.temperature)
+            .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
         let micro = self.cfg.actor.micro_batch_size_per_device_for_experience;
         let budget = self.cfg.actor.max_tokens_per_micro_batch;
         Ok(compute_log_probs(

@@ -1,0 +1,161 @@
+//! Each group's prompt computed once (docs/architecture.md, "Shared prompts") is exact: log-probs
+//! and every weight's gradient equal the forward that runs the prompt once per response, with and
+//! without gradient checkpointing, on the tiny fixture and on a wider random preset (vision tower,
+//! GQA, M-RoPE sections of the 7B's head).
+
+mod common;
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use trainer::grpo::actor::PolicyLogprobs;
+use trainer::model::Qwen2_5VLForConditionalGeneration;
+use trainer::processor::Processor;
+use trainer::train::policy::{ModelPolicy, SequenceRef};
+use trainer::train::tiny::{write_tiny_random, TinyShape};
+
+use common::{encode_first, synthetic, tiny_model};
+
+/// Largest `|a - b|` over a tensor relative to its largest `|a|`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = f64::try_from(a.abs().max()).unwrap().max(1e-300);
+    f64::try_from((a - b).abs().max()).unwrap() / scale
+}
+
+/// Log-probs (no grad) and the gradients of `sum(w · log-probs)` of every weight.
+fn run(
+    model: &Qwen2_5VLForConditionalGeneration,
+    seqs: &[SequenceRef<'_>],
+    shared: bool,
+    checkpointing: bool,
+) -> (Tensor, Vec<(String, Tensor)>) {
+    let rows: Vec<usize> = (0..seqs.len()).collect();
+    let mut policy = ModelPolicy::new(model, seqs.to_vec(), 0.9)
+        .with_gradient_checkpointing(checkpointing)
+        .with_shared_prompts(shared);
+    let no_grad = tch::no_grad(|| policy.response_log_probs(&rows).unwrap());
+    let params = model.named_tensors();
+    for (_, t) in &params {
+        let mut t = t.shallow_clone();
+        t.zero_grad();
+        let _ = t.set_requires_grad(true);
+    }
+    let lp = policy.response_log_probs(&rows).unwrap();
+    tch::manual_seed(11);
+    let weights = Tensor::randn(lp.size(), (Kind::Float, Device::Cpu));
+    policy.backward(&(lp * weights).sum(Kind::Float)).unwrap();
+    let grads = params
+        .into_iter()
+        .map(|(name, t)| {
+            let g = t.grad();
+            assert!(g.defined(), "{name} got no gradient");
+            let g = g.copy();
+            let _ = t.set_requires_grad(false);
+            (name, g)
+        })
+        .collect();
+    (no_grad, grads)
+}
+
+/// Runs both forwards in `kind` and checks the log-probs (relative to their largest magnitude)
+/// and the gradient of all weights (`‖a − b‖ / ‖a‖`) within `tolerance`, each weight's within
+/// ten times that. In f64 the remaining differences are those of the f32 steps inside the model
+/// (norm statistics, rotary tables, the head's log-softmax).
+fn assert_sharing_exact(model_dir: &Path, dir: &Path, kind: Kind, tolerance: f64) {
+    let data = synthetic(dir, 7);
+    let model = Qwen2_5VLForConditionalGeneration::load(model_dir, Device::Cpu, kind).unwrap();
+    let processor = Processor::from_model_dir(model_dir).unwrap();
+    let prompts = encode_first(&processor, &data, 2);
+    // two groups of unequal size and response lengths, interleaved, one response of one token
+    let texts = [
+        "<think>the cube is left of the ball</think>",
+        "<answer>(B)</answer>",
+        "(A)",
+        "no",
+        "<observe>a red cube</observe><answer>(A)</answer>",
+    ];
+    let responses: Vec<Vec<i64>> = texts
+        .iter()
+        .map(|t| processor.tokenize(t).unwrap())
+        .collect();
+    let group = [0, 1, 0, 1, 0];
+    let seqs: Vec<SequenceRef<'_>> = responses
+        .iter()
+        .zip(group)
+        .map(|(r, g)| SequenceRef {
+            prompt: &prompts[g],
+            response: r,
+        })
+        .collect();
+    for checkpointing in [false, true] {
+        let (lp_plain, g_plain) = run(&model, &seqs, false, checkpointing);
+        let (lp_shared, g_shared) = run(&model, &seqs, true, checkpointing);
+        let lp_diff = rel_diff(&lp_plain, &lp_shared);
+        // relative difference of the whole gradient, and of the worst single tensor (a
+        // cancellation-dominated one such as k_proj's bias shows rounding the most)
+        let mut worst = (0.0, String::new());
+        let (mut diff2, mut norm2) = (0.0, 0.0);
+        for ((name, a), (_, b)) in g_plain.iter().zip(&g_shared) {
+            let (d, n) = (
+                f64::try_from((a - b).norm()).unwrap(),
+                f64::try_from(a.norm()).unwrap(),
+            );
+            (diff2, norm2) = (diff2 + d * d, norm2 + n * n);
+            if d / n.max(1e-300) > worst.0 {
+                worst = (d / n.max(1e-300), name.clone());
+            }
+        }
+        let whole = (diff2 / norm2).sqrt();
+        eprintln!(
+            "{} {kind:?} (checkpointing {checkpointing}): log-probs differ by {lp_diff:e}, the gradient by {whole:e}, the worst tensor's by {:e} ({})",
+            model_dir.display(),
+            worst.0,
+            worst.1
+        );
+        assert!(lp_diff <= tolerance, "log-probs differ by {lp_diff:e}");
+        assert!(whole <= tolerance, "the gradient differs by {whole:e}");
+        assert!(
+            worst.0 <= 10.0 * tolerance,
+            "gradient of {} differs by {:e}",
+            worst.1,
+            worst.0
+        );
+        // the prompt and the vision tower are covered
+        assert!(g_plain
+            .iter()
+            .any(|(n, _)| n.starts_with("visual.blocks.0.")));
+        assert!(
+            f64::try_from(lp_plain.abs().sum(Kind::Float)).unwrap() > 1.0,
+            "log-probs are not trivial"
+        );
+    }
+}
+
+#[test]
+fn shared_prompts_are_exact_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_sharing_exact(&tiny_model(), dir.path(), Kind::Double, 1e-7);
+    assert_sharing_exact(&tiny_model(), dir.path(), Kind::Float, 1e-6);
+}
+
+#[test]
+fn shared_prompts_are_exact_wider_preset() {
+    // 4 layers of width 256, 8 query heads / 2 KV heads of 32, the 7B's M-RoPE split scaled
+    let dir = tempfile::tempdir().unwrap();
+    let shape = TinyShape {
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_hidden_layers: 4,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        mrope_section: [4, 6, 6],
+        vision_hidden_size: 128,
+        vision_intermediate_size: 256,
+        vision_depth: 4,
+        vision_num_heads: 4,
+    };
+    let model_dir = dir.path().join("model");
+    write_tiny_random(&model_dir, &shape, 3, (3136, 12544)).unwrap();
+    assert_sharing_exact(&model_dir, dir.path(), Kind::Double, 1e-7);
+    assert_sharing_exact(&model_dir, dir.path(), Kind::Float, 1e-6);
+}
