@@ -1,17 +1,21 @@
 //! The Qwen2.5-VL serving engine on the tiny checkpoint: batched, staggered (continuous
 //! batching) and queued runs (more requests than pool rows, each row refilled as its sequence
 //! ends) give each sequence exactly the output it gets alone; and the real server answers the
-//! official `openai` client (scripts/openai_client_test.py).
+//! official `openai` client (scripts/openai_client_test.py). A checkpoint's recorded prompt
+//! template wraps a bare question exactly as training worded it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
 use tch::{Device, Kind};
+use trainer::infer::prompt::TrainedTemplate;
+use trainer::processor::easyr1_pre_resize;
 use trainer::serve::engine::{
     ChatMessage, ContentPart, DecodeEngine, GenerationRequest, SamplingParams, SeqId,
 };
 use trainer::serve::model_engine::{load_engine, ModelEngine};
+use trainer::serve::template::PromptWrap;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -151,4 +155,67 @@ fn openai_client_against_the_tiny_checkpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("16 concurrent"), "{stdout}");
+}
+
+/// Runs one request alone to its end; returns its prompt length and text.
+fn run_one(engine: &mut ModelEngine, request: &GenerationRequest) -> (usize, String) {
+    let admitted = engine.admit(0, request).unwrap();
+    let mut text = String::new();
+    while engine.active() > 0 {
+        for ev in engine.step().unwrap() {
+            text.push_str(&ev.text);
+        }
+    }
+    (admitted.prompt_tokens, text)
+}
+
+#[test]
+fn the_recorded_template_wraps_a_bare_question_as_training_saw_it() {
+    let template = TrainedTemplate {
+        text:
+            " Answer about the picture.\nImage size: ({width} x {height})\nQ. {question}\nBe brief."
+                .into(),
+        derived_from: "test".into(),
+        min_pixels: 56 * 56,
+        max_pixels: 56 * 56,
+    };
+    let image = image::RgbImage::from_fn(112, 84, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
+    let question = "Is there a cup in the image?\nOptions:\n(A) yes\n(B) no";
+    let ask = |content: Vec<ContentPart>| GenerationRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content,
+        }],
+        params: SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 10,
+            seed: 7,
+        },
+    };
+    let bare = ask(vec![
+        ContentPart::Image(image.clone()),
+        ContentPart::Text(question.into()),
+    ]);
+    // what infer sends: the rendered template (stating the client's size) and the image resized
+    // as training resized it
+    let wrapped_by_hand = ask(vec![
+        ContentPart::Image(easyr1_pre_resize(
+            &image::DynamicImage::ImageRgb8(image.clone()),
+            56 * 56,
+            56 * 56,
+        )),
+        ContentPart::Text(template.render(question, (112, 84))),
+    ]);
+    let mut served = engine(1, 256).with_template(PromptWrap::Trained(template));
+    let (tokens, text) = run_one(&mut served, &bare);
+    let (tokens_by_hand, text_by_hand) = run_one(&mut engine(1, 256), &wrapped_by_hand);
+    assert_eq!((tokens, &text), (tokens_by_hand, &text_by_hand));
+    // a client that sends the full prompt itself gets it unchanged, not wrapped twice
+    assert_eq!(run_one(&mut served, &wrapped_by_hand), (tokens, text));
+    // without a template the bare question goes as sent: a shorter prompt, a larger image
+    let (raw_tokens, _) = run_one(&mut engine(1, 256), &bare);
+    assert_ne!(raw_tokens, tokens);
 }

@@ -1,15 +1,20 @@
-//! `spatialthinker serve`: an OpenAI-compatible chat-completions server for a checkpoint.
+//! `spatialthinker serve`: an OpenAI-compatible chat-completions server for a checkpoint. Each
+//! request's question is wrapped in the prompt template the checkpoint records (the one it was
+//! trained with, `prompt_template.json`), as `infer` and `eval` do; `--template` picks another
+//! or `none` (the messages exactly as sent).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use trainer::infer::prompt::{Template, TrainedTemplate, PROMPT_TEMPLATE_FILE};
 use trainer::serve::api::Limits;
 use trainer::serve::engine::DecodeEngine;
 use trainer::serve::fake::FakeEngine;
 use trainer::serve::model_engine::engine_for_model;
 use trainer::serve::scheduler::SchedulerConfig;
+use trainer::serve::template::PromptWrap;
 use trainer::serve::{run_server, shutdown_signal, ServerConfig};
 
 /// Serve `POST /v1/chat/completions`, `GET /v1/models` and `GET /health`.
@@ -18,6 +23,12 @@ pub struct Args {
     /// Checkpoint folder (config.json, safetensors, tokenizer).
     #[arg(long, required_unless_present = "fake_engine")]
     model: Option<PathBuf>,
+    /// Instruction wrapped around each request's question (the last user message's text; its
+    /// first image gives the size the template states) [default: `dataset`, the template the
+    /// checkpoint was trained with (its prompt_template.json), when it records one; else `none`].
+    /// A message that already begins with the template's words is sent as is.
+    #[arg(long, value_enum)]
+    template: Option<ServeTemplate>,
     /// Address to bind; loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -62,6 +73,42 @@ pub struct Args {
     fake_step_ms: u64,
 }
 
+/// `--template`: the templates of `infer` and `eval`, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServeTemplate {
+    /// The template the checkpoint was trained with (its prompt_template.json).
+    Dataset,
+    /// The authors' evaluation template: observe / scene / think / answer with the image size.
+    Spatialthinker,
+    /// Think / answer (the `reasoning` template).
+    Reasoning,
+    /// The question alone, after `Question: `.
+    Plain,
+    /// The messages exactly as the client sends them.
+    None,
+}
+
+/// The wrap `--template` names, else the checkpoint's recorded template, else none; `dataset`
+/// needs a recorded template.
+fn choose_template(
+    asked: Option<ServeTemplate>,
+    recorded: Option<TrainedTemplate>,
+    dir: &std::path::Path,
+) -> Result<PromptWrap> {
+    Ok(match (asked, recorded) {
+        (None | Some(ServeTemplate::Dataset), Some(t)) => PromptWrap::Trained(t),
+        (Some(ServeTemplate::Dataset), None) => anyhow::bail!(
+            "--template dataset: {} records no prompt template ({PROMPT_TEMPLATE_FILE}); pick \
+             another --template",
+            dir.display()
+        ),
+        (None | Some(ServeTemplate::None), _) => PromptWrap::None,
+        (Some(ServeTemplate::Spatialthinker), _) => PromptWrap::Fixed(Template::Spatialthinker),
+        (Some(ServeTemplate::Reasoning), _) => PromptWrap::Fixed(Template::Reasoning),
+        (Some(ServeTemplate::Plain), _) => PromptWrap::Fixed(Template::Plain),
+    })
+}
+
 /// Build the engine named by the arguments.
 fn engine(args: &Args) -> Result<Box<dyn DecodeEngine>> {
     if args.fake_engine {
@@ -72,9 +119,21 @@ fn engine(args: &Args) -> Result<Box<dyn DecodeEngine>> {
     }
     let model = args.model.as_deref().context("--model is required")?;
     let dir = crate::cli::generate::model_dir(model)?;
+    let recorded = TrainedTemplate::read(&dir)?;
+    let template = choose_template(args.template, recorded, &dir)?;
     let model = args.placement.load_model(&dir)?;
     let engine = engine_for_model(&dir, model, args.max_batch, args.max_context)
-        .with_context(|| format!("loading {}", dir.display()))?;
+        .with_context(|| format!("loading {}", dir.display()))?
+        .with_template(template);
+    eprintln!(
+        "prompt template: {}{}",
+        engine.template().name(),
+        match engine.template() {
+            PromptWrap::Trained(_) => " (the checkpoint's prompt_template.json)",
+            PromptWrap::None => " (messages as sent)",
+            PromptWrap::Fixed(_) => "",
+        }
+    );
     Ok(Box::new(engine))
 }
 

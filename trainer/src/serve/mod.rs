@@ -3,7 +3,8 @@
 //! `http` parses and checks requests (`api`), hands one job per choice to the `scheduler` thread,
 //! which owns a [`engine::DecodeEngine`] and steps all admitted sequences together; a request that
 //! arrives mid-generation joins the batch at the next step. `fake` is a deterministic engine for
-//! tests and for driving the server without a model.
+//! tests and for driving the server without a model. `template` wraps a request's question in the
+//! prompt template the checkpoint was trained with (or another, or none).
 
 pub mod api;
 pub mod engine;
@@ -12,6 +13,7 @@ pub mod fake;
 pub mod http;
 pub mod model_engine;
 pub mod scheduler;
+pub mod template;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The Qwen2.5-VL [`DecodeEngine`]: the server's side of the generation [`Engine`].
 //!
-//! A request's conversation is rendered with the chat template and queued as a one-sample group
+//! A request's conversation (its last question wrapped by the engine's [`PromptWrap`], by
+//! default none) is rendered with the chat template and queued as a one-sample group
 //! with the request's sampling settings and seed; the engine admits it into a free row of its KV
 //! pool (`max_batch` rows of `max_context` slots), steps it with every other live sequence and
 //! frees the row the moment it stops. Each token is decoded into text as it arrives, holding back
@@ -15,6 +16,7 @@ use super::engine::{
     Admitted, ContentPart, DecodeEngine, EngineError, FinishReason, GenerationRequest, SeqId,
     TokenEvent,
 };
+use super::template::PromptWrap;
 use crate::generate::{self, Engine, EngineConfig, Finish, GroupRequest, SamplingConfig};
 use crate::model::{Qwen2_5VLForConditionalGeneration, VisionInputs};
 use crate::processor::{self, Processor};
@@ -35,6 +37,8 @@ pub struct ModelEngine {
     engine: Engine,
     /// The server's sequences by the engine's ids.
     seqs: HashMap<generate::SeqId, Seq>,
+    /// The instruction wrapped around each request's question.
+    template: PromptWrap,
 }
 
 impl std::fmt::Debug for ModelEngine {
@@ -71,7 +75,19 @@ impl ModelEngine {
             processor,
             engine,
             seqs: HashMap::new(),
+            template: PromptWrap::None,
         })
+    }
+
+    /// Wraps each request's question in `template` (see [`PromptWrap::apply`]).
+    pub fn with_template(mut self, template: PromptWrap) -> Self {
+        self.template = template;
+        self
+    }
+
+    /// The instruction wrapped around each request's question.
+    pub fn template(&self) -> &PromptWrap {
+        &self.template
     }
 
     /// The generation engine's accounting (pool size, steps, occupancy).
@@ -95,8 +111,8 @@ impl DecodeEngine for ModelEngine {
 
     fn admit(&mut self, seq: SeqId, request: &GenerationRequest) -> Result<Admitted, EngineError> {
         let mut images = Vec::new();
-        let messages: Vec<processor::ChatMessage> = request
-            .messages
+        let wrapped = self.template.apply(&request.messages);
+        let messages: Vec<processor::ChatMessage> = wrapped
             .iter()
             .map(|m| {
                 let content = m
