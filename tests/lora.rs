@@ -454,3 +454,49 @@ fn peft_transformers_and_ours_agree_on_adapters_and_merged_exports() {
          transformers on merged export vs our adapter {d3:e}; our merged vs our adapter {d4:e}"
     );
 }
+
+/// The 7B recipe with LoRA r = 64 on the language model, gradient checkpointing on: the
+/// trainable parameters are the hand-counted adapters, the reference costs nothing, and the plan
+/// fits a 48 GiB device with the KV pool at 24 GiB and the published micro-batch of 4.
+#[test]
+fn memory_plan_counts_the_adapters_and_no_reference() {
+    let root = root();
+    let text = std::fs::read_to_string(root.join("configs/spatialthinker-7b.toml")).unwrap();
+    let overrides: Vec<String> = [
+        "model.lora={r = 64, alpha = 128.0}",
+        "rollout.kv_cache_gib=24",
+        "trainer.device_memory_gib=48",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cfg = TrainConfig::from_toml_str(&text, &overrides, "7b").unwrap();
+    assert!(cfg.model.gradient_checkpointing);
+    assert_eq!(cfg.actor.micro_batch_size_per_device_for_update, 4);
+    let json =
+        std::fs::read_to_string(root.join("configs/models/Qwen2.5-VL-7B-Instruct/config.json"))
+            .unwrap();
+    let shape = trainer::train::memory::ModelShape::from_config(
+        &trainer::model::config::Qwen2_5VLConfig::from_json_str(&json).unwrap(),
+    );
+    let plan = trainer::train::memory::MemoryPlan::estimate(&cfg, &shape, 48 << 30);
+    // per layer r × (in + out): q 3584+3584, k 3584+512, v 3584+512, o 3584+3584,
+    // gate and up 3584+18944, down 18944+3584 = 90,112; × 64 × 28 layers
+    let adapters: u64 = 90_112 * 64 * 28;
+    assert_eq!(adapters, 161_480_704);
+    assert_eq!(plan.grads, adapters * 4, "f32 adapter gradients only");
+    assert_eq!(
+        plan.reference, 0,
+        "the reference is the base with adapters off"
+    );
+    assert_eq!(plan.fits(), Some(true), "{plan}");
+    let without = TrainConfig::from_toml_str(&text, &overrides[1..], "7b").unwrap();
+    let full = trainer::train::memory::MemoryPlan::estimate(&without, &shape, 48 << 30);
+    assert_eq!(full.fits(), Some(false));
+    eprintln!(
+        "7B, LoRA r = 64, checkpointing, micro-batch 4, KV pool 24 GiB: peak {:.2} GiB ({:?}); \
+         full fine-tuning: {:.2} GiB",
+        plan.peak() as f64 / (1u64 << 30) as f64,
+        plan.peak_phase(),
+        full.peak() as f64 / (1u64 << 30) as f64
+    );
+}

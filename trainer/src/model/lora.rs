@@ -180,7 +180,7 @@ pub fn peft_key(module: &str, which: &str) -> String {
 }
 
 /// PEFT's `target_modules` rule over a module path: equal to an entry, or ending with `.entry`.
-fn targeted(hf_path: &str, targets: &[String]) -> bool {
+pub fn targeted(hf_path: &str, targets: &[String]) -> bool {
     targets
         .iter()
         .any(|t| hf_path == t || hf_path.ends_with(&format!(".{t}")))

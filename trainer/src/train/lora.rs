@@ -87,3 +87,73 @@ impl Trainer {
         Ok(Some(self.policy.without_adapters()?))
     }
 }
+
+/// What `[model.lora]` adds to the memory plan ([`super::memory`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraShape {
+    /// Adapter parameters (f32): the trainable ones.
+    pub params: u64,
+    /// Whether any vision layer is adapted (the vision tower then runs with grad).
+    pub vision: bool,
+    /// Bytes one adapted decoder layer keeps per token for its backward: each adapted layer's
+    /// f32 copy of its input (none when the weights are f32 already) and its `x Aᵀ` (r floats).
+    pub layer_saved_per_token: f64,
+}
+
+/// [`LoraShape`] of `lora` on a model of `shape` with weights of `weight_bytes` per element,
+/// from the same target rule the model applies ([`crate::model::lora::targeted`]).
+pub fn lora_shape(
+    shape: &super::memory::ModelShape,
+    lora: &crate::model::LoraConfig,
+    weight_bytes: u64,
+) -> LoraShape {
+    use crate::model::lora::{hf_module_path, targeted};
+    let (h, kv, i) = (shape.hidden_size, shape.kv_dim(), shape.intermediate_size);
+    let (d, vi) = (shape.vision_hidden_size, shape.vision_intermediate_size);
+    let merged = shape.spatial_merge_size * shape.spatial_merge_size * d;
+    let r = lora.r.max(0) as u64;
+    let hit = |key: &str| targeted(&hf_module_path(key), &lora.target_modules);
+    // (module key, in, out)
+    let decoder = [
+        ("model.layers.0.self_attn.q_proj", h, h),
+        ("model.layers.0.self_attn.k_proj", h, kv),
+        ("model.layers.0.self_attn.v_proj", h, kv),
+        ("model.layers.0.self_attn.o_proj", h, h),
+        ("model.layers.0.mlp.gate_proj", h, i),
+        ("model.layers.0.mlp.up_proj", h, i),
+        ("model.layers.0.mlp.down_proj", i, h),
+    ];
+    let block = [
+        ("visual.blocks.0.attn.qkv", d, 3 * d),
+        ("visual.blocks.0.attn.proj", d, d),
+        ("visual.blocks.0.mlp.gate_proj", d, vi),
+        ("visual.blocks.0.mlp.up_proj", d, vi),
+        ("visual.blocks.0.mlp.down_proj", vi, d),
+    ];
+    let merger = [
+        ("visual.merger.mlp.0", merged, merged),
+        ("visual.merger.mlp.2", merged, shape.vision_out_hidden_size),
+    ];
+    let sum = |mods: &[(&str, u64, u64)]| -> u64 {
+        mods.iter()
+            .filter(|(k, _, _)| hit(k))
+            .map(|(_, a, b)| r * (a + b))
+            .sum()
+    };
+    let copy = if weight_bytes == 4 { 0.0 } else { 4.0 };
+    let layer_saved_per_token = decoder
+        .iter()
+        .filter(|(k, _, _)| hit(k))
+        .map(|(_, a, _)| *a as f64 * copy + r as f64 * 4.0)
+        .sum();
+    let vision_params = if lora.vision {
+        shape.vision_depth * sum(&block) + sum(&merger)
+    } else {
+        0
+    };
+    LoraShape {
+        params: shape.num_hidden_layers * sum(&decoder) + vision_params,
+        vision: vision_params > 0,
+        layer_saved_per_token,
+    }
+}

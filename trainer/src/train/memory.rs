@@ -741,6 +741,8 @@ struct Estimator<'a> {
     items: Vec<PlanItem>,
     /// Data-parallel ranks.
     ranks: u64,
+    /// `[model.lora]`'s adapters, if any.
+    lora: Option<super::lora::LoraShape>,
 }
 
 impl<'a> Estimator<'a> {
@@ -759,6 +761,11 @@ impl<'a> Estimator<'a> {
             shape,
             geo: Geometry::new(cfg, shape, ranks),
             ranks: ranks.max(1) as u64,
+            lora: cfg
+                .model
+                .lora
+                .as_ref()
+                .map(|l| super::lora::lora_shape(shape, l, wb)),
             wb,
             text,
             vision,
@@ -773,6 +780,20 @@ impl<'a> Estimator<'a> {
                 + 3.0 * vision_head * F32_BYTES
                 + MERGER_SAVED.bytes(&vision, wb),
             items: Vec::new(),
+        }
+    }
+
+    /// Whether the reference is the policy's own base with the adapters off (no weights of its
+    /// own, resident or streamed).
+    fn lora_reference(&self) -> bool {
+        self.lora.is_some() && self.cfg.model.reference_path.is_none()
+    }
+
+    /// Whether the vision tower runs with grad in the update.
+    fn vision_trained(&self) -> bool {
+        match self.lora {
+            Some(l) => l.vision,
+            None => !self.cfg.model.freeze_vision_tower,
         }
     }
 
@@ -810,10 +831,12 @@ impl<'a> Estimator<'a> {
     fn state(&mut self) -> State {
         let (cfg, shape, wb) = (self.cfg, self.shape, self.wb);
         let total = shape.params();
-        let trainable = if cfg.model.freeze_vision_tower {
-            shape.text_params()
-        } else {
-            total
+        // with LoRA only the f32 adapters train (train/lora.rs)
+        let lora = self.lora;
+        let trainable = match lora {
+            Some(l) => l.params,
+            None if cfg.model.freeze_vision_tower => shape.text_params(),
+            None => total,
         };
         let state_bytes = match cfg.actor.optimizer_state_dtype {
             StateDtype::Bf16 => 2,
@@ -830,18 +853,32 @@ impl<'a> Estimator<'a> {
         let s = State {
             total,
             trainable,
-            weights: total * wb,
-            grads: trainable * wb,
+            weights: total * wb + lora.map_or(0, |l| l.params * F32_BYTES as u64),
+            grads: trainable * if lora.is_some() { F32_BYTES as u64 } else { wb },
             optimizer: owned * state_bytes * buffers,
-            reference: if cfg.algorithm.use_kl_loss && !cfg.model.offload_reference {
+            reference: if cfg.algorithm.use_kl_loss
+                && !cfg.model.offload_reference
+                && !self.lora_reference()
+            {
                 total * wb
             } else {
                 0
             },
         };
-        let dtype = cfg.model.dtype.name();
+        let dtype = if lora.is_some() {
+            "f32 (adapters)"
+        } else {
+            cfg.model.dtype.name()
+        };
+        let adapters = lora.map_or(String::new(), |l| {
+            format!(" + LoRA adapters f32, {} params", billions(l.params))
+        });
         self.add_persistent(
-            format!("weights: {dtype}, {} params", billions(total)),
+            format!(
+                "weights: {}, {} params{adapters}",
+                cfg.model.dtype.name(),
+                billions(total)
+            ),
             s.weights,
         );
         let kahan = if cfg.actor.kahan_summation {
@@ -935,7 +972,7 @@ impl<'a> Estimator<'a> {
         let (cfg, shape) = (self.cfg, self.shape);
         let phase = PlanPhase::LogProbs;
         let f = self.geo.forward(self.geo.experience_rows, 1);
-        if cfg.algorithm.use_kl_loss && cfg.model.offload_reference {
+        if cfg.algorithm.use_kl_loss && cfg.model.offload_reference && !self.lora_reference() {
             let params = shape.streamed_reference_params();
             let name = format!(
                 "reference, streamed: head, merger and one layer at a time ({} params)",
@@ -976,6 +1013,8 @@ impl<'a> Estimator<'a> {
         let (tokens, patches) = (f.tokens as f64, f.patches as f64);
         let (layers, depth) = (shape.num_hidden_layers, shape.vision_depth);
         let ckpt = cfg.model.gradient_checkpointing;
+        // what the adapters keep per token and layer for their backward
+        let adapters = self.lora.map_or(0.0, |l| l.layer_saved_per_token);
         if ckpt {
             // each layer's input and the stack's output, in the weight dtype
             let name = format!(
@@ -990,7 +1029,8 @@ impl<'a> Estimator<'a> {
                 "decoder activations, all {layers} layers ({} tokens)",
                 f.tokens
             );
-            let bytes = layers as f64 * tokens * TEXT_LAYER_SAVED.bytes(&text, self.wb);
+            let bytes =
+                layers as f64 * tokens * (TEXT_LAYER_SAVED.bytes(&text, self.wb) + adapters);
             self.add(phase, name, bytes, false);
         }
         let name = format!(
@@ -999,7 +1039,7 @@ impl<'a> Estimator<'a> {
         );
         let bytes = tokens * (self.token_extras + FINAL_NORM_SAVED.bytes(&text, self.wb));
         self.add(phase, name, bytes, false);
-        if !cfg.model.freeze_vision_tower {
+        if self.vision_trained() {
             let (name, kept) = if ckpt {
                 (
                     format!(
@@ -1028,13 +1068,23 @@ impl<'a> Estimator<'a> {
             "head backward: f32 logits of {} positions + chunk and lm_head gradients",
             f.responses
         );
+        // (a frozen head under LoRA has no weight gradient)
+        let head_grad = if self.lora.is_some() {
+            0.0
+        } else {
+            shape.largest_tensor_params() as f64 * wb
+        };
         let bytes = f.responses as f64 * self.columns * F32_BYTES
             + chunk * LOGITS_CHUNK_COPIES_BACKWARD
-            + shape.largest_tensor_params() as f64 * wb;
+            + head_grad;
         self.add(phase, name, bytes, true);
         // one layer's weight-gradient temporary: its largest matrix
-        let layer_grad = (shape.intermediate_size * shape.hidden_size) as f64 * wb;
-        let backward = TEXT_LAYER_BACKWARD.bytes(&text, self.wb);
+        let layer_grad = if self.lora.is_some() {
+            0.0
+        } else {
+            (shape.intermediate_size * shape.hidden_size) as f64 * wb
+        };
+        let backward = TEXT_LAYER_BACKWARD.bytes(&text, self.wb) + adapters;
         let (name, per_token) = if ckpt {
             let name = format!(
                 "one decoder layer recomputed, with its backward ({} tokens)",
@@ -1046,7 +1096,7 @@ impl<'a> Estimator<'a> {
             (name, backward)
         };
         self.add(phase, name, tokens * per_token + layer_grad, true);
-        if cfg.model.freeze_vision_tower {
+        if !self.vision_trained() {
             let name = format!("vision tower (frozen), no grad ({} patches)", f.patches);
             self.add(phase, name, self.vision_no_grad(f.patches), true);
         } else {
@@ -1172,24 +1222,37 @@ impl Geometry {
                 f.tokens, f.rows
             ),
         };
+        let lora_reference = cfg.model.lora.is_some() && cfg.model.reference_path.is_none();
         let reference = match (cfg.algorithm.use_kl_loss, cfg.model.offload_reference) {
             (false, _) => "none (no KL loss)",
+            _ if lora_reference => {
+                "the policy's base with the adapters off (no weights of its own)"
+            }
             (true, true) => "streamed from host memory a layer at a time",
             (true, false) => "resident on the device",
         };
         let mut lines = vec![
             format!(
-                "model: {} params ({} trainable, vision tower {}), {} layers of width {}; {} weights",
+                "model: {} params ({} trainable, {}), {} layers of width {}; {} weights",
                 billions(total),
                 billions(trainable),
-                if cfg.model.freeze_vision_tower { "frozen" } else { "trained" },
+                match &cfg.model.lora {
+                    Some(l) if l.vision => format!("LoRA r = {} on text and vision", l.r),
+                    Some(l) => format!("LoRA r = {} on the language model, vision frozen", l.r),
+                    None if cfg.model.freeze_vision_tower => "vision tower frozen".into(),
+                    None => "vision tower trained".into(),
+                },
                 shape.num_hidden_layers,
                 shape.hidden_size,
                 cfg.model.dtype.name()
             ),
             format!(
                 "gradient checkpointing {}; reference model {reference}",
-                if cfg.model.gradient_checkpointing { "on" } else { "off" }
+                if cfg.model.gradient_checkpointing {
+                    "on"
+                } else {
+                    "off"
+                }
             ),
             format!(
                 "per RL step on this device: {} responses of <= {} + {} tokens",
