@@ -83,6 +83,10 @@ pub struct RolloutBatch {
     pub ref_log_probs: Option<Tensor>,
     /// Group-normalised advantage broadcast over response tokens (0 on padding).
     pub advantages: Tensor,
+    /// Leading rows whose old log-probs are not computed yet: the update takes them from its
+    /// first epoch's forward (detached), where no optimiser step has happened since sampling, so
+    /// the current policy is the old one ([`RolloutBatch::with_old_from_update`]).
+    pub old_from_update: usize,
 }
 
 impl RolloutBatch {
@@ -100,9 +104,18 @@ impl RolloutBatch {
             old_log_probs,
             ref_log_probs,
             advantages,
+            old_from_update: 0,
         };
         batch.check()?;
         Ok(batch)
+    }
+
+    /// This batch with the old log-probs of its first `rows` rows (at most the update's first
+    /// mini-batch) left to the update, which writes them into `old_log_probs` from its first
+    /// forward over them: the old-policy pass need not run over those rows.
+    pub fn with_old_from_update(mut self, rows: usize) -> Self {
+        self.old_from_update = rows.min(self.len());
+        self
     }
 
     /// Number of responses.
@@ -214,11 +227,21 @@ pub fn compute_log_probs<P: PolicyLogprobs + ?Sized>(
     micro_batch_size: usize,
     max_tokens: Option<usize>,
 ) -> Result<Tensor> {
+    compute_log_probs_of(policy, 0..n_rows, micro_batch_size, max_tokens)
+}
+
+/// [`compute_log_probs`] of the rows `rows` only, `[rows.len(), T]`.
+pub fn compute_log_probs_of<P: PolicyLogprobs + ?Sized>(
+    policy: &mut P,
+    rows: Range<usize>,
+    micro_batch_size: usize,
+    max_tokens: Option<usize>,
+) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
-    let units: Vec<Range<usize>> = (0..n_rows).map(|r| r..r + 1).collect();
+    let units: Vec<Range<usize>> = rows.map(|r| r..r + 1).collect();
     let mut parts = Vec::new();
     for pack in pack_forwards(policy, &units, max_tokens, micro_batch_size) {
-        let rows: Vec<usize> = (pack.start..pack.end).collect();
+        let rows: Vec<usize> = units[pack].iter().map(|u| u.start).collect();
         parts.push(policy.response_log_probs(&rows)?.f_detach()?);
     }
     Ok(Tensor::f_cat(&parts, 0)?)
@@ -298,13 +321,19 @@ pub fn update_actor_with<P: PolicyLogprobs + ?Sized>(
             "KL loss is on but the batch has no reference log-probs".into(),
         ));
     }
+    if batch.old_from_update > cfg.mini_batch_size.min(batch.len()) {
+        return Err(GrpoError::Invalid(format!(
+            "old log-probs of {} rows are left to the update, more than its first mini-batch of {}",
+            batch.old_from_update, cfg.mini_batch_size
+        )));
+    }
     let n = batch.len();
     let grad_accum = (cfg.mini_batch_size / cfg.micro_batch_size * replicas.world()) as f64;
     let mini_batches = replicas.max(n.div_ceil(cfg.mini_batch_size))?;
     let mut m = UpdateMetrics::default();
     let mut kl_sum = 0.0;
     optimizer.zero_grad()?;
-    for _ in 0..cfg.ppo_epochs {
+    for epoch in 0..cfg.ppo_epochs {
         for mini in 0..mini_batches {
             let mini_start = (mini * cfg.mini_batch_size).min(n);
             let mini_end = (mini_start + cfg.mini_batch_size).min(n);
@@ -330,6 +359,13 @@ pub fn update_actor_with<P: PolicyLogprobs + ?Sized>(
                 for micro in packed {
                     let len = micro.len() as i64;
                     let slice = |t: &Tensor| t.f_narrow(0, micro.start as i64, len);
+                    if epoch == 0 && micro.start < batch.old_from_update {
+                        // no optimiser step since sampling: the old policy is the current one
+                        let current = log_probs
+                            .f_narrow(0, (micro.start - first) as i64, len)?
+                            .f_detach()?;
+                        slice(&batch.old_log_probs)?.f_copy_(&current)?;
+                    }
                     let reference = match (&batch.ref_log_probs, cfg.kl_coef) {
                         (Some(r), Some(_)) => Some(slice(r)?),
                         _ => None,

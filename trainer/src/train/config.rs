@@ -192,6 +192,22 @@ pub struct AlgorithmConfig {
     /// KL coefficient β: 1e-2.
     #[serde(default = "default_kl_coef")]
     pub kl_coef: f64,
+    /// Where the old policy's log-probs come from: `reuse` (the update's first forward gives
+    /// those of the first mini-batch, where no optimiser step has happened since sampling; a pass
+    /// runs over the other rows) or `recompute` (a pass over every row, as EasyR1).
+    #[serde(default)]
+    pub old_logprobs: OldLogprobs,
+}
+
+/// How the old policy's log-probs are obtained ([`AlgorithmConfig::old_logprobs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OldLogprobs {
+    /// The first mini-batch's from the update's own forward, the rest from a pass.
+    #[default]
+    Reuse,
+    /// Every row's from a separate no-grad pass.
+    Recompute,
 }
 
 /// `[actor]`: optimisation of the policy.
@@ -410,6 +426,7 @@ impl Default for AlgorithmConfig {
             use_kl_loss: true,
             kl_penalty: KlPenalty::LowVarKl,
             kl_coef: default_kl_coef(),
+            old_logprobs: OldLogprobs::default(),
         }
     }
 }

@@ -11,8 +11,9 @@
 //! Each phase is one named call with explicit inputs and outputs; [`Trainer::step`] reads as the
 //! list above. The loop around it (validation and checkpoint cadence) is [`super::runner`].
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use super::config::OldLogprobs;
 use super::policy::{ModelPolicy, SequenceRef};
 use super::report::{
     sample_rollouts, step_scalars, GenerationReport, Phase, PhaseTimes, RewardSummary, StepReport,
@@ -28,7 +29,9 @@ use crate::distributed::{shard_rows, ReduceOp};
 use crate::generate::{
     EngineConfig, EngineStats, GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS,
 };
-use crate::grpo::actor::{compute_log_probs, update_actor, update_actor_with, RolloutBatch};
+use crate::grpo::actor::{
+    compute_log_probs, compute_log_probs_of, update_actor, update_actor_with, RolloutBatch,
+};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use crate::model::Qwen2_5VLForConditionalGeneration;
 use crate::tokenizer::ENDOFTEXT_ID;
@@ -52,12 +55,16 @@ impl Trainer {
         let rollouts = self.score(&prompts, responses)?;
         times.add(Phase::Reward, t);
 
-        // 3. old log-probs
+        // 3. old log-probs: the rows after the first mini-batch (the update's first forward
+        // gives those of the first, where no optimiser step has happened yet)
         let sequences = sequences(&prompts, &rollouts);
         let t = times.begin();
-        let old_log_probs = self.log_probs(&self.policy, &sequences)?;
+        let fresh = match self.cfg.algorithm.old_logprobs {
+            OldLogprobs::Reuse => self.update_config().mini_batch_size.min(sequences.len()),
+            OldLogprobs::Recompute => 0,
+        };
+        let old_log_probs = self.old_log_probs(&sequences, fresh)?;
         times.add(Phase::OldLogProbs, t);
-        let generation = GenerationReport::new(&engine, &rollouts, &old_log_probs)?;
 
         // 4. reference log-probs
         let t = times.begin();
@@ -66,21 +73,18 @@ impl Trainer {
 
         // 5. advantages, 6. actor update
         let t = times.begin();
-        let batch = self.advantages(&rollouts, old_log_probs, ref_log_probs)?;
+        let batch = self
+            .advantages(&rollouts, old_log_probs, ref_log_probs)?
+            .with_old_from_update(fresh);
         let lr = self.cfg.lr_schedule().lr_at(self.rl_step);
         let mut policy = ModelPolicy::new(&self.policy, sequences, self.cfg.rollout.temperature)
             .with_gradient_checkpointing(self.cfg.model.gradient_checkpointing)
             .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
+        let update_cfg = self.update_config();
         let update = match &self.dp {
-            None => update_actor(
-                &self.cfg.update_config(),
-                &mut policy,
-                &batch,
-                &mut self.optimizer,
-                lr,
-            )?,
+            None => update_actor(&update_cfg, &mut policy, &batch, &mut self.optimizer, lr)?,
             Some(dp) => update_actor_with(
-                &self.cfg.update_config_for(dp.world()),
+                &update_cfg,
                 &mut policy,
                 &batch,
                 &mut self.optimizer,
@@ -90,6 +94,8 @@ impl Trainer {
         };
         drop(policy);
         times.add(Phase::Update, t);
+        // every row's old log-probs are known now
+        let generation = GenerationReport::new(&engine, &rollouts, &batch.old_log_probs)?;
 
         // 7. metrics
         self.rl_step += 1;
@@ -240,6 +246,35 @@ impl Trainer {
             micro,
             budget,
         )?)
+    }
+
+    /// This rank's actor-update geometry.
+    fn update_config(&self) -> crate::grpo::actor::UpdateConfig {
+        self.cfg
+            .update_config_for(self.dp.as_ref().map_or(1, |d| d.world()))
+    }
+
+    /// Phase 3: the old policy's log-probs `[N, T]` of every row but the first `fresh`, which
+    /// stay 0 until the update writes them ([`RolloutBatch::with_old_from_update`]).
+    fn old_log_probs(&self, sequences: &[SequenceRef<'_>], fresh: usize) -> Result<Tensor> {
+        let mut policy = ModelPolicy::new(
+            &self.policy,
+            sequences.to_vec(),
+            self.cfg.rollout.temperature,
+        )
+        .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
+        let width = policy.width();
+        let first = Tensor::f_zeros([fresh as i64, width], (Kind::Float, self.device))?;
+        if fresh == sequences.len() {
+            return Ok(first);
+        }
+        let rest = compute_log_probs_of(
+            &mut policy,
+            fresh..sequences.len(),
+            self.cfg.actor.micro_batch_size_per_device_for_experience,
+            self.cfg.actor.max_tokens_per_micro_batch,
+        )?;
+        Ok(Tensor::f_cat(&[first, rest], 0)?)
     }
 
     /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded
