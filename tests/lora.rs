@@ -448,6 +448,56 @@ fn peft_transformers_and_ours_agree_on_adapters_and_merged_exports() {
         Qwen2_5VLForConditionalGeneration::load(&merged, Device::Cpu, Kind::Float).unwrap();
     let (d4, _) = logit_diff(&ours, &our_logits(&merged_model, &prompt, &inputs));
     assert!(d4 <= 1e-4, "our merged vs our adapter: {d4}");
+    // 4. `generate --adapter` and a merged export give the same greedy tokens
+    let image = dir.path().join("image.png");
+    image::RgbImage::from_fn(56, 56, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+    let greedy = |model: &Path, adapter: Option<&Path>| -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spatialthinker"));
+        cmd.arg("generate").arg("--model").arg(model);
+        if let Some(a) = adapter {
+            cmd.arg("--adapter").arg(a);
+        }
+        cmd.arg("--image")
+            .arg(&image)
+            .args(["--prompt", "Where is the red cube?", "--greedy"])
+            .args(["--max-new-tokens", "12", "--json"]);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // (PEFT's random adapter: it moves the logits far enough to change greedy tokens)
+    let merged_peft = dir.path().join("merged-peft");
+    let status = Command::new(env!("CARGO_BIN_EXE_spatialthinker"))
+        .args(["export", "--merge"])
+        .arg(&peft_dir)
+        .arg("--out")
+        .arg(&merged_peft)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let with_adapter = greedy(&tiny_model(), Some(&peft_dir));
+    assert_eq!(with_adapter, greedy(&merged_peft, None));
+    assert_ne!(
+        with_adapter,
+        greedy(&tiny_model(), None),
+        "the adapter changed no token"
+    );
+    eprintln!(
+        "generate --adapter = merged export: {}",
+        with_adapter.trim()
+    );
     eprintln!(
         "max |logit difference| (max |logit| {scale:.2}): ours vs PEFT, our adapter {d1:e}; \
          ours vs PEFT, PEFT's adapter {d2:e} (adapter moved logits by {base_gap:.3}); \
