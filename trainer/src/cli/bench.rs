@@ -178,12 +178,19 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     let mut totals = vec![0.0; Phase::ALL.len()];
     let mut peaks = vec![0u64; Phase::ALL.len()];
     let mut tokens = 0usize;
+    let mut pass_tokens = vec![0u64; Phase::ALL.len()];
     let mut wall = 0.0;
     for _ in 0..a.steps {
         let r = trainer.step()?;
-        for ((t, m), p) in totals.iter_mut().zip(&mut peaks).zip(Phase::ALL) {
+        for (((t, m), k), p) in totals
+            .iter_mut()
+            .zip(&mut peaks)
+            .zip(&mut pass_tokens)
+            .zip(Phase::ALL)
+        {
             *t += r.times.get(p);
             *m = (*m).max(r.times.peak_rss.get(&p).copied().unwrap_or(0));
+            *k += r.times.tokens.get(&p).copied().unwrap_or(0);
         }
         tokens += r.response_tokens;
         wall += r.times.total();
@@ -191,8 +198,14 @@ fn bench_train(a: TrainArgs) -> Result<()> {
     let steps = a.steps.max(1) as f64;
     let cfg = trainer.config();
     let mut phases = serde_json::Map::new();
-    for (t, p) in totals.iter().zip(Phase::ALL) {
+    // decoder tokens per pass next to its time: what sharing prompts and reusing the update's
+    // forward for the old log-probs save
+    let mut pass = serde_json::Map::new();
+    for ((t, k), p) in totals.iter().zip(&pass_tokens).zip(Phase::ALL) {
         phases.insert(format!("{}_s", p.name()), (t / steps).into());
+        if *k > 0 || matches!(p, Phase::OldLogProbs) {
+            pass.insert(p.name().to_string(), (*k as f64 / steps).into());
+        }
     }
     // the plan of this configuration next to what each phase measured (host memory: a CPU run)
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -229,6 +242,7 @@ fn bench_train(a: TrainArgs) -> Result<()> {
             "prompts": cfg.data.rollout_batch_size, "group_size": cfg.rollout.n,
             "forced_response_length": a.response_length,
             "timed_steps": a.steps, "step_s": wall / steps, "phases": phases,
+            "decoder_tokens_per_pass": pass,
             "response_tokens_per_step": tokens as f64 / steps,
             "tokens_per_s": tokens as f64 / wall.max(1e-9),
             "peak_rss_gib": gib(peaks.iter().copied().max().unwrap_or(0)),

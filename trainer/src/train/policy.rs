@@ -33,6 +33,8 @@ pub struct ModelPolicy<'a> {
     share_prompts: bool,
     /// The last grad-mode forward's checkpointed layers, waiting for [`PolicyLogprobs::backward`].
     tape: Option<RecomputeTape<'a>>,
+    /// Tokens the decoder ran so far (each forward's distinct prompts once when shared).
+    tokens_run: usize,
 }
 
 impl<'a> ModelPolicy<'a> {
@@ -56,6 +58,7 @@ impl<'a> ModelPolicy<'a> {
             checkpointing: false,
             share_prompts: false,
             tape: None,
+            tokens_run: 0,
         }
     }
 
@@ -82,6 +85,12 @@ impl<'a> ModelPolicy<'a> {
     /// Whether there are no sequences.
     pub fn is_empty(&self) -> bool {
         self.sequences.is_empty()
+    }
+
+    /// Decoder tokens of the forwards run so far: prompt plus response tokens of each row, a
+    /// prompt that the rows of a shared forward have in common counted once.
+    pub fn tokens_run(&self) -> usize {
+        self.tokens_run
     }
 
     /// Padded response width `T`.
@@ -118,7 +127,14 @@ impl PolicyLogprobs for ModelPolicy<'_> {
         let mut tape = (self.checkpointing && grad_mode_enabled()).then(RecomputeTape::new);
         let responses: Vec<Vec<i64>> = picked.iter().map(|s| s.response.to_vec()).collect();
         let policy_error = |e| GrpoError::Policy(Box::new(e));
-        let out = if self.share_prompts && distinct.len() < picked.len() {
+        let shared = self.share_prompts && distinct.len() < picked.len();
+        self.tokens_run += responses.iter().map(Vec::len).sum::<usize>()
+            + if shared {
+                distinct.iter().map(|p| p.ids.len()).sum::<usize>()
+            } else {
+                picked.iter().map(|s| s.prompt.ids.len()).sum::<usize>()
+            };
+        let out = if shared {
             let images = vision_inputs(&distinct).map_err(|e| GrpoError::Invalid(e.to_string()))?;
             let prompts: Vec<Vec<i64>> = distinct.iter().map(|p| p.ids.clone()).collect();
             let batch = SharedPrompts {

@@ -60,6 +60,8 @@ pub struct PhaseTimes {
     pub seconds: BTreeMap<Phase, f64>,
     /// Peak resident bytes per phase.
     pub peak_rss: BTreeMap<Phase, u64>,
+    /// Tokens the decoder ran per phase (a prompt shared by a forward's rows counts once).
+    pub tokens: BTreeMap<Phase, u64>,
 }
 
 impl PhaseTimes {
@@ -71,6 +73,11 @@ impl PhaseTimes {
     /// Sum over phases.
     pub fn total(&self) -> f64 {
         self.seconds.values().sum()
+    }
+
+    /// Counts `tokens` decoder tokens to `phase`.
+    pub fn add_tokens(&mut self, phase: Phase, tokens: usize) {
+        *self.tokens.entry(phase).or_default() += tokens as u64;
     }
 
     /// Marks the start of a phase: its peak memory is counted from here.

@@ -29,9 +29,7 @@ use crate::distributed::{shard_rows, ReduceOp};
 use crate::generate::{
     EngineConfig, EngineStats, GeneratedSequence, SamplingConfig, DEFAULT_STOP_IDS,
 };
-use crate::grpo::actor::{
-    compute_log_probs, compute_log_probs_of, update_actor, update_actor_with, RolloutBatch,
-};
+use crate::grpo::actor::{compute_log_probs_of, update_actor, update_actor_with, RolloutBatch};
 use crate::grpo::advantage::{grpo_advantages, token_advantages, GRPO_EPS};
 use crate::model::Qwen2_5VLForConditionalGeneration;
 use crate::tokenizer::ENDOFTEXT_ID;
@@ -63,13 +61,15 @@ impl Trainer {
             OldLogprobs::Reuse => self.update_config().mini_batch_size.min(sequences.len()),
             OldLogprobs::Recompute => 0,
         };
-        let old_log_probs = self.old_log_probs(&sequences, fresh)?;
+        let (old_log_probs, tokens) = self.old_log_probs(&sequences, fresh)?;
         times.add(Phase::OldLogProbs, t);
+        times.add_tokens(Phase::OldLogProbs, tokens);
 
         // 4. reference log-probs
         let t = times.begin();
-        let ref_log_probs = self.reference_log_probs(&sequences)?;
+        let (ref_log_probs, tokens) = self.reference_log_probs(&sequences)?;
         times.add(Phase::RefLogProbs, t);
+        times.add_tokens(Phase::RefLogProbs, tokens);
 
         // 5. advantages, 6. actor update
         let t = times.begin();
@@ -92,6 +92,7 @@ impl Trainer {
                 dp,
             )?,
         };
+        times.add_tokens(Phase::Update, policy.tokens_run());
         drop(policy);
         times.add(Phase::Update, t);
         // every row's old log-probs are known now
@@ -229,23 +230,24 @@ impl Trainer {
         )
     }
 
-    /// Phases 3 and 4: log-probs of `sequences` under `model`, without grad, in micro-batches of
-    /// `micro_batch_size_per_device_for_experience`, logits divided by the rollout temperature.
+    /// Phases 3 and 4: log-probs `[rows.len(), T]` of `sequences[rows]` under `model`, without
+    /// grad, in micro-batches of `micro_batch_size_per_device_for_experience` (or token
+    /// budgets), logits divided by the rollout temperature; with the decoder tokens run.
     fn log_probs(
         &self,
         model: &Qwen2_5VLForConditionalGeneration,
         sequences: &[SequenceRef<'_>],
-    ) -> Result<Tensor> {
+        rows: std::ops::Range<usize>,
+    ) -> Result<(Tensor, usize)> {
         let mut policy = ModelPolicy::new(model, sequences.to_vec(), self.cfg.rollout.temperature)
             .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
-        let micro = self.cfg.actor.micro_batch_size_per_device_for_experience;
-        let budget = self.cfg.actor.max_tokens_per_micro_batch;
-        Ok(compute_log_probs(
+        let lp = compute_log_probs_of(
             &mut policy,
-            sequences.len(),
-            micro,
-            budget,
-        )?)
+            rows,
+            self.cfg.actor.micro_batch_size_per_device_for_experience,
+            self.cfg.actor.max_tokens_per_micro_batch,
+        )?;
+        Ok((lp, policy.tokens_run()))
     }
 
     /// This rank's actor-update geometry.
@@ -255,36 +257,38 @@ impl Trainer {
     }
 
     /// Phase 3: the old policy's log-probs `[N, T]` of every row but the first `fresh`, which
-    /// stay 0 until the update writes them ([`RolloutBatch::with_old_from_update`]).
-    fn old_log_probs(&self, sequences: &[SequenceRef<'_>], fresh: usize) -> Result<Tensor> {
-        let mut policy = ModelPolicy::new(
-            &self.policy,
-            sequences.to_vec(),
-            self.cfg.rollout.temperature,
-        )
-        .with_shared_prompts(self.cfg.actor.shared_prompt_forward);
-        let width = policy.width();
+    /// stay 0 until the update writes them ([`RolloutBatch::with_old_from_update`]); with the
+    /// decoder tokens run.
+    fn old_log_probs(
+        &self,
+        sequences: &[SequenceRef<'_>],
+        fresh: usize,
+    ) -> Result<(Tensor, usize)> {
+        let width = sequences
+            .iter()
+            .map(|s| s.response.len())
+            .max()
+            .unwrap_or(0) as i64;
         let first = Tensor::f_zeros([fresh as i64, width], (Kind::Float, self.device))?;
         if fresh == sequences.len() {
-            return Ok(first);
+            return Ok((first, 0));
         }
-        let rest = compute_log_probs_of(
-            &mut policy,
-            fresh..sequences.len(),
-            self.cfg.actor.micro_batch_size_per_device_for_experience,
-            self.cfg.actor.max_tokens_per_micro_batch,
-        )?;
-        Ok(Tensor::f_cat(&[first, rest], 0)?)
+        let (rest, tokens) = self.log_probs(&self.policy, sequences, fresh..sequences.len())?;
+        Ok((Tensor::f_cat(&[first, rest], 0)?, tokens))
     }
 
     /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded
     /// reference computes on the device with its layers streamed from host memory, one at a
     /// time ([`Qwen2_5VLForConditionalGeneration::stream_to`]).
-    fn reference_log_probs(&self, sequences: &[SequenceRef<'_>]) -> Result<Option<Tensor>> {
+    fn reference_log_probs(
+        &self,
+        sequences: &[SequenceRef<'_>],
+    ) -> Result<(Option<Tensor>, usize)> {
         let Some(model) = &self.reference else {
-            return Ok(None);
+            return Ok((None, 0));
         };
-        Ok(Some(self.log_probs(model, sequences)?))
+        let (lp, tokens) = self.log_probs(model, sequences, 0..sequences.len())?;
+        Ok((Some(lp), tokens))
     }
 
     /// Phase 5: GRPO advantages of each response's reward within its group, broadcast over its
