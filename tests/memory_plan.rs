@@ -159,11 +159,23 @@ fn options_move_the_plan_the_right_way() {
         small_pool.phase_peak(PlanPhase::Update),
         base.phase_peak(PlanPhase::Update)
     );
-    // four ranks share the step's 4,096 responses; the state stays replicated
+    // four ranks share the step's 4,096 responses and (ZeRO-1) the optimizer state: each holds
+    // a quarter of it; the weights stay replicated
     let four = MemoryPlan::estimate_ranks(&recipe("spatialthinker-7b.toml", &[]), &shape, 0, 4);
     let shown = four.to_string();
     assert!(shown.contains("1024 responses"), "{shown}");
-    assert_eq!(four.optimizer, base.optimizer);
+    assert_eq!(four.optimizer, PARAMS_7B.div_ceil(4) * 2 * 3);
+    assert_eq!(four.weights, base.weights);
+    let replicated = MemoryPlan::estimate_ranks(
+        &recipe(
+            "spatialthinker-7b.toml",
+            &["distributed.shard_optimizer=false"],
+        ),
+        &shape,
+        0,
+        4,
+    );
+    assert_eq!(replicated.optimizer, base.optimizer);
 }
 
 #[test]

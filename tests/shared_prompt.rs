@@ -140,20 +140,10 @@ fn shared_prompts_are_exact_tiny() {
 
 #[test]
 fn shared_prompts_are_exact_wider_preset() {
-    // 4 layers of width 256, 8 query heads / 2 KV heads of 32, the 7B's M-RoPE split scaled
+    // the TRL comparison's shape: 4 layers of width 256, 8 query / 2 KV heads of 32, MLP 688,
+    // a 4-block vision tower of width 128
     let dir = tempfile::tempdir().unwrap();
-    let shape = TinyShape {
-        hidden_size: 256,
-        intermediate_size: 688,
-        num_hidden_layers: 4,
-        num_attention_heads: 8,
-        num_key_value_heads: 2,
-        mrope_section: [4, 6, 6],
-        vision_hidden_size: 128,
-        vision_intermediate_size: 256,
-        vision_depth: 4,
-        vision_num_heads: 4,
-    };
+    let shape = TinyShape::bench();
     let model_dir = dir.path().join("model");
     write_tiny_random(&model_dir, &shape, 3, (3136, 12544)).unwrap();
     assert_sharing_exact(&model_dir, dir.path(), Kind::Double, 1e-7);
@@ -244,4 +234,61 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
     eprintln!("3 GRPO steps: weights moved by {moved:e}; shared + reused vs unshared + recomputed: {diff:e}");
     assert!(moved > 1e-4, "the steps change the weights ({moved})");
     assert!(diff <= 1e-6, "weights differ by {diff}");
+}
+
+/// Seconds of one no-grad pass and one forward + backward over 2 prompts × 8 responses of 64
+/// tokens, shared and plain, alternated (run by hand: `cargo test --test shared_prompt -- --ignored
+/// --nocapture`; timings belong in `bench train`, not in assertions).
+#[test]
+#[ignore]
+fn timing_shared_vs_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    write_tiny_random(&model_dir, &TinyShape::bench(), 3, (50176, 50176)).unwrap();
+    let data = synthetic(dir.path(), 7);
+    let model =
+        Qwen2_5VLForConditionalGeneration::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::from_model_dir(&model_dir).unwrap();
+    let prompts = encode_first(&processor, &data, 2);
+    eprintln!(
+        "prompt tokens: {}, {}",
+        prompts[0].ids.len(),
+        prompts[1].ids.len()
+    );
+    let responses: Vec<Vec<i64>> = (0..16)
+        .map(|i| {
+            (0..64)
+                .map(|j| 1000 + ((i * 37 + j * 11) % 500) as i64)
+                .collect()
+        })
+        .collect();
+    let seqs: Vec<SequenceRef<'_>> = responses
+        .iter()
+        .enumerate()
+        .map(|(i, r)| SequenceRef {
+            prompt: &prompts[i / 8],
+            response: r,
+        })
+        .collect();
+    let params = model.named_tensors();
+    for (_, t) in &params {
+        let _ = t.shallow_clone().set_requires_grad(true);
+    }
+    for round in 0..3 {
+        for shared in [false, true] {
+            let mut policy =
+                ModelPolicy::new(&model, seqs.clone(), 1.0).with_shared_prompts(shared);
+            let rows: Vec<usize> = (0..16).collect();
+            let t = std::time::Instant::now();
+            let _ = tch::no_grad(|| policy.response_log_probs(&rows).unwrap());
+            let no_grad = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            for chunk in rows.chunks(4) {
+                let lp = policy.response_log_probs(chunk).unwrap();
+                policy.backward(&lp.sum(Kind::Float)).unwrap();
+            }
+            let update = t.elapsed().as_secs_f64();
+            eprintln!("round {round} shared={shared}: no-grad pass {no_grad:.2} s, 4 forward+backward of 4 rows {update:.2} s");
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub const TINY_RANDOM: &str = "tiny-random";
 pub const MID_RANDOM: &str = "mid-random";
 /// `model.path` of [`TinyShape::deep`].
 pub const DEEP_RANDOM: &str = "deep-random";
+/// `model.path` of [`TinyShape::bench`].
+pub const BENCH_RANDOM: &str = "bench-random";
 
 /// The shape of a random preset named in `model.path` (`tiny-random`, `mid-random`,
 /// `deep-random`), if `name` is one.
@@ -32,6 +34,7 @@ pub fn preset_shape(name: &str) -> Option<TinyShape> {
         TINY_RANDOM => Some(TinyShape::default()),
         MID_RANDOM => Some(TinyShape::mid()),
         DEEP_RANDOM => Some(TinyShape::deep()),
+        BENCH_RANDOM => Some(TinyShape::bench()),
         _ => None,
     }
 }
@@ -97,6 +100,25 @@ impl TinyShape {
             num_key_value_heads: 2,
             mrope_section: [16, 24, 24],
             ..TinyShape::default()
+        }
+    }
+
+    /// The shape of the GRPO step comparison with TRL (`bench train` against
+    /// `scripts/bench_trl_grpo.py`): 4 decoder layers of width 256 (8 query heads of 32, 2 KV
+    /// heads, MLP 688), a 4-block vision tower of width 128, the full (tied) vocabulary, so the
+    /// decoder and not the head dominates the step, as it does at scale.
+    pub fn bench() -> Self {
+        TinyShape {
+            hidden_size: 256,
+            intermediate_size: 688,
+            num_hidden_layers: 4,
+            num_attention_heads: 8,
+            num_key_value_heads: 2,
+            mrope_section: [4, 6, 6],
+            vision_hidden_size: 128,
+            vision_intermediate_size: 512,
+            vision_depth: 4,
+            vision_num_heads: 4,
         }
     }
 
