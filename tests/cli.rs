@@ -61,3 +61,54 @@ fn unknown_subcommand_fails_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+#[test]
+fn data_show_prints_a_row_and_writes_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    let out = spatialthinker()
+        .args(["data", "synth", "--train", "2", "--val", "5", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = dir.path().join("val3.png");
+    let out = spatialthinker()
+        .args(["data", "show", "--split", "val", "--row", "3", "--image"])
+        .arg(&png)
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in [
+        "image_id:  synth-val-000003",
+        "question:  ",
+        "options:   ",
+        "answer:    (",
+    ] {
+        assert!(text.contains(field), "{field} missing:\n{text}");
+    }
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (112, 112));
+    assert!(text.contains("(112 x 112)"), "{text}");
+    let past = spatialthinker()
+        .args(["data", "show", "--split", "val", "--row", "5"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!past.status.success());
+    assert!(
+        String::from_utf8_lossy(&past.stderr).contains("has 5 rows; --row 5 is past its end"),
+        "{}",
+        String::from_utf8_lossy(&past.stderr)
+    );
+}

@@ -106,6 +106,23 @@ pub const SYNTH_CATEGORIES: [(&str, u32); 7] = [
     ("depth", 1),
 ];
 
+/// Categories generated only when named in [`SynthConfig::categories`], with their weights.
+///
+/// `single_object_location` is an easier `instance_location` (the category its rows carry): the
+/// scene holds one object, which lies inside one quarter of the image, and all four quarters are
+/// the options. The question still names the object, but the answer follows from where the one
+/// shape is, without matching the name to a colour among several shapes, the step tiny models
+/// find hardest. Used by the tiny CPU demo.
+pub const OPT_IN_CATEGORIES: [(&str, u32); 1] = [("single_object_location", 1)];
+
+/// The category column of a row generated as `category`.
+fn row_category(category: &str) -> &str {
+    match category {
+        "single_object_location" => "instance_location",
+        other => other,
+    }
+}
+
 /// Image encoding of synthetic rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImageEncoding {
@@ -144,8 +161,8 @@ pub struct SynthConfig {
     pub encoding: ImageEncoding,
     /// Rows per parquet row group.
     pub rows_per_group: usize,
-    /// Question categories to generate (names of [`SYNTH_CATEGORIES`], drawn with its weights);
-    /// empty: all of them.
+    /// Question categories to generate (names of [`SYNTH_CATEGORIES`] or [`OPT_IN_CATEGORIES`],
+    /// drawn with their weights); empty: all of [`SYNTH_CATEGORIES`].
     pub categories: Vec<String>,
     /// List the options in a fixed order (yes before no, the correct count among 1–5 in
     /// ascending order, …: each category's canonical order) instead of shuffling them, so the
@@ -180,12 +197,14 @@ impl SynthConfig {
             .map(|name| {
                 SYNTH_CATEGORIES
                     .iter()
+                    .chain(OPT_IN_CATEGORIES.iter())
                     .find(|(c, _)| c == name)
                     .copied()
                     .ok_or_else(|| {
                         DataError::Config(format!(
-                            "unknown synthetic category `{name}` (known: {})",
-                            SYNTH_CATEGORIES.map(|c| c.0).join(", ")
+                            "unknown synthetic category `{name}` (known: {}, {})",
+                            SYNTH_CATEGORIES.map(|c| c.0).join(", "),
+                            OPT_IN_CATEGORIES.map(|c| c.0).join(", ")
                         ))
                     })
             })
@@ -607,13 +626,17 @@ fn existence_question(rng: &mut SplitMix64, objs: &[Object], target: usize) -> O
     let yes = !present.is_empty();
     let (correct, wrong) = if yes { ("yes", "no") } else { ("no", "yes") };
     let (options, answer_index) = shuffle_options(rng, correct.into(), vec![wrong.into()]);
+    // the observation names what it looks for before saying whether it is there, so the token
+    // that decides yes or no comes right after the object's name (a model of two layers can
+    // then look the name's colour up in the image in one step instead of recalling the name
+    // from the question first)
     let (observe, think) = match present.first() {
         Some(o) => (
-            format!("A {} {}.", o.colour(), name),
+            format!("Looking for a {name}: a {} {name}.", o.colour()),
             format!("There is a {name} at {}, so yes.", o.box_text()),
         ),
         None => (
-            format!("No {name} is visible."),
+            format!("Looking for a {name}: none is visible."),
             format!("None of the objects is a {name}, so no."),
         ),
     };
@@ -633,11 +656,14 @@ fn existence_question(rng: &mut SplitMix64, objs: &[Object], target: usize) -> O
     })
 }
 
+/// Where one of the objects lies (`all_options`: the four quarters are the options, else the
+/// correct one and one to three others).
 fn location_question(
     rng: &mut SplitMix64,
     objs: &[Object],
     width: u32,
     height: u32,
+    all_options: bool,
 ) -> Option<Generated> {
     let (w2, h2) = (i64::from(width) / 2, i64::from(height) / 2);
     let a = &objs[rng.below(objs.len() as u64) as usize];
@@ -662,7 +688,9 @@ fn location_question(
         .map(|c| c.to_string())
         .collect();
     rng.shuffle(&mut distractors);
-    distractors.truncate(1 + rng.below(3) as usize);
+    if !all_options {
+        distractors.truncate(1 + rng.below(3) as usize);
+    }
     let (options, answer_index) = shuffle_options(rng, correct.clone(), distractors);
     Some(Generated {
         question: Question {
@@ -820,6 +848,7 @@ fn attempt(rng: &mut SplitMix64, cfg: &SynthConfig, category: &str) -> Option<(S
             let n = rng.range(3, max.max(3)) as usize;
             (distinct_classes(rng, n, None), 0, false)
         }
+        "single_object_location" => (distinct_classes(rng, 1, None), 0, false),
         other => {
             let n = rng.range(2, max) as usize;
             (distinct_classes(rng, n, None), 0, other == "depth")
@@ -833,7 +862,8 @@ fn attempt(rng: &mut SplitMix64, cfg: &SynthConfig, category: &str) -> Option<(S
         "size" => size_question(rng, objs),
         "count" => count_question(rng, objs, target),
         "existence" => existence_question(rng, objs, target),
-        "instance_location" => location_question(rng, objs, cfg.width, cfg.height),
+        "instance_location" => location_question(rng, objs, cfg.width, cfg.height, false),
+        "single_object_location" => location_question(rng, objs, cfg.width, cfg.height, true),
         "distance" => distance_question(rng, objs),
         "depth" => depth_question(rng, objs),
         _ => None,
@@ -936,7 +966,7 @@ pub fn generate_row(cfg: &SynthConfig, split: &str, index: u64) -> Result<StvqaR
         answer_text_only: answers.answer_text_only,
         answer_option_text: answers.answer_option_text,
         answer_option_text_only: answers.answer_option_text_only,
-        category: category.to_string(),
+        category: row_category(category).to_string(),
         level: level.to_string(),
         rating: RATING,
         reference_response: Some(g.question.reference_response(&g.observe, &g.think)),
@@ -1112,6 +1142,47 @@ mod tests {
         };
         let e = generate_row(&bad, "train", 0).unwrap_err().to_string();
         assert!(e.contains("unknown synthetic category `reach`"), "{e}");
+    }
+
+    #[test]
+    fn single_object_location_is_opt_in_with_one_object_and_four_quarters() {
+        let cfg = SynthConfig {
+            categories: vec!["single_object_location".into()],
+            fixed_option_order: true,
+            ..SynthConfig::default()
+        };
+        let quarters = ["top left", "top right", "bottom left", "bottom right"];
+        let mut answers = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let row = generate_row(&cfg, "val", i).unwrap();
+            assert_eq!(row.category, "instance_location");
+            assert_eq!(row.options, quarters.map(String::from).to_vec());
+            let scene = &row.answer;
+            assert_eq!(scene.matches("\"id\"").count(), 1, "one object: {scene}");
+            // the box lies inside the answered quarter
+            let b: Vec<i64> = scene[scene.find("\"bbox\": [").unwrap() + 9..]
+                .split(']')
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|v| v.trim().parse().unwrap())
+                .collect();
+            let half = i64::from(DEFAULT_IMAGE_SIZE) / 2;
+            let vertical = if b[3] <= half { "top" } else { "bottom" };
+            let horizontal = if b[2] <= half { "left" } else { "right" };
+            assert!(b[1] >= half || b[3] <= half, "{b:?}");
+            assert!(b[0] >= half || b[2] <= half, "{b:?}");
+            assert_eq!(row.answer_text_only, format!("{vertical} {horizontal}"));
+            answers.insert(row.answer_only.clone());
+        }
+        assert_eq!(answers.len(), 4, "every quarter is an answer");
+        // not drawn unless named: the default mix is unchanged
+        let all = SynthConfig::default();
+        assert!(all
+            .category_weights()
+            .unwrap()
+            .iter()
+            .all(|c| c.0 != "single_object_location"));
     }
 
     #[test]

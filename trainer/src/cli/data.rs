@@ -1,4 +1,5 @@
-//! `spatialthinker data`: dataset statistics, validation, synthetic data and JSONL import.
+//! `spatialthinker data`: dataset statistics, validation, one row shown (its image written out),
+//! synthetic data and JSONL import.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -88,6 +89,25 @@ enum DataCommand {
         #[arg(long, default_value_t = 50)]
         show: usize,
     },
+    /// Print one row (image id, category, question, options, answer) and write its image to a
+    /// file, e.g. to ask `infer` about it.
+    #[command(after_help = "Example (a row of the tiny demo's validation split):
+  spatialthinker data show runs/tiny-cpu/synthetic-data --split val --row 3 --image val3.png")]
+    Show {
+        /// HF dataset folder, parquet folder or file, or hub id.
+        path: String,
+        /// Split.
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Row number within the split (0-based, across its files in order).
+        #[arg(long, default_value_t = 0)]
+        row: usize,
+        /// Write the row's image here (its bytes as stored, PNG or JPEG).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        columns: Columns,
+    },
     /// Write a synthetic spatial VQA dataset (exact boxes and answers) in the STVQA-7K schema.
     Synth {
         /// Output folder (an HF dataset folder: README.md and data/*.parquet).
@@ -141,8 +161,79 @@ enum DataCommand {
     },
 }
 
+/// `data show`: one row's fields, its image written to `image`.
+fn show(
+    path: &str,
+    split: &str,
+    row: usize,
+    image: Option<&std::path::Path>,
+    columns: &ColumnNames,
+) -> Result<()> {
+    let files = DatasetFiles::locate(path)?;
+    let paths = files.splits.get(split).with_context(|| {
+        format!(
+            "{} has no split `{split}` (splits: {})",
+            files.root.display(),
+            files.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let mut first = 0;
+    for file in paths {
+        let parquet = data::reader::ParquetFile::open(file, columns)?;
+        let rows = parquet.num_rows();
+        if row >= first + rows {
+            first += rows;
+            continue;
+        }
+        let offsets = parquet.row_group_offsets();
+        let local = row - first;
+        let group = offsets
+            .iter()
+            .rposition(|&start| start <= local)
+            .context("row group")?;
+        let records = parquet.read_row_group(group)?;
+        let record = records
+            .get(local - offsets[group])
+            .context("row within its group")?;
+        let field = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        println!("file:      {} (row {local})", file.display());
+        println!("image_id:  {}", field(&record.image_id));
+        println!("category:  {}", field(&record.category));
+        println!("question:  {}", field(&record.question_only));
+        println!(
+            "options:   {}",
+            record.options.as_ref().map_or("-".into(), |o| o.join(";"))
+        );
+        println!("answer:    {}", field(&record.answer_option_text_only));
+        println!("truth:     {}", record.ground_truth.replace('\n', " "));
+        if let Some(out) = image {
+            std::fs::write(out, &record.image.bytes)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let size = image::load_from_memory(&record.image.bytes)
+                .map(|i| format!("{} x {}", i.width(), i.height()))
+                .unwrap_or_else(|e| format!("does not decode: {e}"));
+            println!("image:     {} ({size})", out.display());
+        }
+        return Ok(());
+    }
+    bail!("split `{split}` has {first} rows; --row {row} is past its end")
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.command {
+        DataCommand::Show {
+            path,
+            split,
+            row,
+            image,
+            columns,
+        } => show(
+            &path,
+            &split,
+            row,
+            image.as_deref(),
+            &columns.names_or(ColumnNames::default()),
+        ),
         DataCommand::Stats { path, columns } => {
             let files = DatasetFiles::locate(&path)?;
             let mut splits = BTreeMap::new();
