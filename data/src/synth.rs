@@ -626,17 +626,13 @@ fn existence_question(rng: &mut SplitMix64, objs: &[Object], target: usize) -> O
     let yes = !present.is_empty();
     let (correct, wrong) = if yes { ("yes", "no") } else { ("no", "yes") };
     let (options, answer_index) = shuffle_options(rng, correct.into(), vec![wrong.into()]);
-    // the observation names what it looks for before saying whether it is there, so the token
-    // that decides yes or no comes right after the object's name (a model of two layers can
-    // then look the name's colour up in the image in one step instead of recalling the name
-    // from the question first)
     let (observe, think) = match present.first() {
         Some(o) => (
-            format!("Looking for a {name}: a {} {name}.", o.colour()),
+            format!("A {} {}.", o.colour(), name),
             format!("There is a {name} at {}, so yes.", o.box_text()),
         ),
         None => (
-            format!("Looking for a {name}: none is visible."),
+            format!("No {name} is visible."),
             format!("None of the objects is a {name}, so no."),
         ),
     };
