@@ -209,7 +209,14 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
             "algorithm.old_logprobs=\"recompute\"",
         ],
     );
-    let fast = three_steps(&dir.path().join("fast"), &reference, &[]);
+    let fast = three_steps(
+        &dir.path().join("fast"),
+        &reference,
+        &[
+            "actor.shared_prompt_forward=true",
+            "algorithm.old_logprobs=\"reuse\"",
+        ],
+    );
     let start = Qwen2_5VLForConditionalGeneration::load(
         &dir.path().join("plain/base-model"),
         Device::Cpu,
