@@ -89,11 +89,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     // one rank of a job launched by `spatialthinker launch`, torchrun or srun
     let dp = join_job(&cfg)?;
-    let rank = dp.as_ref().map(|d| (d.rank(), d.world()));
-    run_rank(args, cfg, dp).with_context(|| match rank {
-        Some((r, w)) => format!("rank {r} of {w}"),
-        None => "train".to_string(),
-    })
+    match dp.as_ref().map(|d| (d.rank(), d.world())) {
+        // a rank's error says which rank it is
+        Some((r, w)) => run_rank(args, cfg, dp).with_context(|| format!("rank {r} of {w}")),
+        None => run_rank(args, cfg, dp),
+    }
 }
 
 /// The data-parallel job this process belongs to (docs/distributed.md), `None` when it runs
