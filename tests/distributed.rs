@@ -148,14 +148,22 @@ struct Bigram {
 const VOCAB: i64 = 11;
 const WIDTH: i64 = 6;
 
+/// Initial `(embed, head)` of the policy. Every random tensor of these tests is drawn on the
+/// test's own thread before the ranks start: libtorch's generator is global, and ranks drawing
+/// from it concurrently would get different values.
+fn initial_weights() -> (Tensor, Tensor) {
+    tch::manual_seed(5);
+    (
+        Tensor::randn([VOCAB, WIDTH], (Kind::Float, Device::Cpu)) * 0.5,
+        Tensor::randn([VOCAB, WIDTH], (Kind::Float, Device::Cpu)) * 0.5,
+    )
+}
+
 impl Bigram {
-    fn new(seqs: Tensor) -> Self {
-        tch::manual_seed(5);
+    fn new(seqs: Tensor, (embed, head): &(Tensor, Tensor)) -> Self {
         Bigram {
-            embed: (Tensor::randn([VOCAB, WIDTH], (Kind::Float, Device::Cpu)) * 0.5)
-                .set_requires_grad(true),
-            head: (Tensor::randn([VOCAB, WIDTH], (Kind::Float, Device::Cpu)) * 0.5)
-                .set_requires_grad(true),
+            embed: embed.copy().set_requires_grad(true),
+            head: head.copy().set_requires_grad(true),
             seqs,
         }
     }
@@ -203,7 +211,7 @@ fn rollout() -> (Tensor, RolloutBatch) {
     let groups: Vec<u64> = (0..n as u64).map(|i| i / 4).collect();
     let adv =
         token_advantages(&grpo_advantages(&scores, &groups, GRPO_EPS).unwrap(), &mask).unwrap();
-    let mut policy = Bigram::new(seqs.shallow_clone());
+    let mut policy = Bigram::new(seqs.shallow_clone(), &initial_weights());
     let rows: Vec<usize> = (0..n as usize).collect();
     let current = tch::no_grad(|| policy.response_log_probs(&rows).unwrap());
     let old = &current + Tensor::randn([n, t], (Kind::Float, Device::Cpu)) * 0.05;
@@ -255,14 +263,18 @@ fn take_rows(batch: &RolloutBatch, rows: &[i64]) -> RolloutBatch {
 /// The update of rank `rank` of 2 on its rows (per optimiser step of 8 responses = 2 prompts,
 /// rank 0 takes the first prompt, rank 1 the second); returns its weights, metrics and the
 /// optimiser state it holds.
-fn update_on_rank(rank: usize, port: u16, shard: bool) -> (Vec<Vec<f32>>, UpdateMetrics, i64) {
+fn update_on_rank(
+    rank: usize,
+    port: u16,
+    shard: bool,
+    (seqs, batch, weights): &(Tensor, RolloutBatch, (Tensor, Tensor)),
+) -> (Vec<Vec<f32>>, UpdateMetrics, i64) {
     tch::set_num_threads(1);
-    let (seqs, batch) = rollout();
     let prompts = [rank as i64, 2 + rank as i64];
     let rows: Vec<i64> = prompts.iter().flat_map(|p| p * 4..p * 4 + 4).collect();
     let idx = Tensor::from_slice(&rows);
-    let mut policy = Bigram::new(seqs.index_select(0, &idx));
-    let local = take_rows(&batch, &rows);
+    let mut policy = Bigram::new(seqs.index_select(0, &idx), weights);
+    let local = take_rows(batch, &rows);
     let cfg = DistributedConfig {
         shard_optimizer: shard,
         // 26 f32 per bucket: parameters are split across buckets, buckets span parameters
@@ -287,6 +299,14 @@ fn update_on_rank(rank: usize, port: u16, shard: bool) -> (Vec<Vec<f32>>, Update
     (vec![values(&policy.embed), values(&policy.head)], m, held)
 }
 
+fn batch_copy(batch: &RolloutBatch) -> RolloutBatch {
+    take_rows(batch, &(0..batch.len() as i64).collect::<Vec<_>>())
+}
+
+fn copy2((a, b): &(Tensor, Tensor)) -> (Tensor, Tensor) {
+    (a.copy(), b.copy())
+}
+
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .zip(b)
@@ -298,7 +318,8 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 fn two_ranks_update_as_one_device() {
     tch::set_num_threads(1);
     let (seqs, batch) = rollout();
-    let mut policy = Bigram::new(seqs);
+    let weights = initial_weights();
+    let mut policy = Bigram::new(seqs.shallow_clone(), &weights);
     let start = vec![values(&policy.embed), values(&policy.head)];
     let mut opt = AnyPrecisionAdamW::new(policy.params(), adamw()).unwrap();
     let single = update_actor(&update_config(8), &mut policy, &batch, &mut opt, 0.5).unwrap();
@@ -313,7 +334,19 @@ fn two_ranks_update_as_one_device() {
 
     for shard in [true, false] {
         let port = free_port();
-        let ranks = on_ranks(2, move |rank| update_on_rank(rank, port, shard));
+        // tensors are not Sync: each rank takes its own copy under the lock
+        let inputs = Arc::new(Mutex::new((
+            seqs.copy(),
+            batch_copy(&batch),
+            copy2(&weights),
+        )));
+        let ranks = on_ranks(2, move |rank| {
+            let mine = {
+                let g = inputs.lock().unwrap();
+                (g.0.copy(), batch_copy(&g.1), copy2(&g.2))
+            };
+            update_on_rank(rank, port, shard, &mine)
+        });
         let total = FlatLayout::new(&[VOCAB * WIDTH, VOCAB * WIDTH], 2).total();
         for (rank, (weights, m, held)) in ranks.iter().enumerate() {
             let diff = max_diff(weights, &want);

@@ -16,6 +16,14 @@ use trainer::train::tiny::{write_tiny_random, TinyShape};
 
 use common::{encode_first, synthetic, tiny_model};
 
+/// libtorch's random generator is global: the tests of this file run one at a time, so that
+/// seeded weights and models are the same in the runs they compare.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Largest `|a - b|` over a tensor relative to its largest `|a|`.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     let scale = f64::try_from(a.abs().max()).unwrap().max(1e-300);
@@ -133,6 +141,7 @@ fn assert_sharing_exact(model_dir: &Path, dir: &Path, kind: Kind, tolerance: f64
 
 #[test]
 fn shared_prompts_are_exact_tiny() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     assert_sharing_exact(&tiny_model(), dir.path(), Kind::Double, 1e-7);
     assert_sharing_exact(&tiny_model(), dir.path(), Kind::Float, 1e-6);
@@ -140,6 +149,7 @@ fn shared_prompts_are_exact_tiny() {
 
 #[test]
 fn shared_prompts_are_exact_wider_preset() {
+    let _serial = serial();
     // the TRL comparison's shape: 4 layers of width 256, 8 query / 2 KV heads of 32, MLP 688,
     // a 4-block vision tower of width 128
     let dir = tempfile::tempdir().unwrap();
@@ -198,6 +208,7 @@ fn three_steps(out: &Path, reference: &Path, extra: &[&str]) -> Vec<(String, Ten
 
 #[test]
 fn three_grpo_steps_match_the_unshared_recomputed_run() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference");
     write_tiny_random(&reference, &TinyShape::default(), 9, (3136, 12544)).unwrap();
@@ -249,6 +260,7 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
 #[test]
 #[ignore]
 fn timing_shared_vs_plain() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     write_tiny_random(&model_dir, &TinyShape::bench(), 3, (50176, 50176)).unwrap();
