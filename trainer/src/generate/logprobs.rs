@@ -5,6 +5,7 @@
 use tch::Tensor;
 
 use super::decode::to_tensor;
+use crate::model::prefix::right_pad;
 use crate::model::{
     get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, RecomputeTape,
     SharedPrompts, VisionInputs,
@@ -170,23 +171,4 @@ pub fn response_logprobs_shared<'m>(
         logprobs: lp.f_mul(&mask)?,
         mask,
     })
-}
-
-/// Rows padded on the right with `pad` to the longest: `(ids, 0/1 mask)`.
-fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    rows.iter()
-        .map(|r| {
-            let fill = width - r.len();
-            let ids = r
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, fill))
-                .collect();
-            let mask = std::iter::repeat_n(1, r.len())
-                .chain(std::iter::repeat_n(0, fill))
-                .collect();
-            (ids, mask)
-        })
-        .unzip()
 }

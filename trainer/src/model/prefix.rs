@@ -75,8 +75,9 @@ impl Layout {
     }
 }
 
-/// Rows right-padded with `pad` to the longest, as `[rows, width]` ids and 0/1 mask rows.
-fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+/// Rows right-padded with `pad` to the longest, as `[rows, width]` ids and 0/1 mask rows (the
+/// layout of every training forward).
+pub(crate) fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
     let width = rows.iter().map(Vec::len).max().unwrap_or(0);
     rows.iter()
         .map(|r| {
