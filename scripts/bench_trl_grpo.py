@@ -32,6 +32,14 @@ from datasets import Dataset
 from PIL import Image
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+import trl.trainer.utils as trl_utils
+
+# TRL's fused LM head scores only the completion positions on Triton devices and every position
+# elsewhere (to keep tile shapes fixed for compilers that recompile on a new shape). On the CPU
+# that projects the whole prompt through the 152k-row head for nothing; score only the labelled
+# positions there too, as on a GPU, so the comparison is against TRL's best CPU step.
+_trl_use_triton = trl_utils._use_triton
+trl_utils._use_triton = lambda device: device.type == "cpu" or _trl_use_triton(device)
 
 # Qwen2-VL's chat template, reduced to what these prompts use (default system prompt, image and
 # text parts), rendering the same text as the project's processor.

@@ -403,6 +403,9 @@ struct Forward {
     rows: u64,
     /// Padded tokens.
     tokens: u64,
+    /// Tokens the decoder runs: `tokens`, or with shared prompts (`actor.shared_prompt_forward`)
+    /// each distinct prompt once plus every row's response.
+    decoder_tokens: u64,
     /// Response positions whose logits are computed.
     responses: u64,
     /// Distinct images (one per GRPO group).
@@ -985,15 +988,16 @@ impl<'a> Estimator<'a> {
             f.images, f.patches
         );
         self.add(phase, name, self.vision_no_grad(f.patches), true);
-        let name = format!("one decoder layer, no grad ({} tokens)", f.tokens);
-        self.add(phase, name, self.layer_no_grad(f.tokens), true);
+        let name = format!("one decoder layer, no grad ({} tokens)", f.decoder_tokens);
+        self.add(phase, name, self.layer_no_grad(f.decoder_tokens), true);
         // one chunk of f32 logits with its log-sum-exp, next to the final hidden states
         let positions = self.chunk_positions.min(f.responses as f64);
         let name = format!(
             "f32 logits chunk and log-sum-exp ({positions} of {} positions)",
             f.responses
         );
-        let hidden = f.tokens as f64 * (self.text.hidden * self.wb as f64 + self.token_extras);
+        let hidden =
+            f.decoder_tokens as f64 * (self.text.hidden * self.wb as f64 + self.token_extras);
         let chunk = positions * self.columns * F32_BYTES;
         self.add(
             phase,
@@ -1010,7 +1014,7 @@ impl<'a> Estimator<'a> {
         let (text, vision) = (self.text, self.vision);
         let phase = PlanPhase::Update;
         let f = self.geo.forward(self.geo.update_rows, self.geo.update_rows);
-        let (tokens, patches) = (f.tokens as f64, f.patches as f64);
+        let (tokens, patches) = (f.decoder_tokens as f64, f.patches as f64);
         let (layers, depth) = (shape.num_hidden_layers, shape.vision_depth);
         let ckpt = cfg.model.gradient_checkpointing;
         // what the adapters keep per token and layer for their backward
@@ -1020,14 +1024,14 @@ impl<'a> Estimator<'a> {
             let name = format!(
                 "decoder inputs kept for recompute ({} x {} tokens)",
                 layers + 1,
-                f.tokens
+                f.decoder_tokens
             );
             let bytes = (layers + 1) as f64 * tokens * text.hidden * wb;
             self.add(phase, name, bytes, false);
         } else {
             let name = format!(
                 "decoder activations, all {layers} layers ({} tokens)",
-                f.tokens
+                f.decoder_tokens
             );
             let bytes =
                 layers as f64 * tokens * (TEXT_LAYER_SAVED.bytes(&text, self.wb) + adapters);
@@ -1035,7 +1039,7 @@ impl<'a> Estimator<'a> {
         }
         let name = format!(
             "embeddings, rotary tables, final norm ({} tokens)",
-            f.tokens
+            f.decoder_tokens
         );
         let bytes = tokens * (self.token_extras + FINAL_NORM_SAVED.bytes(&text, self.wb));
         self.add(phase, name, bytes, false);
@@ -1088,11 +1092,11 @@ impl<'a> Estimator<'a> {
         let (name, per_token) = if ckpt {
             let name = format!(
                 "one decoder layer recomputed, with its backward ({} tokens)",
-                f.tokens
+                f.decoder_tokens
             );
             (name, TEXT_LAYER_SAVED.bytes(&text, self.wb) + backward)
         } else {
-            let name = format!("one decoder layer's backward ({} tokens)", f.tokens);
+            let name = format!("one decoder layer's backward ({} tokens)", f.decoder_tokens);
             (name, backward)
         };
         self.add(phase, name, tokens * per_token + layer_grad, true);
@@ -1137,6 +1141,8 @@ struct Geometry {
     patches_per_token: u64,
     group: u64,
     token_budget: Option<u64>,
+    /// `actor.shared_prompt_forward`: rows of a forward that share a prompt run it once.
+    shared_prompts: bool,
     responses_per_rank: u64,
     update_rows: u64,
     experience_rows: u64,
@@ -1159,6 +1165,7 @@ impl Geometry {
             patches_per_token: shape.spatial_merge_size.pow(2),
             group,
             token_budget: cfg.actor.max_tokens_per_micro_batch.map(|t| t as u64),
+            shared_prompts: cfg.actor.shared_prompt_forward,
             responses_per_rank,
             update_rows: (cfg.actor.micro_batch_size_per_device_for_update as u64)
                 .min(mini_per_rank)
@@ -1196,9 +1203,17 @@ impl Geometry {
         let images = rows.min((rows.max(1) - 1).div_ceil(self.group.max(1)) + 1);
         // the distinct images' tokens are part of the forward's tokens
         let image_tokens = (images * self.image_tokens).min(tokens);
+        // shared prompts: one prompt per group touched (at most `images`) plus every response
+        // position; never more than the padded forward
+        let decoder_tokens = if self.shared_prompts && images < rows {
+            (images * self.prompt + responses).min(tokens)
+        } else {
+            tokens
+        };
         Forward {
             rows,
             tokens,
+            decoder_tokens,
             responses,
             images,
             patches: image_tokens * self.patches_per_token,
@@ -1215,12 +1230,22 @@ impl Geometry {
         exp: Forward,
         upd: Forward,
     ) -> Vec<String> {
-        let forward = |f: Forward, fixed: u64| match self.token_budget {
-            None => format!("{fixed} rows x {} tokens", self.seq),
-            Some(_) => format!(
-                "<= {} tokens (token budget; up to {} rows)",
-                f.tokens, f.rows
-            ),
+        let forward = |f: Forward, fixed: u64| {
+            let padded = match self.token_budget {
+                None => format!("{fixed} rows x {} tokens", self.seq),
+                Some(_) => format!(
+                    "<= {} tokens (token budget; up to {} rows)",
+                    f.tokens, f.rows
+                ),
+            };
+            if f.decoder_tokens < f.tokens {
+                format!(
+                    "{padded}, decoder <= {} tokens with shared prompts",
+                    f.decoder_tokens
+                )
+            } else {
+                padded
+            }
         };
         let lora_reference = cfg.model.lora.is_some() && cfg.model.reference_path.is_none();
         let reference = match (cfg.algorithm.use_kl_loss, cfg.model.offload_reference) {
@@ -1278,6 +1303,7 @@ impl Geometry {
 /// A boolean option whose change lowers memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FlagOption {
+    SharePrompts,
     Checkpointing,
     OffloadReference,
     FreezeVision,
@@ -1286,7 +1312,8 @@ enum FlagOption {
 }
 
 impl FlagOption {
-    const ALL: [FlagOption; 5] = [
+    const ALL: [FlagOption; 6] = [
+        FlagOption::SharePrompts,
         FlagOption::Checkpointing,
         FlagOption::OffloadReference,
         FlagOption::FreezeVision,
@@ -1297,6 +1324,7 @@ impl FlagOption {
     /// Whether setting it changes `cfg` in a way that can lower memory.
     fn lowers(self, cfg: &TrainConfig) -> bool {
         match self {
+            FlagOption::SharePrompts => !cfg.actor.shared_prompt_forward && cfg.rollout.n > 1,
             FlagOption::Checkpointing => !cfg.model.gradient_checkpointing,
             FlagOption::OffloadReference => {
                 cfg.algorithm.use_kl_loss && !cfg.model.offload_reference
@@ -1309,6 +1337,7 @@ impl FlagOption {
 
     fn set(self, cfg: &mut TrainConfig) {
         match self {
+            FlagOption::SharePrompts => cfg.actor.shared_prompt_forward = true,
             FlagOption::Checkpointing => cfg.model.gradient_checkpointing = true,
             FlagOption::OffloadReference => cfg.model.offload_reference = true,
             FlagOption::FreezeVision => cfg.model.freeze_vision_tower = true,
@@ -1319,6 +1348,7 @@ impl FlagOption {
 
     fn setting(self) -> &'static str {
         match self {
+            FlagOption::SharePrompts => "actor.shared_prompt_forward=true",
             FlagOption::Checkpointing => "model.gradient_checkpointing=true",
             FlagOption::OffloadReference => "model.offload_reference=true",
             FlagOption::FreezeVision => "model.freeze_vision_tower=true",
@@ -1330,7 +1360,9 @@ impl FlagOption {
     /// What it changes in the training (empty: exact, only memory and speed change).
     fn note(self) -> &'static str {
         match self {
-            FlagOption::Checkpointing | FlagOption::OffloadReference => "",
+            FlagOption::SharePrompts | FlagOption::Checkpointing | FlagOption::OffloadReference => {
+                ""
+            }
             FlagOption::FreezeVision => {
                 "the vision tower is no longer trained; the published run trains it"
             }
@@ -1640,6 +1672,7 @@ mod tests {
             patches_per_token: 4,
             group,
             token_budget: budget,
+            shared_prompts: false,
             responses_per_rank: 4096,
             update_rows: 4,
             experience_rows: 16,
@@ -1656,6 +1689,22 @@ mod tests {
         let f = g.forward(4, 4);
         assert_eq!((f.tokens, f.responses), (4 * 8192, 4 * 2048));
         assert_eq!(f.patches, 2 * 5349 * 4);
+    }
+
+    #[test]
+    fn shared_prompts_run_each_prompt_of_a_forward_once() {
+        let g = Geometry {
+            shared_prompts: true,
+            ..geometry(8, None)
+        };
+        // 4 rows touch at most 2 groups: 2 prompts of 6144 + 4 responses of 2048
+        let f = g.forward(4, 4);
+        assert_eq!(f.tokens, 4 * 8192);
+        assert_eq!(f.decoder_tokens, 2 * 6144 + 4 * 2048);
+        // one row has nothing to share
+        assert_eq!(g.forward(1, 1).decoder_tokens, 8192);
+        // off: the padded forward
+        assert_eq!(geometry(8, None).forward(4, 4).decoder_tokens, 4 * 8192);
     }
 
     #[test]

@@ -40,8 +40,10 @@ pub fn preset_shape(name: &str) -> Option<TinyShape> {
 }
 /// Standard deviation of the normal initialisation (`initializer_range` of the published config).
 pub const INITIALIZER_RANGE: f64 = 0.02;
-/// Vocabulary rows of the published checkpoints (151,665 tokenizer ids padded to 151,936).
+/// Vocabulary rows of the published 3B checkpoint (151,665 tokenizer ids padded to 151,936).
 pub const QWEN25VL_VOCAB_ROWS: i64 = 151_936;
+/// Vocabulary rows of the published 7B checkpoint (padded to 152,064; its head is untied).
+pub const QWEN25VL_7B_VOCAB_ROWS: i64 = 152_064;
 
 /// Widths and depths of the tiny preset.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +68,10 @@ pub struct TinyShape {
     pub vision_depth: i64,
     /// Vision heads.
     pub vision_num_heads: i64,
+    /// Rows of the embedding and of the head.
+    pub vocab_size: i64,
+    /// Whether the head shares the embedding matrix (the 3B) or has its own `lm_head` (the 7B).
+    pub tie_word_embeddings: bool,
 }
 
 impl Default for TinyShape {
@@ -82,6 +88,8 @@ impl Default for TinyShape {
             vision_intermediate_size: 64,
             vision_depth: 2,
             vision_num_heads: 2,
+            vocab_size: QWEN25VL_VOCAB_ROWS,
+            tie_word_embeddings: true,
         }
     }
 }
@@ -105,8 +113,8 @@ impl TinyShape {
 
     /// The shape of the GRPO step comparison with TRL (`bench train` against
     /// `scripts/bench_trl_grpo.py`): 4 decoder layers of width 256 (8 query heads of 32, 2 KV
-    /// heads, MLP 688), a 4-block vision tower of width 128, the full (tied) vocabulary, so the
-    /// decoder and not the head dominates the step, as it does at scale.
+    /// heads, MLP 688), a 4-block vision tower of width 128 and the 7B's untied 152,064-row head,
+    /// so the decoder and not the head dominates the step, as it does at scale.
     pub fn bench() -> Self {
         TinyShape {
             hidden_size: 256,
@@ -119,6 +127,8 @@ impl TinyShape {
             vision_intermediate_size: 512,
             vision_depth: 4,
             vision_num_heads: 4,
+            vocab_size: QWEN25VL_7B_VOCAB_ROWS,
+            tie_word_embeddings: false,
         }
     }
 
@@ -163,8 +173,8 @@ pub fn tiny_config_json(shape: &TinyShape) -> serde_json::Value {
         "sliding_window": null,
         "use_sliding_window": false,
         "use_cache": true,
-        "tie_word_embeddings": true,
-        "vocab_size": QWEN25VL_VOCAB_ROWS,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "vocab_size": shape.vocab_size,
         "bos_token_id": ENDOFTEXT_ID,
         "eos_token_id": IM_END_ID,
         "pad_token_id": null,
@@ -194,7 +204,7 @@ pub fn tiny_config_json(shape: &TinyShape) -> serde_json::Value {
         "video_token_id": crate::tokenizer::VIDEO_PAD_ID,
         "vision_start_token_id": crate::tokenizer::VISION_START_ID,
         "vision_end_token_id": crate::tokenizer::VISION_END_ID,
-        "tie_word_embeddings": true,
+        "tie_word_embeddings": shape.tie_word_embeddings,
         "text_config": text,
         "vision_config": vision,
     })
