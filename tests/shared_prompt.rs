@@ -228,6 +228,18 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
             "algorithm.old_logprobs=\"reuse\"",
         ],
     );
+    // token-budget forwards (two or three rows each, so groups split across forwards) with
+    // gradient checkpointing: grouping and recomputation change no weight
+    let packed = three_steps(
+        &dir.path().join("packed"),
+        &reference,
+        &[
+            "actor.shared_prompt_forward=true",
+            "algorithm.old_logprobs=\"reuse\"",
+            "actor.max_tokens_per_micro_batch=1200",
+            "model.gradient_checkpointing=true",
+        ],
+    );
     let start = Qwen2_5VLForConditionalGeneration::load(
         &dir.path().join("plain/base-model"),
         Device::Cpu,
@@ -250,8 +262,11 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
         .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
     eprintln!("largest difference in {}", worst.1);
     eprintln!("3 GRPO steps: weights moved by {moved:e}; shared + reused vs unshared + recomputed: {diff:e}");
+    let packed_diff = max_diff(&plain, &packed);
+    eprintln!("3 GRPO steps, shared + token budget + checkpointing vs plain: {packed_diff:e}");
     assert!(moved > 1e-4, "the steps change the weights ({moved})");
     assert!(diff <= 1e-6, "weights differ by {diff}");
+    assert!(packed_diff <= 1e-6, "packed weights differ by {packed_diff}");
 }
 
 /// Seconds of one no-grad pass and one forward + backward over 2 prompts × 8 responses of 64
