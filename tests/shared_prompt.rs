@@ -164,7 +164,17 @@ fn shared_prompts_are_exact_wider_preset() {
 /// steps per RL step) with the KL term against another random model, so the loss is a real
 /// gradient rather than rounding noise.
 fn three_steps(out: &Path, reference: &Path, extra: &[&str]) -> Vec<(String, Tensor)> {
+    three_steps_reporting(out, reference, extra).0
+}
+
+/// [`three_steps`], with the decoder tokens each step's old-log-prob pass ran.
+fn three_steps_reporting(
+    out: &Path,
+    reference: &Path,
+    extra: &[&str],
+) -> (Vec<(String, Tensor)>, Vec<u64>) {
     use trainer::train::config::TrainConfig;
+    use trainer::train::report::Phase;
     use trainer::train::{Trainer, TrainerOptions, DEFAULT_CONFIG};
     let mut overrides: Vec<String> = [
         format!("trainer.output_dir={:?}", out.display().to_string()),
@@ -196,14 +206,69 @@ fn three_steps(out: &Path, reference: &Path, extra: &[&str]) -> Vec<(String, Ten
         },
     )
     .unwrap();
-    for _ in 0..3 {
-        t.step().unwrap();
-    }
-    t.policy()
+    let old_tokens = (0..3)
+        .map(|_| {
+            let report = t.step().unwrap();
+            report
+                .times
+                .tokens
+                .get(&Phase::OldLogProbs)
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect();
+    let weights = t
+        .policy()
         .named_tensors()
         .into_iter()
         .map(|(n, w)| (n, w.copy()))
-        .collect()
+        .collect();
+    (weights, old_tokens)
+}
+
+/// Largest absolute difference between two lists of named tensors.
+fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|((_, x), (_, y))| f64::try_from((x - y).abs().max()).unwrap())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn rollout_old_logprobs_take_the_engines_and_fall_back_when_they_differ() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    write_tiny_random(&reference, &TinyShape::default(), 9, (3136, 12544)).unwrap();
+    let (reused, reuse_tokens) = three_steps_reporting(
+        &dir.path().join("reuse"),
+        &reference,
+        &["algorithm.old_logprobs=\"reuse\""],
+    );
+    let (engine, engine_tokens) = three_steps_reporting(
+        &dir.path().join("rollout"),
+        &reference,
+        &["algorithm.old_logprobs=\"rollout\""],
+    );
+    // a tolerance nothing meets: the first step takes the engine's, the next ones a forward
+    let (_, strict_tokens) = three_steps_reporting(
+        &dir.path().join("strict"),
+        &reference,
+        &[
+            "algorithm.old_logprobs=\"rollout\"",
+            "algorithm.rollout_logprobs_tolerance=-1.0",
+        ],
+    );
+    eprintln!("old-log-prob tokens per step: reuse {reuse_tokens:?}, rollout {engine_tokens:?}, strict {strict_tokens:?}");
+    // two optimiser steps per RL step: reuse runs a pass over the second mini-batch
+    assert!(reuse_tokens.iter().all(|&t| t > 0));
+    assert_eq!(engine_tokens, vec![0, 0, 0]);
+    assert_eq!(strict_tokens[0], 0);
+    assert_eq!(&strict_tokens[1..], &reuse_tokens[1..]);
+    // f32 sampling log-probs equal the forward's up to rounding: the weights follow
+    let diff = max_abs_diff(&reused, &engine);
+    eprintln!("3 GRPO steps, engine's old log-probs vs the forward's: {diff:e}");
+    assert!(diff <= 1e-5, "weights differ by {diff}");
 }
 
 #[test]
@@ -266,7 +331,10 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
     eprintln!("3 GRPO steps, shared + token budget + checkpointing vs plain: {packed_diff:e}");
     assert!(moved > 1e-4, "the steps change the weights ({moved})");
     assert!(diff <= 1e-6, "weights differ by {diff}");
-    assert!(packed_diff <= 1e-6, "packed weights differ by {packed_diff}");
+    assert!(
+        packed_diff <= 1e-6,
+        "packed weights differ by {packed_diff}"
+    );
 }
 
 /// Seconds of one no-grad pass and one forward + backward over 2 prompts × 8 responses of 64

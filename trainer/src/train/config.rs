@@ -194,9 +194,17 @@ pub struct AlgorithmConfig {
     pub kl_coef: f64,
     /// Where the old policy's log-probs come from: `reuse` (the update's first forward gives
     /// those of the first mini-batch, where no optimiser step has happened since sampling; a pass
-    /// runs over the other rows) or `recompute` (a pass over every row, as EasyR1).
+    /// runs over the other rows), `recompute` (a pass over every row, as EasyR1) or `rollout`
+    /// (as `reuse`, with the generation engine's sampling log-probs for the other rows, no pass,
+    /// while they match the training forward within `rollout_logprobs_tolerance`).
     #[serde(default)]
     pub old_logprobs: OldLogprobs,
+    /// With `old_logprobs = "rollout"`: the largest mean `|sampling − training forward|`
+    /// log-prob over a step's first mini-batch (where both are known) that keeps the engine's
+    /// log-probs in use; after a step above it the old log-probs are computed as `reuse` does for
+    /// the rest of the run (and after a resume). 1e-3: f32 on the CPU differs by ~1e-6.
+    #[serde(default = "default_rollout_logprobs_tolerance")]
+    pub rollout_logprobs_tolerance: f64,
 }
 
 /// How the old policy's log-probs are obtained ([`AlgorithmConfig::old_logprobs`]).
@@ -208,6 +216,10 @@ pub enum OldLogprobs {
     Reuse,
     /// Every row's from a separate no-grad pass.
     Recompute,
+    /// The first mini-batch's from the update's own forward, the rest the generation engine's
+    /// sampling log-probs while they stay within
+    /// [`AlgorithmConfig::rollout_logprobs_tolerance`].
+    Rollout,
 }
 
 /// `[actor]`: optimisation of the policy.
@@ -428,10 +440,14 @@ impl Default for AlgorithmConfig {
             kl_penalty: KlPenalty::LowVarKl,
             kl_coef: default_kl_coef(),
             old_logprobs: OldLogprobs::default(),
+            rollout_logprobs_tolerance: default_rollout_logprobs_tolerance(),
         }
     }
 }
 
+fn default_rollout_logprobs_tolerance() -> f64 {
+    1e-3
+}
 fn default_bf16() -> WeightDtype {
     WeightDtype::Bf16
 }

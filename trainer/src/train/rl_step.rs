@@ -54,14 +54,23 @@ impl Trainer {
         times.add(Phase::Reward, t);
 
         // 3. old log-probs: the rows after the first mini-batch (the update's first forward
-        // gives those of the first, where no optimiser step has happened yet)
+        // gives those of the first, where no optimiser step has happened yet), from a pass or
+        // from the engine
         let sequences = sequences(&prompts, &rollouts);
         let t = times.begin();
         let fresh = match self.cfg.algorithm.old_logprobs {
-            OldLogprobs::Reuse => self.update_config().mini_batch_size.min(sequences.len()),
+            OldLogprobs::Reuse | OldLogprobs::Rollout => {
+                self.update_config().mini_batch_size.min(sequences.len())
+            }
             OldLogprobs::Recompute => 0,
         };
-        let (old_log_probs, tokens) = self.old_log_probs(&sequences, fresh)?;
+        let from_engine = self.cfg.algorithm.old_logprobs == OldLogprobs::Rollout
+            && self.rollout_logprobs_trusted;
+        let (old_log_probs, tokens) = if from_engine {
+            (self.sampling_log_probs(&rollouts, fresh)?, 0)
+        } else {
+            self.old_log_probs(&sequences, fresh)?
+        };
         times.add(Phase::OldLogProbs, t);
         times.add_tokens(Phase::OldLogProbs, tokens);
 
@@ -95,8 +104,17 @@ impl Trainer {
         times.add_tokens(Phase::Update, policy.tokens_run());
         drop(policy);
         times.add(Phase::Update, t);
-        // every row's old log-probs are known now
-        let generation = GenerationReport::new(&engine, &rollouts, &batch.old_log_probs)?;
+        // every row's old log-probs are known now (with the engine's, the first mini-batch's
+        // are the only ones measured against a forward)
+        let measured = if from_engine {
+            batch.old_log_probs.f_narrow(0, 0, fresh as i64)?
+        } else {
+            batch.old_log_probs.shallow_clone()
+        };
+        let generation = GenerationReport::new(&engine, &rollouts, &measured)?;
+        if from_engine {
+            self.check_rollout_log_probs(generation.logprob_diff_mean)?;
+        }
 
         // 7. metrics
         self.rl_step += 1;
@@ -275,6 +293,51 @@ impl Trainer {
         }
         let (rest, tokens) = self.log_probs(&self.policy, sequences, fresh..sequences.len())?;
         Ok((Tensor::f_cat(&[first, rest], 0)?, tokens))
+    }
+
+    /// Phase 3 with `algorithm.old_logprobs = "rollout"`: the engine's sampling log-probs
+    /// `[N, T]` (left-aligned, zero past each response) of every row but the first `fresh`, which
+    /// stay 0 until the update writes them.
+    fn sampling_log_probs(&self, rollouts: &[Rollout], fresh: usize) -> Result<Tensor> {
+        let width = rollouts.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let mut flat = vec![0f32; rollouts.len() * width];
+        for (i, r) in rollouts.iter().enumerate().skip(fresh) {
+            if r.sampling_logprobs.len() != r.ids.len() {
+                return Err(TrainError::Config(format!(
+                    "rollout {i}: {} sampling log-probs for {} tokens",
+                    r.sampling_logprobs.len(),
+                    r.ids.len()
+                )));
+            }
+            flat[i * width..i * width + r.ids.len()].copy_from_slice(&r.sampling_logprobs);
+        }
+        Ok(Tensor::f_from_slice(&flat)?
+            .f_view([rollouts.len() as i64, width as i64])?
+            .f_to_device(self.device)?)
+    }
+
+    /// After a step that took the engine's log-probs: `mean_diff` is this rank's mean
+    /// `|sampling − update forward|` over the first mini-batch; above
+    /// `algorithm.rollout_logprobs_tolerance` on any rank, every rank computes the old
+    /// log-probs from now on.
+    fn check_rollout_log_probs(&mut self, mean_diff: f64) -> Result<()> {
+        let mut worst = [mean_diff];
+        if let Some(dp) = &self.dp {
+            dp.all_reduce_f64(&mut worst, ReduceOp::Max)?;
+        }
+        let tolerance = self.cfg.algorithm.rollout_logprobs_tolerance;
+        if worst[0] > tolerance || worst[0].is_nan() {
+            self.rollout_logprobs_trusted = false;
+            if self.dp.as_ref().is_none_or(|d| d.is_main()) {
+                eprintln!(
+                    "warning: the engine's sampling log-probs differ from the training forward by \
+                     {:.3e} on average (algorithm.rollout_logprobs_tolerance {tolerance:e}); \
+                     old log-probs are computed by a forward from the next step on",
+                    worst[0]
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Phase 4: the frozen reference's log-probs (`None` when the KL loss is off). An offloaded

@@ -13,7 +13,7 @@ use super::checkpoint::{
 };
 use super::report::{step_line, RewardSummary};
 use super::rollout::{draw_seeds, sample_responses_seeded};
-use super::setup::{bar, loader_config, Trainer};
+use super::setup::{bar, loader_config, Trainer, ROLLOUT_LOGPROBS_TRUSTED};
 use super::{Result, TrainError};
 use data::rng::SplitMix64;
 
@@ -119,6 +119,7 @@ impl Trainer {
             extra: json!({
                 "reference_model": self.reference_dir,
                 "base_model": self.model_dir,
+                ROLLOUT_LOGPROBS_TRUSTED: self.rollout_logprobs_trusted,
             }),
         };
         let model = ModelFiles {

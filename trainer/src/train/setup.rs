@@ -35,6 +35,8 @@ use data::rng::SplitMix64;
 pub const SYNTHETIC: &str = "synthetic";
 /// Folder (under the output folder) of the base model built for `tiny-random`.
 pub const BASE_MODEL_DIR: &str = "base-model";
+/// Key of the trainer state's `extra` that records [`Trainer::rollout_logprobs_trusted`].
+pub(super) const ROLLOUT_LOGPROBS_TRUSTED: &str = "rollout_logprobs_trusted";
 /// Folder (under the output folder) of the synthetic dataset.
 pub const SYNTHETIC_DATA_DIR: &str = "synthetic-data";
 /// The resolved configuration, written into the output folder.
@@ -110,6 +112,10 @@ pub struct Trainer {
     pub(super) val_exclusion: BTreeSet<RowRef>,
     /// The other ranks of a data-parallel run (`None`: one process).
     pub(super) dp: Option<DataParallel>,
+    /// With `algorithm.old_logprobs = "rollout"`: whether the engine's sampling log-probs are
+    /// still taken as the old policy's (false once a step measured them off by more than
+    /// `algorithm.rollout_logprobs_tolerance`; saved for resume).
+    pub(super) rollout_logprobs_trusted: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -476,6 +482,7 @@ impl Trainer {
         let mut rng = SplitMix64::new(cfg.trainer.seed);
         let mut rl_step = 0;
         let mut optimizer_steps = 0;
+        let mut rollout_logprobs_trusted = true;
         let mut reference_dir = match &cfg.model.reference_path {
             Some(path) => crate::model::locate_checkpoint(path)
                 .map_err(|e| TrainError::Config(format!("model.reference_path: {e}")))?,
@@ -501,6 +508,13 @@ impl Trainer {
             rng = SplitMix64::new(seed);
             if let Some(r) = state.extra.get("reference_model").and_then(|v| v.as_str()) {
                 reference_dir = PathBuf::from(r);
+            }
+            if let Some(t) = state
+                .extra
+                .get(ROLLOUT_LOGPROBS_TRUSTED)
+                .and_then(|v| v.as_bool())
+            {
+                rollout_logprobs_trusted = t;
             }
         }
         let loader = Loader::open(
@@ -561,6 +575,7 @@ impl Trainer {
             val_exclusion: val_scan.exclusion(),
             train_scan,
             dp,
+            rollout_logprobs_trusted,
         }
         .synchronised(main)
     }
