@@ -136,6 +136,34 @@ fn options_move_the_plan_the_right_way() {
             .any(|f| f.setting == "model.gradient_checkpointing=true"),
         "{fixes:?}"
     );
+    // without shared prompts a 4-row update micro-batch runs 4 × 8,192 decoder tokens instead
+    // of 2 prompts of 6,144 + 4 responses of 2,048: the recomputed layer grows by the ratio, the
+    // 4-GPU layout needs a device of 74.2 GiB instead of 66.4, and on 70 GiB turning sharing back
+    // on is an exact fix
+    let unshared_cfg = recipe(
+        "spatialthinker-7b.toml",
+        &["actor.shared_prompt_forward=false"],
+    );
+    let unshared = MemoryPlan::estimate(&unshared_cfg, &shape, 141 * GIB);
+    let layer = |p: &MemoryPlan| {
+        p.items
+            .iter()
+            .find(|i| i.name.starts_with("one decoder layer recomputed"))
+            .and_then(|i| i.bytes[PlanPhase::Update as usize])
+            .unwrap() as f64
+    };
+    // per token, plus the layer's largest weight-gradient temporary (MLP 18,944 × 3,584 in bf16)
+    let weight_grad = 18944.0 * 3584.0 * 2.0;
+    let ratio = (layer(&unshared) - weight_grad) / (layer(&base) - weight_grad);
+    assert!((ratio - 32768.0 / 20480.0).abs() < 1e-9, "{ratio}");
+    assert!(unshared.phase_peak(PlanPhase::LogProbs) > base.phase_peak(PlanPhase::LogProbs));
+    let four = MemoryPlan::estimate_ranks(&unshared_cfg, &shape, 70 * GIB, 4);
+    assert_eq!(four.fits(), Some(false));
+    assert!(four
+        .fixes()
+        .single
+        .iter()
+        .any(|f| f.setting == "actor.shared_prompt_forward=true" && f.note.is_empty()));
     // a resident reference is counted in every phase
     let resident = MemoryPlan::estimate(
         &recipe("spatialthinker-7b.toml", &["model.offload_reference=false"]),
