@@ -9,6 +9,7 @@
 
 use tch::Tensor;
 
+use crate::model::prefix::ids_tensor;
 use crate::model::{
     get_rope_index, KvCache, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, VisionInputs,
 };
@@ -25,13 +26,6 @@ pub struct Prefill {
     pub next_position: Vec<i64>,
 }
 
-/// `[rows, width]` int64 tensor of equal-length rows.
-pub(crate) fn to_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
-    let width = rows.first().map_or(0, Vec::len) as i64;
-    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-    Ok(Tensor::from_slice(&flat).f_view([rows.len() as i64, width])?)
-}
-
 /// Runs left-padded prompts `ids`/`mask` (equal-length rows) and their `images` into `cache`
 /// (advanced by the prompt width) and returns the hidden state of each row's last position.
 pub fn prefill(
@@ -44,9 +38,9 @@ pub fn prefill(
     let device = model.device();
     let grids = images.map_or(&[][..], |i| i.image_grid_thw.as_slice());
     let rope = get_rope_index(&model.config, ids, mask, grids)?;
-    let attention_mask = to_tensor(mask)?.f_to_device(device)?;
+    let attention_mask = ids_tensor(mask)?.f_to_device(device)?;
     let hidden = model.hidden_states(
-        &to_tensor(ids)?,
+        &ids_tensor(ids)?,
         &rope.to_tensor(device)?,
         &attention_mask,
         images,

@@ -4,8 +4,7 @@
 
 use tch::Tensor;
 
-use super::decode::to_tensor;
-use crate::model::prefix::right_pad;
+use crate::model::prefix::{ids_tensor, right_pad};
 use crate::model::{
     get_rope_index, LogitsAt, ModelError, Qwen2_5VLForConditionalGeneration, RecomputeTape,
     SharedPrompts, VisionInputs,
@@ -101,7 +100,11 @@ pub fn response_logprobs_with<'m>(
     let index = Tensor::from_slice(&index)
         .f_view([b, r_max])?
         .f_to_device(device)?;
-    let (ids, positions, mask) = (to_tensor(&ids)?, rope.to_tensor(device)?, to_tensor(&mask)?);
+    let (ids, positions, mask) = (
+        ids_tensor(&ids)?,
+        rope.to_tensor(device)?,
+        ids_tensor(&mask)?,
+    );
     let at = LogitsAt::Positions(&index);
     let images = batch.images.as_ref();
     let hidden = match tape {

@@ -95,12 +95,11 @@ pub(crate) fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<
         .unzip()
 }
 
-fn ids_tensor(rows: &[Vec<i64>], device: Device) -> Result<Tensor, ModelError> {
+/// `[rows, width]` int64 tensor (on the CPU) of equal-length rows.
+pub(crate) fn ids_tensor(rows: &[Vec<i64>]) -> Result<Tensor, ModelError> {
     let width = rows.first().map_or(0, Vec::len) as i64;
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-    Ok(Tensor::from_slice(&flat)
-        .f_view([rows.len() as i64, width])?
-        .f_to_device(device)?)
+    Ok(Tensor::from_slice(&flat).f_view([rows.len() as i64, width])?)
 }
 
 impl Qwen2_5VLForConditionalGeneration {
@@ -178,11 +177,11 @@ impl Qwen2_5VLForConditionalGeneration {
             head_dim: t.head_dim(),
         };
         let p_embeds = self.embed_with(
-            &ids_tensor(&p_ids, device)?,
+            &ids_tensor(&p_ids)?.f_to_device(device)?,
             batch.images,
             tape.as_deref_mut(),
         )?;
-        let r_embeds = self.embed_with(&ids_tensor(&r_ids, device)?, None, None)?;
+        let r_embeds = self.embed_with(&ids_tensor(&r_ids)?.f_to_device(device)?, None, None)?;
         let (hp, hr) = match tape {
             Some(tape) => {
                 let layers = &self.model.layers;
