@@ -42,26 +42,9 @@ fn fill(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
 }
 
 /// Text with its top-left corner at (`x`, `y`), glyph cells of `8 × scale` pixels; non-ASCII
-/// shows as `?`.
+/// shows as `?` (the overlay's font, without its one-pixel label margin).
 fn draw_text(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: u32, c: Rgb<u8>) {
-    let s = scale as i64;
-    for (i, ch) in text.chars().enumerate() {
-        let code = if ch.is_ascii() {
-            ch as usize
-        } else {
-            '?' as usize
-        };
-        let glyph = font8x8::legacy::BASIC_LEGACY[code];
-        for (row, bits) in glyph.iter().enumerate() {
-            for col in 0..8 {
-                if bits & (1 << col) != 0 {
-                    let px = x + (i as i64 * 8 + col) * s;
-                    let py = y + row as i64 * s;
-                    fill(img, px, py, px + s, py + s, c.0);
-                }
-            }
-        }
-    }
+    crate::infer::overlay::draw_text(img, text, x - 1, y - 1, scale, c);
 }
 
 /// Top of the first bar group (below title and legend) for `columns` columns.
