@@ -78,13 +78,21 @@ impl Trainer {
         }
     }
 
-    /// With LoRA and no `model.reference_path`, the frozen reference: the policy's base with the
-    /// adapters off, on the same tensors (nothing loaded or copied). `None` otherwise.
+    /// With LoRA and no `model.reference_path`, the frozen reference on the policy's base tensors
+    /// (nothing copied): the base with the adapters off; after a supervised warm-up of the
+    /// adapters, the base with a frozen copy of the warm-up's adapters (read from its checkpoint,
+    /// `reference_dir`), as a full run's reference is its warm-up checkpoint. `None` otherwise.
     pub(super) fn lora_reference(&self) -> Result<Option<Qwen2_5VLForConditionalGeneration>> {
         if self.cfg.model.lora.is_none() || self.cfg.model.reference_path.is_some() {
             return Ok(None);
         }
-        Ok(Some(self.policy.without_adapters()?))
+        let mut reference = self.policy.without_adapters()?;
+        if self.reference_dir != self.model_dir
+            && self.reference_dir.join(ADAPTER_WEIGHTS_FILE).is_file()
+        {
+            reference.load_adapter(&self.reference_dir)?;
+        }
+        Ok(Some(reference))
     }
 }
 
