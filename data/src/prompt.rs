@@ -34,6 +34,20 @@ pub fn problem_text(width: u32, height: u32, question_with_options: &str) -> Str
     )
 }
 
+/// The short instruction of [`short_problem_text`]: the four sections and the scene-graph
+/// schema in one sentence, no worked example.
+const SHORT_INSTRUCTION: &str = "<image> Reply with <observe>objects</observe>, \
+<scene>{\"objects\": [{\"id\": \"name.1\", \"bbox\": [x1, y1, x2, y2]}], \"relationships\": []}</scene>, \
+<think>reasoning</think> and <answer>(letter) option</answer>.";
+
+/// A short training prompt for tiny models (`data.synthetic_short_instruction`): the short
+/// instruction, `Image size: (W x H)`, then `\nQ. ` and the question with options; the same
+/// image-size line and question marker as [`problem_text`], so the reward and the recorded prompt
+/// template read it the same way.
+pub fn short_problem_text(width: u32, height: u32, question_with_options: &str) -> String {
+    format!("{SHORT_INSTRUCTION}\nImage size: ({width} x {height})\nQ. {question_with_options}")
+}
+
 /// A multiple-choice question with its ground-truth subgraph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Question {

@@ -19,7 +19,7 @@ use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::prompt::{problem_text, Question};
+use crate::prompt::{problem_text, short_problem_text, Question};
 use crate::record::ImageData;
 use crate::rng::SplitMix64;
 use crate::scene::{Relationship, SceneGraph, SceneObject};
@@ -113,12 +113,21 @@ pub const SYNTH_CATEGORIES: [(&str, u32); 7] = [
 /// the options. The question still names the object, but the answer follows from where the one
 /// shape is, without matching the name to a colour among several shapes, the step tiny models
 /// find hardest. Used by the tiny CPU demo.
-pub const OPT_IN_CATEGORIES: [(&str, u32); 1] = [("single_object_location", 1)];
+///
+/// `object_identity` is a multiple-choice `existence` question (the category its rows carry):
+/// the scene holds one object and the question asks which of the six object classes is in the
+/// image, with all six as the options. The question text is the same for every row (and, with
+/// [`SynthConfig::fixed_option_order`], so are the options), so the answer can only come from
+/// the image; it is read from the shape's colour, without locating it. The shape is drawn large
+/// (45–70% of the image's side) so that most image tokens show it. Used by the tiny CPU demo.
+pub const OPT_IN_CATEGORIES: [(&str, u32); 2] =
+    [("single_object_location", 1), ("object_identity", 1)];
 
 /// The category column of a row generated as `category`.
 fn row_category(category: &str) -> &str {
     match category {
         "single_object_location" => "instance_location",
+        "object_identity" => "existence",
         other => other,
     }
 }
@@ -169,6 +178,11 @@ pub struct SynthConfig {
     /// option letter follows from the option text; an easier task for tiny models. Off in
     /// STVQA-7K.
     pub fixed_option_order: bool,
+    /// Write the `problem` column with the short instruction
+    /// ([`crate::prompt::short_problem_text`]: the output format in one sentence, then the image
+    /// size and the question) instead of the full one with its worked example, so the image is a
+    /// larger share of a tiny model's prompt. Off by default.
+    pub short_instruction: bool,
 }
 
 impl Default for SynthConfig {
@@ -182,6 +196,7 @@ impl Default for SynthConfig {
             rows_per_group: crate::writer::DEFAULT_ROWS_PER_GROUP,
             categories: Vec::new(),
             fixed_option_order: false,
+            short_instruction: false,
         }
     }
 }
@@ -381,6 +396,18 @@ fn sample_rect(rng: &mut SplitMix64, class: usize, width: u32, height: u32) -> P
     let side = width.min(height) as f64;
     let h = (side * (0.16 + 0.16 * rng.unit())).round().max(6.0);
     let w = (h * CLASSES[class].aspect).round().min(width as f64 / 2.0);
+    let (w, h) = (w as i64, h as i64);
+    let x = 1 + rng.below((width as i64 - w - 1).max(1) as u64) as i64;
+    let y = 1 + rng.below((height as i64 - h - 1).max(1) as u64) as i64;
+    Placed { class, x, y, w, h }
+}
+
+/// A rectangle for `class` whose height is 45–70% of the shorter side (an `object_identity`
+/// scene: one object that covers a good part of the image).
+fn large_rect(rng: &mut SplitMix64, class: usize, width: u32, height: u32) -> Placed {
+    let side = width.min(height) as f64;
+    let h = (side * (0.45 + 0.25 * rng.unit())).round().max(6.0);
+    let w = (h * CLASSES[class].aspect).round().min(width as f64 - 2.0);
     let (w, h) = (w as i64, h as i64);
     let x = 1 + rng.below((width as i64 - w - 1).max(1) as u64) as i64;
     let y = 1 + rng.below((height as i64 - h - 1).max(1) as u64) as i64;
@@ -708,6 +735,31 @@ fn location_question(
     })
 }
 
+/// Which of the six classes the one object of the scene is (all six are the options).
+fn identity_question(rng: &mut SplitMix64, objs: &[Object]) -> Option<Generated> {
+    let a = objs.first()?;
+    let distractors: Vec<String> = CLASSES
+        .iter()
+        .filter(|c| c.name != a.name())
+        .map(|c| c.name.to_string())
+        .collect();
+    let (options, answer_index) = shuffle_options(rng, a.name().into(), distractors);
+    Some(Generated {
+        question: Question {
+            question: "Which object is in the image?".into(),
+            options,
+            answer_index,
+            scene: SceneGraph {
+                objects: vec![a.scene_object()],
+                relationships: vec![],
+            },
+        },
+        observe: format!("A {} {}.", a.colour(), a.name()),
+        think: format!("The shape is {}, so it is the {}.", a.colour(), a.name()),
+        objects_in_scene: objs.len(),
+    })
+}
+
 fn distance_question(rng: &mut SplitMix64, objs: &[Object]) -> Option<Generated> {
     if objs.len() < 3 {
         return None;
@@ -844,13 +896,17 @@ fn attempt(rng: &mut SplitMix64, cfg: &SynthConfig, category: &str) -> Option<(S
             let n = rng.range(3, max.max(3)) as usize;
             (distinct_classes(rng, n, None), 0, false)
         }
-        "single_object_location" => (distinct_classes(rng, 1, None), 0, false),
+        "single_object_location" | "object_identity" => (distinct_classes(rng, 1, None), 0, false),
         other => {
             let n = rng.range(2, max) as usize;
             (distinct_classes(rng, n, None), 0, other == "depth")
         }
     };
-    let placed = layout(rng, &classes, cfg.width, cfg.height, occlude)?;
+    let placed = if category == "object_identity" {
+        vec![large_rect(rng, classes[0], cfg.width, cfg.height)]
+    } else {
+        layout(rng, &classes, cfg.width, cfg.height, occlude)?
+    };
     let scene = render(cfg.width, cfg.height, &placed);
     let objs = &scene.objects;
     let generated = match category {
@@ -860,6 +916,7 @@ fn attempt(rng: &mut SplitMix64, cfg: &SynthConfig, category: &str) -> Option<(S
         "existence" => existence_question(rng, objs, target),
         "instance_location" => location_question(rng, objs, cfg.width, cfg.height, false),
         "single_object_location" => location_question(rng, objs, cfg.width, cfg.height, true),
+        "object_identity" => identity_question(rng, objs),
         "distance" => distance_question(rng, objs),
         "depth" => depth_question(rng, objs),
         _ => None,
@@ -952,7 +1009,11 @@ pub fn generate_row(cfg: &SynthConfig, split: &str, index: u64) -> Result<StvqaR
             path: Some(format!("{image_id}.{ext}")),
         },
         image_id,
-        problem: problem_text(cfg.width, cfg.height, &qwo),
+        problem: if cfg.short_instruction {
+            short_problem_text(cfg.width, cfg.height, &qwo)
+        } else {
+            problem_text(cfg.width, cfg.height, &qwo)
+        },
         question_only: g.question.question.clone(),
         question_with_options: qwo,
         options: g.question.options.clone(),
@@ -1179,6 +1240,43 @@ mod tests {
             .unwrap()
             .iter()
             .all(|c| c.0 != "single_object_location"));
+    }
+
+    #[test]
+    fn object_identity_asks_the_same_question_of_one_object() {
+        let cfg = SynthConfig {
+            categories: vec!["object_identity".into()],
+            fixed_option_order: true,
+            short_instruction: true,
+            ..SynthConfig::default()
+        };
+        let names = ["car", "circle", "cup", "diamond", "square", "triangle"];
+        let mut answers = std::collections::BTreeSet::new();
+        let mut problems = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let row = generate_row(&cfg, "val", i).unwrap();
+            assert_eq!(row.category, "existence");
+            assert_eq!(row.question_only, "Which object is in the image?");
+            assert_eq!(row.options, names.map(String::from).to_vec());
+            assert_eq!(row.answer.matches("\"id\"").count(), 1, "{}", row.answer);
+            let id = format!("\"id\": \"{}.1\"", row.answer_text_only);
+            assert!(row.answer.contains(&id), "{}", row.answer);
+            assert!(row.problem.starts_with("<image> Reply with <observe>"));
+            assert!(row
+                .problem
+                .contains("\nImage size: (112 x 112)\nQ. Which object"));
+            answers.insert(row.answer_only.clone());
+            problems.insert(row.problem.clone());
+        }
+        assert_eq!(answers.len(), 6, "every class is an answer");
+        assert_eq!(
+            problems.len(),
+            1,
+            "the prompt text is the same for every row"
+        );
+        // the full instruction stays the default
+        let full = generate_row(&SynthConfig::default(), "val", 0).unwrap();
+        assert!(full.problem.contains("Example:"));
     }
 
     #[test]

@@ -124,13 +124,19 @@ pub struct DataConfig {
     #[serde(default = "default_synthetic_max_objects")]
     pub synthetic_max_objects: u32,
     /// Question categories of the synthetic data (`relation`, `size`, `count`, `existence`,
-    /// `instance_location`, `distance`, `depth`); empty: all.
+    /// `instance_location`, `distance`, `depth`, and the opt-in `single_object_location` and
+    /// `object_identity`); empty: all but the opt-in ones.
     #[serde(default)]
     pub synthetic_categories: Vec<String>,
     /// List synthetic options in each category's fixed order instead of shuffled, so the option
     /// letter follows from its text (`data::synth::SynthConfig::fixed_option_order`).
     #[serde(default)]
     pub synthetic_fixed_option_order: bool,
+    /// Write the synthetic `problem` column with a one-sentence instruction (output format only,
+    /// no worked example) instead of the full instruction, so the image tokens are a larger share
+    /// of a tiny model's prompt (`data::synth::SynthConfig::short_instruction`); off by default.
+    #[serde(default)]
+    pub synthetic_short_instruction: bool,
     /// Prompts per RL step (`rollout_batch_size`): 512.
     pub rollout_batch_size: usize,
     /// Prompts per validation batch: 8.

@@ -197,6 +197,7 @@ pub fn resolve_split(
                 max_objects: cfg.data.synthetic_max_objects,
                 categories: cfg.data.synthetic_categories.clone(),
                 fixed_option_order: cfg.data.synthetic_fixed_option_order,
+                short_instruction: cfg.data.synthetic_short_instruction,
                 ..Default::default()
             };
             data::synth::write_dataset(

@@ -26,6 +26,8 @@ pub const MID_RANDOM: &str = "mid-random";
 pub const DEEP_RANDOM: &str = "deep-random";
 /// `model.path` of [`TinyShape::bench`].
 pub const BENCH_RANDOM: &str = "bench-random";
+/// `model.path` of [`TinyShape::small`].
+pub const SMALL_RANDOM: &str = "small-random";
 
 /// The shape of a random preset named in `model.path` (`tiny-random`, `mid-random`,
 /// `deep-random`), if `name` is one.
@@ -35,6 +37,7 @@ pub fn preset_shape(name: &str) -> Option<TinyShape> {
         MID_RANDOM => Some(TinyShape::mid()),
         DEEP_RANDOM => Some(TinyShape::deep()),
         BENCH_RANDOM => Some(TinyShape::bench()),
+        SMALL_RANDOM => Some(TinyShape::small()),
         _ => None,
     }
 }
@@ -129,6 +132,25 @@ impl TinyShape {
             vision_num_heads: 4,
             vocab_size: QWEN25VL_7B_VOCAB_ROWS,
             tie_word_embeddings: false,
+        }
+    }
+
+    /// Twice the tiny preset's depth and width, for CPU demos that need a little more capacity:
+    /// 4 decoder layers of width 128 (4 query heads of 32, 2 KV heads, MLP 256) and a 2-block
+    /// vision tower of width 64, with the tied full vocabulary.
+    pub fn small() -> Self {
+        TinyShape {
+            hidden_size: 128,
+            intermediate_size: 256,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            mrope_section: [4, 6, 6],
+            vision_hidden_size: 64,
+            vision_intermediate_size: 128,
+            vision_depth: 2,
+            vision_num_heads: 2,
+            ..TinyShape::default()
         }
     }
 
