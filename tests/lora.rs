@@ -550,3 +550,230 @@ fn memory_plan_counts_the_adapters_and_no_reference() {
         full.peak() as f64 / (1u64 << 30) as f64
     );
 }
+
+/// Every setting of the LoRA reward run below, spelled out (not the embedded default, which is
+/// tuned separately): the fixture model, short synthetic prompts, 8 prompts × 8 responses of at
+/// most 128 tokens per step, one optimiser step per RL step, KL to the reference on, rollouts and
+/// validation sampled at the same temperature (what GRPO raises is what validation measures).
+const REWARD_RUN: &str = r#"
+[model]
+dtype = "f32"
+freeze_vision_tower = false
+offload_reference = false
+output_vocab = "dataset"
+
+[data]
+max_prompt_length = 1024
+max_response_length = 128
+min_pixels = 3136
+max_pixels = 12544
+rollout_batch_size = 8
+val_batch_size = 32
+seed = 1
+shuffle = true
+
+[algorithm]
+use_kl_loss = true
+kl_coef = 1.0e-2
+
+[actor]
+global_batch_size = 8
+micro_batch_size_per_device_for_update = 16
+micro_batch_size_per_device_for_experience = 32
+ppo_epochs = 1
+lr = 5.0e-3
+lr_warmup_ratio = 0.0
+zero_lr_first_step = false
+optimizer_state_dtype = "f32"
+kahan_summation = false
+max_grad_norm = 1.0
+
+[rollout]
+n = 8
+temperature = 0.7
+val_temperature = 0.7
+max_num_seqs = 64
+
+[reward]
+kind = "spatial"
+
+[sft]
+enabled = false
+steps = 150
+batch_size = 8
+lr = 1.0e-2
+
+[trainer]
+max_steps = 0
+val_freq = 0
+val_before_train = false
+save_freq = 0
+save_limit = 1
+sample_freq = 0
+seed = 0
+device = "cpu"
+"#;
+
+fn reward_config(model: &Path, out: &Path, data: &Path, extra: &[&str]) -> TrainConfig {
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let mut overrides = vec![
+        format!("model.path={}", q(model)),
+        format!("trainer.output_dir={}", q(out)),
+        format!("data.train_files={}", q(data)),
+        format!("data.val_files={}", q(data)),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::from_toml_str(REWARD_RUN, &overrides, "lora-reward").unwrap()
+}
+
+/// A synthetic dataset with short prompts and responses for the reward run: one-object location
+/// questions (a ~100-token reference response) under a one-line instruction instead of the
+/// ~400-token one, so that 150 warm-up steps teach the fixture model the answer format.
+fn short_dataset(dir: &Path, train: u64, val: u64) -> PathBuf {
+    let data = dir.join("data");
+    let cfg = data::synth::SynthConfig {
+        seed: 5,
+        categories: vec!["single_object_location".into()],
+        ..Default::default()
+    };
+    let short = |_: u64, row: &mut data::writer::StvqaRow| {
+        row.problem = format!(
+            "<image> Reply with <observe>, <scene>, <think> and <answer>.\n\
+             Image size: (112 x 112)\nQ. {}",
+            row.question_with_options
+        );
+    };
+    for (split, rows) in [("train", train), ("val", val)] {
+        data::synth::write_split_with(&cfg, &data, split, rows, short).unwrap();
+    }
+    data
+}
+
+/// A tiny GRPO run on adapters raises the validation reward. A LoRA of a random model cannot
+/// learn the answer format (its embeddings and head stay random: on the 64-wide demo model r = 16
+/// adapters had a warm-up loss of 4.2 after 47 steps, full weights 1.5), so the fixture model is first
+/// warmed up by a short full-weight SFT; GRPO then trains only r = 8 adapters of that model, with
+/// the warmed-up model (the adapters off) as the KL reference. After training, the adapters off
+/// give the warmed-up model's log-probs bit for bit (against an independent load of it).
+#[test]
+fn grpo_on_adapters_raises_the_validation_reward() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = short_dataset(dir.path(), 256, 32);
+    // 1. the warm-up: full weights, no GRPO
+    let mut warm = Trainer::new(
+        reward_config(
+            &tiny_model(),
+            &dir.path().join("warm-up"),
+            &data,
+            &["sft.enabled=true"],
+        ),
+        TrainerOptions::default(),
+    )
+    .unwrap();
+    let base = warm.run_sft().unwrap();
+    drop(warm);
+    let warm_s = started.elapsed().as_secs_f64();
+    // 2. GRPO on adapters of the warmed-up model
+    let mut t = Trainer::new(
+        reward_config(
+            &base,
+            &dir.path().join("lora"),
+            &data,
+            &[
+                "model.lora={r = 8, alpha = 16.0}",
+                "trainer.val_before_train=true",
+                "trainer.max_steps=20",
+            ],
+        ),
+        TrainerOptions::default(),
+    )
+    .unwrap();
+    let summary = t.run().unwrap();
+    drop(t);
+    let (before, after) = (summary.before.unwrap(), summary.after.unwrap());
+    eprintln!(
+        "warm-up: 150 full-weight SFT steps of 8 rows, {warm_s:.1} s; GRPO on r = 8 adapters: \
+         20 steps of 8 prompts x 8 responses, {:.1} s",
+        summary.seconds
+    );
+    eprintln!("validation before GRPO: {before}");
+    eprintln!("validation after GRPO:  {after}");
+    assert!(
+        after.reward >= before.reward + 0.04 && after.format > before.format,
+        "GRPO on adapters did not raise the validation reward: {before} -> {after}"
+    );
+
+    // the trained adapters off are exactly the warmed-up model
+    let processor = Processor::from_model_dir(&base).unwrap();
+    let prompt = encode_first(&processor, &data, 1).remove(0);
+    let responses: Vec<Vec<i64>> = ["<observe>A red cube.</observe>", "<answer>(B) top right"]
+        .iter()
+        .map(|t| processor.tokenize(t).unwrap())
+        .collect();
+    let load = || Qwen2_5VLForConditionalGeneration::load(&base, Device::Cpu, Kind::Float).unwrap();
+    let mut trained = load();
+    trained.load_adapter(&summary.checkpoint.unwrap()).unwrap();
+    let plain = log_probs(&load(), &prompt, &responses);
+    let adapted = log_probs(&trained, &prompt, &responses);
+    let off = log_probs(&trained.without_adapters().unwrap(), &prompt, &responses);
+    let moved = max_diff(&adapted, &plain);
+    assert!(moved > 1e-4, "GRPO moved the log-probs by only {moved}");
+    assert_eq!(
+        max_diff(&off, &plain),
+        0.0,
+        "the trained adapters off must give the warmed-up model's log-probs bit for bit"
+    );
+    eprintln!(
+        "trained adapters moved log-probs by {moved:.3e}; adapters off vs the warmed-up model: 0 \
+         (bitwise); {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// With `[model.lora]` and `[sft]`, the warm-up trains the adapters and GRPO continues them; the
+/// KL reference is then the warmed-up policy (the base with a frozen copy of the warm-up's
+/// adapters), as a full run's reference is its warm-up checkpoint: the first step's KL is zero.
+#[test]
+fn a_lora_warm_up_is_the_reference_of_the_grpo_that_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic(dir.path(), 3);
+    let out = dir.path().join("run");
+    let cfg = config(
+        &out,
+        &data,
+        1,
+        &[
+            "model.output_vocab=\"dataset\"",
+            "algorithm.use_kl_loss=true",
+            "sft.enabled=true",
+            "sft.steps=2",
+            "sft.batch_size=2",
+            "sft.lr=1e-2",
+            "rollout.n=4",
+            "data.max_response_length=16",
+            // one optimiser step: every micro-batch's KL is taken before the policy moves
+            "actor.global_batch_size=2",
+        ],
+    );
+    let ckpt = run(cfg, None);
+    let warm = out.join("sft/checkpoint-2");
+    let moved = read(&warm.join("adapter_model.safetensors"))
+        .iter()
+        .filter(|(n, _)| n.contains("lora_B"))
+        .map(|(_, t)| f64::try_from(t.abs().max()).unwrap())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the warm-up left lora_B at {moved}");
+    assert!(ckpt.join("adapter_model.safetensors").is_file());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let kl = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("actor/kl_loss").and_then(|k| k.as_f64()))
+        .expect("a logged actor/kl_loss");
+    assert!(
+        kl.abs() < 1e-6,
+        "first GRPO step's KL to the reference {kl}: the reference is not the warmed-up policy"
+    );
+    eprintln!("LoRA warm-up moved lora_B to {moved:.3e}; first GRPO step's KL {kl:e}");
+}
