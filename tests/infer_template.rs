@@ -36,6 +36,16 @@ fn a_template_from_one_row_reproduces_every_rows_training_prompt() {
             },
             "existence and count, fixed order, 96x80",
         ),
+        (
+            data::synth::SynthConfig {
+                width: 96,
+                height: 80,
+                categories: vec!["object_identity".into(), "relation".into()],
+                short_instruction: true,
+                ..Default::default()
+            },
+            "object identity and relation, short instruction, 96x80",
+        ),
     ] {
         let rows: Vec<_> = (0..24)
             .map(|i| data::synth::generate_row(&cfg, "train", i).unwrap())
