@@ -683,7 +683,7 @@ fn grpo_on_adapters_raises_the_validation_reward() {
             &[
                 "model.lora={r = 8, alpha = 16.0}",
                 "trainer.val_before_train=true",
-                "trainer.max_steps=20",
+                "trainer.max_steps=15",
             ],
         ),
         TrainerOptions::default(),
@@ -694,7 +694,7 @@ fn grpo_on_adapters_raises_the_validation_reward() {
     let (before, after) = (summary.before.unwrap(), summary.after.unwrap());
     eprintln!(
         "warm-up: 150 full-weight SFT steps of 8 rows, {warm_s:.1} s; GRPO on r = 8 adapters: \
-         20 steps of 8 prompts x 8 responses, {:.1} s",
+         15 steps of 8 prompts x 8 responses, {:.1} s",
         summary.seconds
     );
     eprintln!("validation before GRPO: {before}");
