@@ -506,7 +506,8 @@ fn peft_transformers_and_ours_agree_on_adapters_and_merged_exports() {
 }
 
 /// The 7B recipe with LoRA r = 64 on the language model, gradient checkpointing on: the
-/// trainable parameters are the hand-counted adapters, the reference costs nothing, and the plan
+/// trainable parameters are the hand-counted adapters, the reference costs nothing (a copy of the
+/// adapters after an adapter warm-up), and the plan
 /// fits a 48 GiB device with the KV pool at 24 GiB and the published micro-batch of 4.
 #[test]
 fn memory_plan_counts_the_adapters_and_no_reference() {
@@ -539,6 +540,12 @@ fn memory_plan_counts_the_adapters_and_no_reference() {
         "the reference is the base with adapters off"
     );
     assert_eq!(plan.fits(), Some(true), "{plan}");
+    // after an adapter warm-up in the same run, the reference holds a frozen f32 copy of it
+    let mut warmed = overrides.clone();
+    warmed.push("sft={enabled = true, steps = 10, batch_size = 8, lr = 1e-5}".into());
+    let warmed = TrainConfig::from_toml_str(&text, &warmed, "7b").unwrap();
+    let warmed = trainer::train::memory::MemoryPlan::estimate(&warmed, &shape, 48 << 30);
+    assert_eq!(warmed.reference, adapters * 4);
     let without = TrainConfig::from_toml_str(&text, &overrides[1..], "7b").unwrap();
     let full = trainer::train::memory::MemoryPlan::estimate(&without, &shape, 48 << 30);
     assert_eq!(full.fits(), Some(false));

@@ -859,13 +859,19 @@ impl<'a> Estimator<'a> {
             weights: total * wb + lora.map_or(0, |l| l.params * F32_BYTES as u64),
             grads: trainable * if lora.is_some() { F32_BYTES as u64 } else { wb },
             optimizer: owned * state_bytes * buffers,
-            reference: if cfg.algorithm.use_kl_loss
-                && !cfg.model.offload_reference
-                && !self.lora_reference()
-            {
-                total * wb
-            } else {
-                0
+            reference: match lora {
+                _ if !cfg.algorithm.use_kl_loss => 0,
+                // the base with the adapters off, plus (after an adapter warm-up in the same run)
+                // a frozen f32 copy of the warm-up's adapters (train/lora.rs)
+                Some(l) if self.lora_reference() => {
+                    if cfg.sft.enabled {
+                        l.params * F32_BYTES as u64
+                    } else {
+                        0
+                    }
+                }
+                _ if cfg.model.offload_reference => 0,
+                _ => total * wb,
             },
         };
         let dtype = if lora.is_some() {
@@ -925,10 +931,14 @@ impl<'a> Estimator<'a> {
             self.add(PlanPhase::Update, name, s.grads as f64, false);
         }
         if s.reference > 0 {
-            self.add_persistent(
-                "reference model, resident on the device".into(),
-                s.reference,
-            );
+            let name = match lora {
+                Some(l) if self.lora_reference() => format!(
+                    "reference: the base + a frozen copy of the warm-up's adapters, f32, {} params",
+                    billions(l.params)
+                ),
+                _ => "reference model, resident on the device".into(),
+            };
+            self.add_persistent(name, s.reference);
         }
         s
     }
@@ -1250,6 +1260,9 @@ impl Geometry {
         let lora_reference = cfg.model.lora.is_some() && cfg.model.reference_path.is_none();
         let reference = match (cfg.algorithm.use_kl_loss, cfg.model.offload_reference) {
             (false, _) => "none (no KL loss)",
+            _ if lora_reference && cfg.sft.enabled => {
+                "the policy's base with a frozen copy of the warm-up's adapters"
+            }
             _ if lora_reference => {
                 "the policy's base with the adapters off (no weights of its own)"
             }
