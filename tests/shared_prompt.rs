@@ -293,8 +293,9 @@ fn three_grpo_steps_match_the_unshared_recomputed_run() {
             "algorithm.old_logprobs=\"reuse\"",
         ],
     );
-    // token-budget forwards (two or three rows each, so groups split across forwards) with
-    // gradient checkpointing: grouping and recomputation change no weight
+    // token-budget forwards of 1,200 padded tokens (about six rows of the embedded default's
+    // ~175-token rows, so groups of 4 split across forwards) with gradient checkpointing:
+    // grouping and recomputation change no weight
     let packed = three_steps(
         &dir.path().join("packed"),
         &reference,
