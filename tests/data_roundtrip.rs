@@ -254,3 +254,20 @@ fn one_pass_stops_at_the_end_of_the_epoch_without_reading_the_next() {
         assert_eq!((next.epoch, next.samples.len()), (1, batch_size));
     }
 }
+
+#[test]
+fn read_row_finds_each_row_across_row_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = synth(dir.path(), 40, 2);
+    let file = ParquetFile::open(&train_files(&files)[0], &ColumnNames::default()).unwrap();
+    // 40 rows in groups of 16: 0-15, 16-31, 32-39
+    assert_eq!(file.row_group_offsets(), vec![0, 16, 32]);
+    let all: Vec<_> = (0..3)
+        .flat_map(|g| file.read_row_group(g).unwrap())
+        .collect();
+    for row in [0, 15, 16, 31, 32, 39] {
+        let record = file.read_row(row).unwrap().unwrap();
+        assert_eq!(record.image_id, all[row].image_id, "row {row}");
+    }
+    assert!(file.read_row(40).unwrap().is_none());
+}

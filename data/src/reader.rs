@@ -219,6 +219,22 @@ impl ParquetFile {
             .collect()
     }
 
+    /// Row `row` of the file (0-based), read with the rest of its row group; `None` past the
+    /// end.
+    pub fn read_row(&self, row: usize) -> Result<Option<Record>> {
+        if row >= self.num_rows() {
+            return Ok(None);
+        }
+        let offsets = self.row_group_offsets();
+        let Some(group) = offsets.iter().rposition(|&start| start <= row) else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_row_group(group)?
+            .into_iter()
+            .nth(row - offsets[group]))
+    }
+
     /// All rows of row group `index`.
     pub fn read_row_group(&self, index: usize) -> Result<Vec<Record>> {
         let path = self.path.as_path();

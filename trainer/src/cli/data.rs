@@ -185,16 +185,10 @@ fn show(
             first += rows;
             continue;
         }
-        let offsets = parquet.row_group_offsets();
         let local = row - first;
-        let group = offsets
-            .iter()
-            .rposition(|&start| start <= local)
-            .context("row group")?;
-        let records = parquet.read_row_group(group)?;
-        let record = records
-            .get(local - offsets[group])
-            .context("row within its group")?;
+        let record = parquet
+            .read_row(local)?
+            .with_context(|| format!("{}: row {local}", file.display()))?;
         let field = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         println!("file:      {} (row {local})", file.display());
         println!("image_id:  {}", field(&record.image_id));

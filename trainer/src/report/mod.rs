@@ -358,10 +358,7 @@ pub fn gallery_samples(samples: &[SampleLine]) -> Vec<SampleLine> {
 /// `images`); `None` when the file is gone or the row cannot be read.
 fn row_image(row: &SampleRow, columns: &data::ColumnNames) -> Option<RgbImage> {
     let file = data::reader::ParquetFile::open(&row.file, columns).ok()?;
-    let offsets = file.row_group_offsets();
-    let group = offsets.iter().rposition(|&start| start <= row.row)?;
-    let records = file.read_row_group(group).ok()?;
-    let record = records.get(row.row - offsets[group])?;
+    let record = file.read_row(row.row).ok()??;
     Some(image::load_from_memory(&record.image.bytes).ok()?.to_rgb8())
 }
 
