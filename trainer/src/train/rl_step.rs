@@ -303,7 +303,7 @@ impl Trainer {
         let mut flat = vec![0f32; rollouts.len() * width];
         for (i, r) in rollouts.iter().enumerate().skip(fresh) {
             if r.sampling_logprobs.len() != r.ids.len() {
-                return Err(TrainError::Config(format!(
+                return Err(TrainError::Invalid(format!(
                     "rollout {i}: {} sampling log-probs for {} tokens",
                     r.sampling_logprobs.len(),
                     r.ids.len()
