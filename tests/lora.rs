@@ -634,25 +634,18 @@ fn reward_config(model: &Path, out: &Path, data: &Path, extra: &[&str]) -> Train
 }
 
 /// A synthetic dataset with short prompts and responses for the reward run: one-object location
-/// questions (a ~100-token reference response) under a one-line instruction instead of the
-/// ~400-token one, so that 150 warm-up steps teach the fixture model the answer format.
+/// questions (a ~100-token reference response) under the synthetic data's one-sentence
+/// instruction (`SynthConfig::short_instruction`) instead of the ~400-token one, so that 150
+/// warm-up steps teach the fixture model the answer format.
 fn short_dataset(dir: &Path, train: u64, val: u64) -> PathBuf {
     let data = dir.join("data");
     let cfg = data::synth::SynthConfig {
         seed: 5,
         categories: vec!["single_object_location".into()],
+        short_instruction: true,
         ..Default::default()
     };
-    let short = |_: u64, row: &mut data::writer::StvqaRow| {
-        row.problem = format!(
-            "<image> Reply with <observe>, <scene>, <think> and <answer>.\n\
-             Image size: (112 x 112)\nQ. {}",
-            row.question_with_options
-        );
-    };
-    for (split, rows) in [("train", train), ("val", val)] {
-        data::synth::write_split_with(&cfg, &data, split, rows, short).unwrap();
-    }
+    data::synth::write_dataset(&cfg, &data, train, val).unwrap();
     data
 }
 
